@@ -1,0 +1,262 @@
+"""Converting foreign checkpoints into the project's weights file, once.
+
+    python -m pulse_jax.convert pulse --synthesis synthesis.pt --mapping mapping.pt --out OUT.npz
+    python -m pulse_jax.convert pulse --synthesis synthesis.pt --gaussian_fit gaussian_fit.pt \
+        --out OUT.npz
+    python -m pulse_jax.convert nvidia --pkl karras2019stylegan-ffhq-1024x1024.pkl --out OUT.npz
+
+The gaussian fit (PULSE_SPEC section 2) is computed from the mapping network as
+PULSE does: mean and (unbiased) standard deviation of leaky_relu_5(mapping(z))
+over 1,000,000 samples z ~ N(0, I), streamed in chunks of `FIT_CHUNK` so memory
+stays bounded, deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
+from pulse_jax.generators import ops, stylegan
+from pulse_jax.progress import Progress
+
+FIT_SAMPLES = 1_000_000
+FIT_CHUNK = 10_000
+
+
+def fit_chunk_latents(seed: int, chunk: int, latent_size: int = 512) -> jax.Array:
+    """The z samples of chunk `chunk` of the gaussian fit: [FIT_CHUNK, latent_size]."""
+    key = jax.random.fold_in(jax.random.key(seed), chunk)
+    return jax.random.normal(key, (FIT_CHUNK, latent_size), jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _fit_chunk_moments(arch, mapping, seed_chunk, count):
+    seed, chunk = seed_chunk
+    z = fit_chunk_latents(seed, chunk, arch.latent_size)[:count]
+    x = ops.leaky_relu(arch.map(mapping, z), 5.0)  # slope 5 undoes the last slope-0.2 activation
+    mean = jnp.mean(x, axis=0)
+    return mean, jnp.sum((x - mean) ** 2, axis=0)
+
+
+def compute_gaussian_fit(
+    arch: stylegan.StyleGANArch,
+    mapping: dict,
+    *,
+    num_samples: int = FIT_SAMPLES,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Mean and unbiased std of leaky_relu_5(mapping(z)) over `num_samples` samples.
+
+    Chunks are combined with Chan's parallel update in float64, so the result
+    does not lose precision with the sample count.
+
+    Args:
+      arch: the StyleGAN architecture (for the mapping's shape).
+      mapping: mapping parameters.
+      num_samples: how many z samples (PULSE: 1,000,000).
+      seed: the samples are `fit_chunk_latents(seed, i)` for chunks i = 0, 1, ...
+      show_progress: print a progress line on stderr.
+
+    Returns:
+      {"mean": [512], "std": [512]} float32.
+    """
+    if num_samples < 2:
+        raise ValueError("the gaussian fit needs at least 2 samples")
+    mapping = jax.tree.map(jnp.asarray, mapping)
+    count, mean, m2 = 0, None, None
+    chunks = -(-num_samples // FIT_CHUNK)
+    with Progress(chunks, "gaussian fit", unit="chunk") if show_progress else _Null() as bar:
+        for chunk in range(chunks):
+            n = min(FIT_CHUNK, num_samples - chunk * FIT_CHUNK)
+            chunk_mean, chunk_m2 = _fit_chunk_moments(arch, mapping, (seed, chunk), n)
+            chunk_mean = np.asarray(chunk_mean, np.float64)
+            chunk_m2 = np.asarray(chunk_m2, np.float64)
+            if mean is None:
+                count, mean, m2 = n, chunk_mean, chunk_m2
+            else:
+                delta = chunk_mean - mean
+                total = count + n
+                mean = mean + delta * n / total
+                m2 = m2 + chunk_m2 + delta**2 * count * n / total
+                count = total
+            bar.update(1)
+    std = np.sqrt(m2 / (count - 1))
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def update(self, *args, **kwargs):
+        return None
+
+
+def _file_record(path: str | Path) -> dict:
+    return {"file": Path(path).name, "sha256": weights_file.sha256_of(path)}
+
+
+def write_stylegan_weights(
+    out: str | Path,
+    synthesis_sd: dict[str, np.ndarray],
+    mapping_sd: dict[str, np.ndarray] | None,
+    *,
+    gaussian_fit: dict[str, np.ndarray] | None = None,
+    provenance: dict | None = None,
+    fit_seed: int = 0,
+    fit_samples: int = FIT_SAMPLES,
+    show_progress: bool = True,
+) -> None:
+    """Converts PULSE-format state dicts (torch layouts) and writes the project's weights file.
+
+    Args:
+      out: the `.npz` to write (atomically).
+      synthesis_sd: PULSE `synthesis.pt` state dict as numpy arrays.
+      mapping_sd: PULSE `mapping.pt` state dict, or None when `gaussian_fit` is given.
+      gaussian_fit: {"mean", "std"} (e.g. PULSE's `gaussian_fit.pt`); computed from the
+        mapping network when None.
+      provenance: source records to store (file names, sha256).
+      fit_seed, fit_samples: the computed fit's seed and sample count.
+      show_progress: print progress on stderr.
+    """
+    synthesis = pulse_format.synthesis_params(synthesis_sd)
+    mapping = pulse_format.mapping_params(mapping_sd) if mapping_sd is not None else None
+    arch = stylegan.arch_from_params(synthesis, mapping)
+    provenance = dict(provenance or {})
+    if gaussian_fit is None:
+        if mapping is None:
+            raise ValueError("a mapping network or a gaussian fit is needed")
+        gaussian_fit = compute_gaussian_fit(
+            arch, mapping, num_samples=fit_samples, seed=fit_seed, show_progress=show_progress
+        )
+        provenance["gaussian_fit_computed"] = {"samples": fit_samples, "seed": fit_seed}
+    for name in ("mean", "std"):
+        if np.shape(gaussian_fit[name]) != (arch.dlatent_size,):
+            raise ValueError(f"gaussian fit {name} has shape {np.shape(gaussian_fit[name])}")
+    params = {"synthesis": synthesis}
+    if mapping is not None:
+        params["mapping"] = mapping
+    provenance["converted"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    config = {"resolution": arch.resolution, "channels": list(arch.channels)}
+    weights_file.save_weights(
+        out,
+        kind="stylegan",
+        params=params,
+        config=config,
+        gaussian_fit=gaussian_fit,
+        provenance=provenance,
+    )
+
+
+def _read_gaussian_fit(path: str) -> dict[str, np.ndarray]:
+    fit = torch_format.load_torch_checkpoint(path)
+    if not isinstance(fit, dict) or not {"mean", "std"} <= set(fit):
+        raise CheckpointError(path, "not a PULSE gaussian fit (expected a dict with mean and std)")
+    return {k: np.asarray(fit[k], np.float32).reshape(-1) for k in ("mean", "std")}
+
+
+def _state_dict(path: str, what: str) -> dict[str, np.ndarray]:
+    """Reads a PULSE state dict and checks that it is the network it should be."""
+    state_dict = torch_format.load_state_dict(path)
+    check = pulse_format.synthesis_params if what == "synthesis" else pulse_format.mapping_params
+    try:
+        check(state_dict)
+    except pulse_format.StateDictError as e:
+        raise CheckpointError(path, f"not a PULSE {what} checkpoint: {e}") from None
+    return state_dict
+
+
+def convert_pulse(args: argparse.Namespace) -> None:
+    provenance = {"source": "PULSE checkpoints", "synthesis": _file_record(args.synthesis)}
+    synthesis_sd = _state_dict(args.synthesis, "synthesis")
+    mapping_sd = None
+    if args.mapping:
+        provenance["mapping"] = _file_record(args.mapping)
+        mapping_sd = _state_dict(args.mapping, "mapping")
+    fit = None
+    if args.gaussian_fit:
+        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
+        fit = _read_gaussian_fit(args.gaussian_fit)
+    _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.synthesis)
+
+
+def convert_nvidia(args: argparse.Namespace) -> None:
+    from pulse_jax.checkpoints import nvidia_pickle
+
+    record = _file_record(args.pkl)
+    if args.sha256 and record["sha256"] != args.sha256.lower():
+        raise CheckpointError(
+            args.pkl, f"sha256 {record['sha256']} does not match the expected {args.sha256}"
+        )
+    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(args.pkl)
+    provenance = {"source": "NVIDIA StyleGAN pickle (Gs)", "pkl": record}
+    fit = None
+    if args.gaussian_fit:
+        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
+        fit = _read_gaussian_fit(args.gaussian_fit)
+    _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.pkl)
+
+
+def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
+    try:
+        write_stylegan_weights(
+            args.out,
+            synthesis_sd,
+            mapping_sd,
+            gaussian_fit=fit,
+            provenance=provenance,
+            fit_seed=args.fit_seed,
+            fit_samples=args.fit_samples,
+        )
+    except (pulse_format.StateDictError, ValueError) as e:
+        raise CheckpointError(blame, f"cannot convert: {e}") from None
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pulse_jax.convert",
+        description="Convert StyleGAN checkpoints into a pulse_jax weights file (.npz, no pickle).",
+    )
+    sub = parser.add_subparsers(dest="source", required=True)
+    pulse = sub.add_parser("pulse", help="PULSE's synthesis.pt / mapping.pt (torch, any format)")
+    pulse.add_argument("--synthesis", required=True, help="PULSE synthesis.pt")
+    pulse.add_argument("--mapping", help="PULSE mapping.pt (optional with --gaussian_fit)")
+    nvidia = sub.add_parser("nvidia", help="NVIDIA's official StyleGAN pickle (no TensorFlow)")
+    nvidia.add_argument("--pkl", required=True, help="karras2019stylegan-ffhq-1024x1024.pkl")
+    nvidia.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    for p in (pulse, nvidia):
+        p.add_argument("--out", required=True, help="weights file to write (.npz)")
+        p.add_argument("--gaussian_fit", help="PULSE gaussian_fit.pt instead of computing it")
+        p.add_argument("--fit_seed", type=int, default=0, help="seed of the computed fit")
+        p.add_argument("--fit_samples", type=int, default=FIT_SAMPLES, help="samples in the fit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.source == "pulse" and not args.mapping and not args.gaussian_fit:
+        print("error: give --mapping, --gaussian_fit, or both", file=sys.stderr)
+        return 2
+    try:
+        (convert_pulse if args.source == "pulse" else convert_nvidia)(args)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

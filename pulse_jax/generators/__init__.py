@@ -1,0 +1,1 @@
+"""The generators PULSE searches: StyleGAN (v1) and the embedded DCGAN."""

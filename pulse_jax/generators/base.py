@@ -1,0 +1,104 @@
+"""What every generator offers the solver, and the loaded-generator value users hold.
+
+A generator is split in two so that `solve` compiles once per architecture:
+  - an *arch*: a small frozen (hashable) dataclass with the static structure and
+    pure methods `sample_start`, `trainable`, `sphere_axes`, `render`, passed to
+    `jax.jit` as a static argument;
+  - its *params*: a pytree of arrays, passed as an ordinary (traced) argument.
+
+The search space of a sample is a pytree "start" (e.g. {"latent", "noise"});
+`trainable(options)` marks the leaves that are optimized, `sphere_axes(options)`
+gives, for each batched leaf [N, ...], the axes over which its rows' radii are
+taken (PULSE_SPEC section 3), and `render(params, variables, options)` turns
+batched variables into images in [0, 1] plus the dlatents GEOCROSS needs (or
+None where GEOCROSS does not apply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """The generator-specific options of a PULSE search (PULSE's own flag names)."""
+
+    noise_type: str = "trainable"
+    num_trainable_noise_layers: int = 5
+    tile_latent: bool = False
+    bad_noise_layers: tuple[int, ...] = (17,)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Generator:
+    """A loaded generator: its static arch, its parameters and where they came from.
+
+    Attributes:
+      kind: registered kind ("stylegan", "dcgan").
+      arch: the static structure (hashable), whose methods the solver calls.
+      params: pytree of arrays (for StyleGAN: "synthesis", "mapping", "gaussian_fit").
+      provenance: source files and checksums recorded by the converter.
+    """
+
+    kind: str
+    arch: Any
+    params: dict
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def resolution(self) -> int:
+        return self.arch.resolution
+
+    @property
+    def num_layers(self) -> int:
+        """Style layers L (StyleGAN); 1 for a generator with a single latent."""
+        return getattr(self.arch, "num_layers", 1)
+
+    @property
+    def has_noise(self) -> bool:
+        return self.kind == "stylegan"
+
+    @property
+    def gaussian_fit(self) -> dict[str, np.ndarray] | None:
+        fit = self.params.get("gaussian_fit")
+        return None if fit is None else {k: np.asarray(v) for k, v in fit.items()}
+
+    def map(self, z: jax.Array) -> jax.Array:
+        """StyleGAN mapping network z [B, 512] -> w [B, 512]."""
+        if "mapping" not in self.params:
+            raise ValueError(f"this {self.kind} generator has no mapping network")
+        return _jit_map(self.arch, self.params["mapping"], z)
+
+    def synthesize(self, dlatents: jax.Array, noise=None) -> jax.Array:
+        """StyleGAN: dlatents [B, L, 512] and L noise maps [B, r, r, 1] -> raw image [B, R, R, 3].
+
+        DCGAN: z [B, 100] -> raw image [B, 64, 64, 3]. Raw output is roughly [-1, 1].
+        """
+        if self.kind == "stylegan":
+            return _jit_synthesize(self.arch, self.params["synthesis"], dlatents, noise)
+        return _jit_synthesize(self.arch, self.params, dlatents, None)
+
+    def render(self, variables: dict, options: SearchOptions | None = None):
+        """Batched search variables -> (images [N, R, R, 3] in [0, 1], dlatents or None)."""
+        return _jit_render(self.arch, self.params, variables, options or SearchOptions())
+
+    def __repr__(self) -> str:
+        return f"Generator(kind={self.kind!r}, arch={self.arch!r})"
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_map(arch, params, z):
+    return arch.map(params, z)
+
+
+def _synthesize(arch, params, x, noise):
+    return arch.synthesize(params, x, noise) if noise is not None else arch.synthesize(params, x)
+
+
+_jit_synthesize = jax.jit(_synthesize, static_argnums=0)
+_jit_render = jax.jit(lambda arch, params, v, o: arch.render(params, v, o), static_argnums=(0, 3))

@@ -1,0 +1,295 @@
+"""StyleGAN (v1) as PULSE uses it: mapping and synthesis as pure functions (PULSE_SPEC section 1).
+
+Parameters are nested dicts whose keys follow PULSE's checkpoints
+(`params["synthesis"]["blocks"]["8x8"]["conv0_up"]["weight"]`), stored unscaled
+in JAX layouts (conv kernels [kh, kw, in, out], dense [in, out]); the equalized
+learning-rate multipliers are applied at run time, as in the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pulse_jax.generators import ops
+from pulse_jax.generators.base import SearchOptions
+
+SQRT2 = math.sqrt(2.0)
+MAPPING_LRMUL = 0.01
+INSTANCE_NORM_EPS = 1e-5  # PULSE's nn.InstanceNorm2d default (TF's StyleGAN uses 1e-8)
+FUSED_MIN_RESOLUTION = 128  # blocks with output >= 128 px take the fused upscale path
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGANArch:
+    """Static structure of a StyleGAN generator, inferred from its weights."""
+
+    resolution: int
+    channels: tuple[int, ...]  # per block, 4x4 first
+    mapping_layers: int = 8
+    latent_size: int = 512
+    dlatent_size: int = 512
+    precision: str = "highest"
+
+    @property
+    def num_layers(self) -> int:
+        return 2 * len(self.channels)
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return tuple(f"{4 * 2**i}x{4 * 2**i}" for i in range(len(self.channels)))
+
+    def noise_resolution(self, layer: int) -> int:
+        return 2 ** (layer // 2 + 2)
+
+    # -- the networks ---------------------------------------------------------------------
+
+    def map(self, params: dict, z: jax.Array) -> jax.Array:
+        """Mapping network: z [B, 512] -> w [B, 512]."""
+        x = z * jax.lax.rsqrt(jnp.mean(z * z, axis=1, keepdims=True) + 1e-8)
+        for i in range(self.mapping_layers):
+            x = _dense(params[f"dense{i}"], x, SQRT2, MAPPING_LRMUL, self.precision)
+            x = ops.leaky_relu(x, 0.2)
+        return x
+
+    def synthesize(self, params: dict, dlatents: jax.Array, noise) -> jax.Array:
+        """Synthesis network: dlatents [B, L, 512] and L noise maps [B, r, r, 1] -> [B, R, R, 3].
+
+        Returns the raw output (roughly [-1, 1]), before PULSE's `(x + 1) / 2`.
+        """
+        p = self.precision
+        blocks = params["blocks"]
+        first = blocks["4x4"]
+        batch = dlatents.shape[0]
+        x = jnp.broadcast_to(first["const"], (batch,) + first["const"].shape[1:])  # [B, 4, 4, C]
+        x = x + first["bias"]
+        x = _epilogue(first["epi1"], x, noise[0], dlatents[:, 0], p)
+        x = _conv(first["conv"], x, p, bias=True)
+        x = _epilogue(first["epi2"], x, noise[1], dlatents[:, 1], p)
+        for i, name in enumerate(self.block_names[1:], start=1):
+            block = blocks[name]
+            fused = 4 * 2**i >= FUSED_MIN_RESOLUTION
+            x = _upscale_conv(block["conv0_up"], x, fused, p)
+            x = _epilogue(block["epi1"], x, noise[2 * i], dlatents[:, 2 * i], p)
+            x = _conv(block["conv1"], x, p, bias=True)
+            x = _epilogue(block["epi2"], x, noise[2 * i + 1], dlatents[:, 2 * i + 1], p)
+        return _conv(params["torgb"], x, p, bias=True, gain=1.0, padding=0)
+
+    # -- the search space (PULSE_SPEC section 2) -----------------------------------------
+
+    def check_options(self, options: SearchOptions) -> None:
+        if options.noise_type not in ("zero", "fixed", "trainable"):
+            raise ValueError(
+                f"noise_type must be 'zero', 'fixed' or 'trainable', got {options.noise_type!r}"
+            )
+        if options.num_trainable_noise_layers < 0:
+            raise ValueError("num_trainable_noise_layers must be >= 0")
+
+    def latent_rows(self, options: SearchOptions) -> int:
+        return 1 if options.tile_latent else self.num_layers
+
+    def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
+        """One sample's starting point: {"latent": [L or 1, 512], "noise": L maps [r, r, 1]}."""
+        keys = jax.random.split(key, self.num_layers + 1)
+        latent = jax.random.normal(keys[0], (self.latent_rows(options), self.dlatent_size))
+        noise = []
+        for i in range(self.num_layers):
+            r = self.noise_resolution(i)
+            if options.noise_type == "zero" or i in options.bad_noise_layers:
+                noise.append(jnp.zeros((r, r, 1), jnp.float32))
+            else:
+                noise.append(jax.random.normal(keys[i + 1], (r, r, 1)))
+        return {"latent": latent, "noise": noise}
+
+    def trainable(self, options: SearchOptions) -> dict:
+        """Which leaves of a start are optimized (the rest stay fixed)."""
+        noise = [
+            options.noise_type == "trainable"
+            and i < options.num_trainable_noise_layers
+            and i not in options.bad_noise_layers
+            for i in range(self.num_layers)
+        ]
+        return {"latent": True, "noise": noise}
+
+    def sphere_axes(self, options: SearchOptions) -> dict:
+        """Axes of a batched leaf [N, ...] over which each row's radius is taken (section 3):
+        one row per (sample, style layer) for the latent, per (sample, channel) for noise."""
+        return {"latent": (2,), "noise": [(1, 2)] * self.num_layers}
+
+    def render(self, params: dict, variables: dict, options: SearchOptions):
+        """Batched variables -> (images [N, R, R, 3] in [0, 1], dlatents [N, L, 512])."""
+        fit = params["gaussian_fit"]
+        latent = variables["latent"]  # [N, L or 1, 512]
+        if options.tile_latent:
+            latent = jnp.broadcast_to(latent, (latent.shape[0], self.num_layers, latent.shape[2]))
+        dlatents = ops.leaky_relu(latent * fit["std"] + fit["mean"], 0.2)
+        images = self.synthesize(params["synthesis"], dlatents, variables["noise"])
+        return (images + 1.0) / 2.0, dlatents
+
+
+def _dense(p: dict, x: jax.Array, gain: float, lrmul: float, precision: str) -> jax.Array:
+    w_mul = gain * p["weight"].shape[0] ** -0.5 * lrmul
+    y = jnp.dot(x, p["weight"] * w_mul, precision=ops.lax_precision(precision))
+    return y + p["bias"] * lrmul
+
+
+def _conv(p: dict, x, precision, *, bias: bool, gain: float = SQRT2, padding: int = 1):
+    kernel = p["weight"]  # [k, k, in, out]
+    w_mul = gain * (kernel.shape[0] * kernel.shape[1] * kernel.shape[2]) ** -0.5
+    y = ops.conv2d(x, kernel * w_mul, padding, precision)
+    return y + p["bias"] if bias else y
+
+
+def fused_upscale_kernel(kernel: jax.Array) -> jax.Array:
+    """3x3 kernel [3, 3, in, out] -> the 4x4 kernel of StyleGAN's fused upscale-conv:
+    zero-padded to 5x5 and summed with its three one-pixel shifts."""
+    k = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)))
+    return k[1:, 1:] + k[:-1, 1:] + k[1:, :-1] + k[:-1, :-1]
+
+
+def _upscale_conv(p: dict, x: jax.Array, fused: bool, precision: str) -> jax.Array:
+    kernel = p["weight"]  # [3, 3, in, out]
+    w_mul = SQRT2 * (9 * kernel.shape[2]) ** -0.5
+    if fused:
+        x = ops.conv_transpose2d(x, fused_upscale_kernel(kernel * w_mul), 2, 1, precision)
+    else:
+        x = ops.conv2d(ops.upsample_nearest2x(x), kernel * w_mul, 1, precision)
+    x = ops.depthwise_conv2d(x, p["intermediate"]["kernel"], 1, precision)
+    return x + p["bias"]
+
+
+def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, precision: str):
+    """noise -> leaky ReLU -> instance norm -> style modulation (PULSE_SPEC section 1)."""
+    x = x + p["noise"]["weight"] * noise  # noise [B, r, r, 1] broadcast over channels
+    x = ops.leaky_relu(x, 0.2)
+    x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=(1, 2), keepdims=True) + INSTANCE_NORM_EPS)
+    style = _dense(p["style_mod"]["lin"], dlatent, 1.0, 1.0, precision)  # [B, 2C]
+    channels = x.shape[-1]
+    scale = style[:, None, None, :channels] + 1.0
+    shift = style[:, None, None, channels:]
+    return x * scale + shift
+
+
+def arch_from_params(synthesis: dict, mapping: dict | None, precision: str = "highest"):
+    """Infers the architecture from converted parameter shapes (never assumes 1024 px)."""
+    blocks = synthesis["blocks"]
+    names = sorted(blocks, key=lambda n: int(n.split("x")[0]))
+    resolutions = [int(n.split("x")[0]) for n in names]
+    expected = [4 * 2**i for i in range(len(names))]
+    if resolutions != expected:
+        raise ValueError(f"synthesis blocks {names} are not 4x4, 8x8, ... in powers of two")
+    channels = [int(np.shape(blocks["4x4"]["const"])[-1])]
+    channels += [int(np.shape(blocks[n]["conv1"]["weight"])[-1]) for n in names[1:]]
+    mapping_layers = 8
+    latent_size = dlatent_size = 512
+    if mapping is not None:
+        mapping_layers = len([k for k in mapping if k.startswith("dense")])
+        latent_size = int(np.shape(mapping["dense0"]["weight"])[0])
+        dlatent_size = int(np.shape(mapping[f"dense{mapping_layers - 1}"]["weight"])[1])
+    return StyleGANArch(
+        resolution=resolutions[-1],
+        channels=tuple(channels),
+        mapping_layers=mapping_layers,
+        latent_size=latent_size,
+        dlatent_size=dlatent_size,
+        precision=precision,
+    )
+
+
+def channels_for(resolution: int, fmap_base: int = 8192, fmap_max: int = 512) -> tuple[int, ...]:
+    """StyleGAN's channel plan, 4x4 first: block i (output `4 * 2**i` px) has
+    `nf(i + 1) = min(fmap_base // 2**(i + 1), fmap_max)` channels (FFHQ 1024: 512 up to
+    32 px, then 256, 128, 64, 32, 16)."""
+    if resolution < 4 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    blocks = int(math.log2(resolution)) - 1
+    return tuple(min(fmap_base // 2 ** (s + 1), fmap_max) for s in range(blocks))
+
+
+def random_params(
+    key: jax.Array,
+    resolution: int,
+    *,
+    fmap_base: int = 8192,
+    fmap_max: int = 512,
+    mapping_layers: int = 8,
+    dlatent_size: int = 512,
+) -> dict:
+    """Random StyleGAN weights in the converters' layout, for benchmarks and tests.
+
+    Weights are standard normal (the equalized-learning-rate convention: the run-time
+    multipliers give each layer unit gain), biases and noise strengths small, the blur
+    kernel the real one. The gaussian fit is random too (mean near -0.27, std near 0.48,
+    the scale of PULSE's real fit).
+
+    Args:
+      key: a `jax.random` key.
+      resolution: output size in pixels, a power of two (1024 for FFHQ).
+      fmap_base, fmap_max: the channel plan (`channels_for`); FFHQ's are the defaults.
+      mapping_layers: dense layers of the mapping network.
+      dlatent_size: width of the latents and of the mapping network.
+
+    Returns:
+      {"synthesis": ..., "mapping": ..., "gaussian_fit": {"mean", "std"}} of float32 arrays,
+      ready for `arch_from_params` and `Generator`.
+    """
+    channels = channels_for(resolution, fmap_base, fmap_max)
+    keys = iter(jax.random.split(key, 16 * len(channels) + 2 * mapping_layers + 8))
+
+    def normal(shape, scale=1.0):
+        return scale * jax.random.normal(next(keys), shape, jnp.float32)
+
+    def epilogue(c):
+        return {
+            "noise": {"weight": normal((c,), 0.1)},
+            "style_mod": {
+                "lin": {"weight": normal((dlatent_size, 2 * c)), "bias": normal((2 * c,), 0.1)}
+            },
+        }
+
+    blur = jnp.outer(jnp.array([1.0, 2.0, 1.0]), jnp.array([1.0, 2.0, 1.0])) / 16.0
+    blocks = {
+        "4x4": {
+            "const": normal((1, 4, 4, channels[0])),
+            "bias": normal((channels[0],), 0.1),
+            "epi1": epilogue(channels[0]),
+            "conv": {
+                "weight": normal((3, 3, channels[0], channels[0])),
+                "bias": normal((channels[0],), 0.1),
+            },
+            "epi2": epilogue(channels[0]),
+        }
+    }
+    for i in range(1, len(channels)):
+        c_in, c = channels[i - 1], channels[i]
+        blocks[f"{4 * 2**i}x{4 * 2**i}"] = {
+            "conv0_up": {
+                "weight": normal((3, 3, c_in, c)),
+                "bias": normal((c,), 0.1),
+                "intermediate": {"kernel": blur},
+            },
+            "epi1": epilogue(c),
+            "conv1": {"weight": normal((3, 3, c, c)), "bias": normal((c,), 0.1)},
+            "epi2": epilogue(c),
+        }
+    synthesis = {
+        "blocks": blocks,
+        "torgb": {"weight": normal((1, 1, channels[-1], 3)), "bias": normal((3,), 0.1)},
+    }
+    mapping = {
+        f"dense{i}": {
+            "weight": normal((dlatent_size, dlatent_size)),
+            "bias": normal((dlatent_size,), 0.1),
+        }
+        for i in range(mapping_layers)
+    }
+    fit = {
+        "mean": normal((dlatent_size,), 0.1) - 0.27,
+        "std": 0.48 + 0.05 * jnp.abs(normal((dlatent_size,))),
+    }
+    return {"synthesis": synthesis, "mapping": mapping, "gaussian_fit": fit}

@@ -1,0 +1,399 @@
+"""Reading, validating and writing images.
+
+In memory an image is a float32 numpy array `[H, W, 3]` with values in [0, 1]
+(NHWC without the batch axis). Every launcher goes through this module:
+`list_images` names the files of an input folder, `load_image` decodes any
+format Pillow reads into that array (or raises an `ImageError` that names the
+file and why it was refused), `prepare_for_generator` checks or resizes it to
+a size the generator's downscaling operator accepts, and `save_image` /
+`comparison_sheet` write results.
+
+Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` must stay False (its default): with
+it, a truncated file decodes silently into an image padded with grey.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from pulse_jax.downscale import bicubic_downscale
+
+# 8192 x 8192: far above any face PULSE upsamples, far below what exhausts memory.
+DEFAULT_MAX_PIXELS = 1 << 26
+# A crop smaller than this holds no face worth resizing (the smallest LR input in
+# the paper is 16 x 16); an already valid smaller square is still accepted as is.
+MIN_RESIZE_SIDE = 4
+WHITE = (1.0, 1.0, 1.0)
+
+
+class ImageError(ValueError):
+    """A file or folder that cannot be used as input; str is "<path>: <reason>"."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Lists the candidate image files of an input folder.
+
+    Every regular, non-hidden file counts whatever its extension: `load_image`
+    decides what is an image, so a bad file is reported with a reason rather
+    than skipped in silence. Not recursive.
+
+    Args:
+      folder: the input folder.
+
+    Returns:
+      The files, sorted by name.
+
+    Raises:
+      ImageError: the folder is missing, is not a folder, or holds no file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageError(folder, "no such folder")
+    if not folder.is_dir():
+        raise ImageError(folder, "not a folder")
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise ImageError(folder, "the folder holds no files (hidden files are skipped)")
+    return files
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    background: tuple[float, float, float] = WHITE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Reads an image file into a float32 `[H, W, 3]` array in [0, 1].
+
+    Any format and mode Pillow decodes is accepted (PNG, JPEG, WebP, BMP, TIFF,
+    the first frame of a GIF...). Transparency (RGBA, LA, PA, a palette or
+    colour key with transparency) is composited onto `background`; 16-bit grey
+    (`I;16`) and 32-bit integer (`I`) pixels are scaled by 1/65535 and float
+    (`F`) pixels are taken as already in [0, 1], both clipped; every other mode
+    goes through Pillow's conversion to RGB. The EXIF orientation is applied.
+
+    The pixel count is checked against `max_pixels` from the header, before any
+    pixel is decoded. Pillow's own decompression-bomb limit
+    (2 x `Image.MAX_IMAGE_PIXELS`, about 179 megapixels) applies on top.
+
+    Args:
+      path: the file.
+      background: RGB in [0, 1] under transparent pixels; white by default.
+      max_pixels: the largest width x height accepted; 64 megapixels
+        (8192 x 8192) by default.
+
+    Returns:
+      The image, float32 `[H, W, 3]` in [0, 1].
+
+    Raises:
+      ImageError: the file is missing, empty, not an image, too large,
+        truncated or corrupt; the reason says which.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "no such file" if not path.exists() else "not a file")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS; `max_pixels` below is the limit we enforce.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"refused as a decompression bomb: {e}") from e
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(path, "not an image Pillow can read") from e
+    except PermissionError as e:
+        raise ImageError(path, f"cannot read the file: {e.strerror}") from e
+    except Exception as e:  # corrupt headers raise many exception types
+        raise ImageError(path, f"truncated or corrupt: {e}") from e
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                path,
+                f"image is {width}x{height} = {width * height} pixels, above the limit of "
+                f"{max_pixels} pixels (max_pixels)",
+            )
+        try:
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+        except Exception as e:  # Pillow's decoders raise many exception types
+            raise ImageError(path, f"truncated or corrupt: {e}") from e
+        try:
+            image = _to_rgb_array(img, background)
+        except ValueError as e:
+            raise ImageError(path, f"cannot convert mode {img.mode}: {e}") from e
+    if not np.all(np.isfinite(image)):
+        raise ImageError(path, "pixels include NaN or infinite values")
+    return image
+
+
+def _to_rgb_array(img: Image.Image, background: tuple[float, float, float]) -> np.ndarray:
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        # Wide grey: convert("RGB") would clip to 8 bits before scaling.
+        grey = np.asarray(img).astype(np.float32)  # [H, W]
+        if img.mode != "F":
+            grey /= 65535.0
+        grey = np.clip(grey, 0.0, 1.0)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if img.has_transparency_data:
+        rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0  # [H, W, 4]
+        alpha = rgba[:, :, 3:]
+        bg = np.asarray(background, np.float32).reshape(1, 1, 3)
+        return np.ascontiguousarray(rgba[:, :, :3] * alpha + bg * (1.0 - alpha))
+    return np.asarray(img.convert("RGB"), np.float32) / 255.0
+
+
+def working_sizes(resolution: int) -> list[int]:
+    """The square input sides a generator of `resolution` px accepts, largest first.
+
+    A side works when it divides the resolution, so the HR image downscales to
+    it by an integer factor (PULSE_SPEC's bicubic operator).
+    """
+    if resolution < 1:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    return [s for s in range(resolution, 0, -1) if resolution % s == 0]
+
+
+def check_size(image: np.ndarray, path: str | os.PathLike, resolution: int) -> int:
+    """Checks an input's size against a generator and returns the downscale factor.
+
+    Args:
+      image: `[H, W, 3]`.
+      path: the file it came from, named in errors.
+      resolution: the generator's output side.
+
+    Returns:
+      `resolution // side`.
+
+    Raises:
+      ImageError: the image is not square or its side does not divide
+        `resolution`; the message lists the sides that work.
+    """
+    height, width = image.shape[:2]
+    sizes = ", ".join(str(s) for s in working_sizes(resolution))
+    if height != width:
+        raise ImageError(
+            path,
+            f"image is {width}x{height}, not square; a {resolution} px generator takes a "
+            f"square of side {sizes} (or ask for resizing to centre-crop and downscale it)",
+        )
+    if resolution % height:
+        raise ImageError(
+            path,
+            f"image is {width}x{height}; a {resolution} px generator takes a square of "
+            f"side {sizes} (or ask for resizing)",
+        )
+    return resolution // height
+
+
+def prepare_for_generator(
+    image: np.ndarray, path: str | os.PathLike, resolution: int, *, resize: bool = False
+) -> tuple[np.ndarray, int]:
+    """Returns the LR input for a generator and its downscale factor.
+
+    Without `resize` this is `check_size`. With it, the image is centre-cropped
+    to a square of side s = min(H, W), kept if s already works, else resized
+    to the target t, the largest working size <= s (never an upscale: making up
+    pixels is PULSE's job, not the loader's). Most of the reduction goes
+    through the project's bicubic operator, the degradation PULSE's loss
+    inverts: with k = round(s / t) (at least 1), Pillow's BICUBIC (no
+    reducing_gap) first takes the crop from s to k * t when s is not already a
+    multiple of t, then `bicubic_downscale` divides by k. Crops under
+    `MIN_RESIZE_SIDE` px are refused.
+
+    Args:
+      image: `[H, W, 3]` in [0, 1].
+      path: the file it came from, named in errors.
+      resolution: the generator's output side.
+      resize: crop and resize instead of refusing a size that does not work.
+
+    Returns:
+      `(lr, factor)`: the square `[t, t, 3]` float32 input and `resolution // t`.
+
+    Raises:
+      ImageError: the size does not work and `resize` is off, or the image is
+        too small to resize.
+    """
+    if not resize:
+        return image, check_size(image, path, resolution)
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[top : top + side, left : left + side]  # [s, s, 3]
+    if resolution % side == 0:
+        return crop, resolution // side
+    if side < MIN_RESIZE_SIDE:
+        raise ImageError(
+            path,
+            f"image is {width}x{height}, too small to resize (at least "
+            f"{MIN_RESIZE_SIDE}x{MIN_RESIZE_SIDE} px)",
+        )
+    target = next(s for s in working_sizes(resolution) if s <= side)
+    k = max(1, int(side / target + 0.5))
+    lr = crop
+    if side != k * target:
+        lr = _resize(crop, (k * target, k * target), Image.Resampling.BICUBIC)
+    if k > 1:
+        lr = np.clip(np.asarray(bicubic_downscale(lr, k), np.float32), 0.0, 1.0)
+    return np.ascontiguousarray(lr), resolution // target
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """Resizes `[H, W, 3]` to `size` = (height, width) in float, one channel at a time."""
+    height, width = size
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[:, :, c], np.float32)).resize(
+                (width, height), resample, reducing_gap=None
+            )
+        )
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.stack(channels, axis=2), 0.0, 1.0).astype(np.float32)
+
+
+def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def upscale_nearest(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Enlarges `[H, W, 3]` to `size` (a side or (height, width)) with visible pixels.
+
+    Returns:
+      float32 `[height, width, 3]`.
+    """
+    return _resize(image, _as_size(size), Image.Resampling.NEAREST)
+
+
+def upscale_bicubic(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resizes `[H, W, 3]` to `size` with Pillow's bicubic (for display, not for the loss).
+
+    Returns:
+      float32 `[height, width, 3]`, clipped to [0, 1].
+    """
+    return _resize(image, _as_size(size), Image.Resampling.BICUBIC)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Quantises a [0, 1] image to uint8, rounding to nearest; uint8 input is returned as is.
+
+    Raises:
+      ValueError: the image holds NaN or infinite values.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if not np.all(np.isfinite(image)):
+        raise ValueError("image holds NaN or infinite values")
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes `[H, W, 3]` (or `[H, W]`) in [0, 1] as an 8-bit PNG, atomically.
+
+    The PNG is written to a hidden temporary file in the same folder and
+    renamed over `path`, so the file appears whole or not at all. Parent
+    folders are created.
+
+    Args:
+      path: the output, ending in `.png`.
+      image: float in [0, 1] (clipped) or uint8.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: save_image writes PNG files; name it *.png")
+    pil = Image.fromarray(to_uint8(image))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); a result is an ordinary file.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # DejaVu Sans (on most Linux systems) draws symbols such as the check mark;
+    # Pillow's built-in font covers Latin text only.
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def comparison_sheet(
+    lr: np.ndarray,
+    upscaled: np.ndarray,
+    samples: Sequence[np.ndarray] | np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
+    cell: int | None = None,
+) -> np.ndarray:
+    """Lays out LR input, bicubic upscale and HR samples in one labelled row.
+
+    Each panel is a `cell` x `cell` square under a text strip: the LR input
+    enlarged with nearest-neighbour so its pixels show, then the bicubic
+    upscale and the samples (resized with bicubic only if not already `cell`).
+    Labels that do not fit the cell are shortened with an ellipsis.
+
+    Args:
+      lr: `[h, w, 3]` LR input.
+      upscaled: `[H, W, 3]` bicubic upscale of `lr`.
+      samples: `[N, H, W, 3]` or a sequence of `[H, W, 3]` HR samples.
+      labels: one per panel (2 + N); default "input hxw", "bicubic", "sample i".
+      cell: panel side in pixels; default the HR side, at least 128.
+
+    Returns:
+      float32 `[H', W', 3]` in [0, 1], ready for `save_image`.
+    """
+    samples = list(samples)
+    if labels is None:
+        labels = [f"input {lr.shape[1]}x{lr.shape[0]}", "bicubic"]
+        labels += [f"sample {i}" for i in range(len(samples))]
+    labels = list(labels)
+    if len(labels) != 2 + len(samples):
+        raise ValueError(f"{len(labels)} labels for {2 + len(samples)} panels")
+    if cell is None:
+        cell = max(upscaled.shape[0], upscaled.shape[1], 128)
+    panels = [upscale_nearest(lr, cell)]
+    for hr in [upscaled, *samples]:
+        panels.append(hr if hr.shape[:2] == (cell, cell) else upscale_bicubic(hr, cell))
+
+    font = _label_font(max(10, cell // 24))
+    ascent, descent = font.getmetrics()
+    pad, gap = 3, 4
+    strip = ascent + descent + 2 * pad
+    width = len(panels) * cell + (len(panels) - 1) * gap
+    sheet = Image.new("RGB", (width, strip + cell), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (panel, label) in enumerate(zip(panels, labels, strict=True)):
+        x = i * (cell + gap)
+        sheet.paste(Image.fromarray(to_uint8(panel)), (x, strip))
+        text = label
+        while len(text) > 1 and draw.textlength(text, font=font) > cell - 2 * pad:
+            text = text[:-2] + "…"
+        draw.text((x + pad, pad), text, fill=(0, 0, 0), font=font)
+    return np.asarray(sheet, np.float32) / 255.0

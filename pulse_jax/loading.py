@@ -1,0 +1,83 @@
+"""`load_generator`: a registered name or a weights file -> a `Generator` ready for `solve`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from pulse_jax.checkpoints import CheckpointError, dcgan_package, weights_file
+from pulse_jax.generators import dcgan, stylegan
+from pulse_jax.generators.base import Generator
+
+# Registered names -> a function that returns the path of their weights file,
+# obtaining it first where the project can (the embedded default).
+REGISTRY: dict[str, Callable[[Path], Path]] = {"dcgan64": dcgan_package.ensure_dcgan64}
+DEFAULT_GENERATOR = "dcgan64"
+
+
+def weights_dir() -> Path:
+    """Where downloaded and converted weights live.
+
+    `$PULSE_JAX_WEIGHTS_DIR` if set; else the repository's git-ignored `weights/`
+    folder when running from a source checkout; else `~/.cache/pulse_jax/weights`.
+    """
+    env = os.environ.get("PULSE_JAX_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1] / "weights"
+    if checkout.is_dir() and os.access(checkout, os.W_OK):
+        return checkout
+    return Path.home() / ".cache" / "pulse_jax" / "weights"
+
+
+def load_generator(name_or_path: str | os.PathLike, *, precision: str = "highest") -> Generator:
+    """Loads a generator for `solve` and notebooks.
+
+    Args:
+      name_or_path: a registered name (`"dcgan64"`, the embedded default, fetched and
+        converted on first use) or the path of a weights file written by
+        `python -m pulse_jax.convert`.
+      precision: matmul/conv precision, "highest" (full float32 everywhere, the
+        default and what parity with the original needs), "high" or "default"
+        (faster reduced-precision passes on GPU/TPU).
+
+    Returns:
+      A `Generator` exposing `resolution`, `num_layers`, `gaussian_fit`, `map`,
+      `synthesize` and `render`.
+    """
+    key = str(name_or_path)
+    if key in REGISTRY:
+        path = REGISTRY[key](weights_dir())
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise CheckpointError(
+                path, f"no such weights file, and not a registered name ({', '.join(REGISTRY)})"
+            )
+    return from_weights_file(weights_file.load_weights(path), precision=precision, path=path)
+
+
+def from_weights_file(
+    wf: weights_file.WeightsFile, *, precision: str = "highest", path: Path | None = None
+) -> Generator:
+    params = jax.tree.map(jnp.asarray, wf.params)
+    try:
+        if wf.kind == "stylegan":
+            if wf.gaussian_fit is None:
+                raise ValueError("StyleGAN weights without a gaussian fit")
+            params = dict(params)
+            params["gaussian_fit"] = {k: jnp.asarray(v) for k, v in wf.gaussian_fit.items()}
+            arch = stylegan.arch_from_params(
+                params["synthesis"], params.get("mapping"), precision=precision
+            )
+        elif wf.kind == "dcgan":
+            arch = dcgan.arch_from_params(params, precision=precision)
+        else:
+            raise ValueError(f"unknown generator kind {wf.kind!r}")
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(path or "<weights>", f"inconsistent weights file: {e}") from None
+    return Generator(kind=wf.kind, arch=arch, params=params, provenance=wf.provenance)
