@@ -1,0 +1,228 @@
+"""PULSE on a folder of low-resolution images.
+
+    python experiments/run.py --input_dir experiments/examples --output_dir results/examples
+
+Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
+and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input, and a line
+per sample in `<out>/results.jsonl` (layout, re-runs and seeding: the docstring of
+`pulse_jax/pipeline.py`). Flags and defaults are PULSE's own, plus `--generator`,
+`--resize` and `--align`.
+
+Exit status: 0 when every input was used (whether or not its samples reached
+eps; see the manifest), 1 when some input files could not be used (each is
+named, the others are processed), 2 when the settings or folders are wrong and
+nothing was run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from pulse_jax import load_generator, pipeline
+from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.images import ImageError
+from pulse_jax.loading import DEFAULT_GENERATOR
+
+FLAGS = flags.FLAGS
+_DEFAULTS = pipeline.SearchConfig()
+
+flags.DEFINE_string(
+    "input_dir",
+    None,
+    "Folder of LR images: every file (any image format) except hidden files and a README.",
+)
+flags.DEFINE_string("output_dir", "results/runs", "Folder for the results and results.jsonl.")
+flags.DEFINE_string(
+    "generator",
+    DEFAULT_GENERATOR,
+    "A registered generator name (dcgan64: the embedded 64 px face DCGAN) or the path of a "
+    "weights file written by `python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
+)
+flags.DEFINE_integer("duplicates", 1, "Samples per input, each from its own start.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 1, "Input images per solve call.", lower_bound=1)
+flags.DEFINE_integer(
+    "seed",
+    _DEFAULTS.seed,
+    "Sample s of the input with index i among the input files (sorted by name) starts from "
+    "fold_in(fold_in(key(seed), i), s). Every seed, 0 included, is a seed.",
+)
+flags.DEFINE_string(
+    "loss_str",
+    _DEFAULTS.loss_str,
+    "'+'-separated weight*TERM, TERM in L2, L1, GEOCROSS. GEOCROSS is 0 for the DCGAN "
+    "(it has no style layers) and with --tile_latent.",
+)
+flags.DEFINE_float("eps", _DEFAULTS.eps, "Success threshold on L2 (and the clamp of L2/L1).")
+flags.DEFINE_enum(
+    "noise_type",
+    _DEFAULTS.noise_type,
+    ["zero", "fixed", "trainable"],
+    "StyleGAN only: noise maps all zero, random and fixed, or random and optimized.",
+)
+flags.DEFINE_integer(
+    "num_trainable_noise_layers",
+    _DEFAULTS.num_trainable_noise_layers,
+    "StyleGAN only, with --noise_type trainable: noise layers 0..n-1 are optimized.",
+    lower_bound=0,
+)
+flags.DEFINE_boolean(
+    "tile_latent", _DEFAULTS.tile_latent, "StyleGAN only: one latent row for every style layer."
+)
+flags.DEFINE_string(
+    "bad_noise_layers",
+    _DEFAULTS.bad_noise_layers,
+    "StyleGAN only: '.'-separated noise layers that are always zero.",
+)
+flags.DEFINE_enum("opt_name", _DEFAULTS.opt_name, ["sgd", "adam", "sgdm", "adamax"], "Optimizer.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Base learning rate.")
+flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimizer steps.", lower_bound=1)
+flags.DEFINE_enum(
+    "lr_schedule",
+    _DEFAULTS.lr_schedule,
+    ["fixed", "linear1cycle", "linear1cycledrop"],
+    "Learning-rate schedule.",
+)
+flags.DEFINE_boolean(
+    "save_intermediate",
+    False,
+    "Also write every step's image, <out>/<stem>/intermediate/sample_<s>_step_<j>.png.",
+)
+flags.DEFINE_boolean(
+    "resize",
+    False,
+    "Centre-crop and resize inputs whose size does not divide the generator's resolution "
+    "(default: refuse them).",
+)
+flags.DEFINE_boolean(
+    "align",
+    False,
+    "First detect, align and crop the faces of --input_dir (needs the optional dlib extra) "
+    "and run on the aligned faces, written to <output_dir>/aligned/.",
+)
+flags.DEFINE_integer(
+    "align_size",
+    0,
+    "With --align, the side of the aligned LR faces; 0: min(32, resolution / 4), i.e. 16 "
+    "for the 64 px DCGAN and PULSE's 32 for 1024 px.",
+    lower_bound=0,
+)
+
+NOISE_FLAGS = pipeline.NOISE_OPTIONS
+
+
+def config_from_flags() -> pipeline.RunConfig:
+    """The run described by the parsed flags."""
+    search = pipeline.SearchConfig(
+        generator=FLAGS.generator,
+        seed=FLAGS.seed,
+        steps=FLAGS.steps,
+        loss_str=FLAGS.loss_str,
+        eps=FLAGS.eps,
+        noise_type=FLAGS.noise_type,
+        num_trainable_noise_layers=FLAGS.num_trainable_noise_layers,
+        tile_latent=FLAGS.tile_latent,
+        bad_noise_layers=FLAGS.bad_noise_layers,
+        opt_name=FLAGS.opt_name,
+        learning_rate=FLAGS.learning_rate,
+        lr_schedule=FLAGS.lr_schedule,
+        resize=FLAGS.resize,
+    )
+    return pipeline.RunConfig(
+        input_dir=FLAGS.input_dir,
+        output_dir=FLAGS.output_dir,
+        search=search,
+        duplicates=FLAGS.duplicates,
+        batch_size=FLAGS.batch_size,
+        save_intermediate=FLAGS.save_intermediate,
+    )
+
+
+def align_inputs(
+    config: pipeline.RunConfig, resolution: int
+) -> tuple[pipeline.RunConfig, list[ImageError]]:
+    """Aligns the faces of the input folder into `<output_dir>/aligned/`.
+
+    Returns:
+      The run on the aligned LR faces, and one `ImageError` per photo that gave no face.
+
+    Raises:
+      pipeline.ConfigError: face alignment (the optional dlib extra) is not installed, or
+        --align_size does not divide the generator's resolution.
+    """
+    try:
+        from pulse_jax import align  # optional extra: imported only when asked for
+    except ImportError as e:
+        raise pipeline.ConfigError(
+            f"--align needs the face-alignment module pulse_jax.align and its extra ({e})"
+        ) from None
+    size = FLAGS.align_size or min(32, resolution // 4)
+    aligned = Path(config.output_dir) / "aligned"
+    try:
+        faces = align.align_to_folder(
+            config.input_dir, aligned, output_size=size, resolution=resolution
+        )
+    except align.AlignmentUnavailable as e:
+        raise pipeline.ConfigError(f"--align: {e}") from None
+    except ValueError as e:
+        if isinstance(e, ImageError):
+            raise
+        raise pipeline.ConfigError(f"--align: {e}") from None
+    failed = [ImageError(path, reason) for path, reason in faces.skipped.items()]
+    return dataclasses.replace(config, input_dir=str(aligned)), failed
+
+
+def execute() -> int:
+    """Runs with the parsed flags; returns the exit status (see the module docstring)."""
+    if FLAGS.input_dir is None:
+        print("error: --input_dir is required", file=sys.stderr)
+        return 2
+    config = config_from_flags()
+    not_aligned = []
+    try:
+        generator = load_generator(config.search.generator)
+        pipeline.check_applicable(generator, [n for n in NOISE_FLAGS if FLAGS[n].present])
+        if FLAGS.align:
+            config, not_aligned = align_inputs(config, generator.resolution)
+        summary = pipeline.run_folder(config, generator)
+    except (pipeline.ConfigError, ImageError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Photos in which no face was found count as failed inputs too.
+    summary.failed[:0] = not_aligned
+    summary.inputs += len(not_aligned)
+    print("\n".join(summary.lines()))
+    if summary.failed:
+        print(
+            f"error: {len(summary.failed)} of {summary.inputs} input files could not be used "
+            "(each is named above)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    """Parses `argv` (program name first) and runs; for tests and other in-process callers.
+
+    Flags from an earlier call are reset first.
+    """
+    FLAGS.unparse_flags()
+    FLAGS(argv)
+    return execute()
+
+
+def main(argv: list[str]) -> int:
+    """The `app.run` entry point."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep JAX's start-up notes out of the output
+    return execute()
+
+
+if __name__ == "__main__":
+    app.run(main)

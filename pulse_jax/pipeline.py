@@ -1,0 +1,647 @@
+"""PULSE over a folder of images: inputs, batches, result files and the manifest.
+
+`experiments/run.py` is `run_folder` plus flag parsing. The pieces are public so
+that other launchers (seed sweeps) write results the same way:
+
+- `load_inputs` reads and checks every file of a folder, keeping the bad ones
+  as `ImageError`s instead of stopping;
+- `make_batches` groups inputs of one size into batches of constant shape;
+- `write_sample`, `write_intermediate` and `write_comparison` write one
+  result's files, each atomically (a file appears whole or not at all);
+- `manifest_record`, `read_manifest` and `update_manifest` keep
+  `results.jsonl`, one JSON line per (input, sample).
+
+Output layout, for an input file whose name without extension is `<stem>`:
+
+    <out>/results.jsonl
+    <out>/<stem>/sample_<s>_hr.png          the sample's best HR image
+    <out>/<stem>/sample_<s>_lr.png          its downscale (what the loss compared)
+    <out>/<stem>/comparison.png             LR input | bicubic | every sample
+    <out>/<stem>/intermediate/sample_<s>_step_<j>.png   with save_intermediate
+
+(two inputs with the same stem, `a.png` and `a.jpg`, get `a_png/` and `a_jpg/`).
+
+Re-running into an output folder never loses what is there: an input whose
+requested samples are all in the manifest with the same settings is skipped
+(so an interrupted run resumes where it stopped); if the manifest holds an
+input's results made with other settings, the run is refused before anything
+is written. The manifest is rewritten atomically after each batch, after the
+batch's images, so every line points at complete files.
+
+Inputs are every file of the folder except hidden files and a README (the
+folder's description). Seeds: sample s of the input with `image_id` i (its
+index among the input files, sorted by name) starts from
+`fold_in(fold_in(key(seed), i), s)`, exactly as `solve` seeds it, so a line is
+reproducible on its own:
+`solve(lr[None], generator, seed=seed, image_ids=[image_id], num_samples=sample + 1)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from pulse_jax import losses, optim
+from pulse_jax.checkpoints.weights_file import atomic_write
+from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax.images import (
+    ImageError,
+    comparison_sheet,
+    list_images,
+    load_image,
+    prepare_for_generator,
+    save_image,
+    upscale_bicubic,
+)
+from pulse_jax.progress import Progress, format_seconds
+from pulse_jax.solve import SolveResult, solve
+
+MANIFEST = "results.jsonl"
+# The options that exist only for generators with noise maps and style layers (StyleGAN).
+NOISE_OPTIONS = ("noise_type", "num_trainable_noise_layers", "tile_latent", "bad_noise_layers")
+
+
+class ConfigError(ValueError):
+    """Settings, a generator and an output folder that cannot work together."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything that decides a result; PULSE's option names and defaults.
+
+    Two results with equal `SearchConfig`s (and the same input, image id and
+    sample) are the same result, which is what lets a re-run skip finished work.
+    """
+
+    generator: str = "dcgan64"
+    seed: int = 0
+    steps: int = 100
+    loss_str: str = "100*L2+0.05*GEOCROSS"
+    eps: float = 2e-3
+    noise_type: str = "trainable"
+    num_trainable_noise_layers: int = 5
+    tile_latent: bool = False
+    bad_noise_layers: str = "17"
+    opt_name: str = "adam"
+    learning_rate: float = 0.4
+    lr_schedule: str = "linear1cycledrop"
+    resize: bool = False
+
+    def solve_kwargs(self, generator: Generator) -> dict:
+        """The keyword arguments of `pulse_jax.solve` (noise options only where they apply)."""
+        kwargs = dict(
+            seed=self.seed,
+            steps=self.steps,
+            loss_str=self.loss_str,
+            eps=self.eps,
+            opt_name=self.opt_name,
+            learning_rate=self.learning_rate,
+            lr_schedule=self.lr_schedule,
+        )
+        if generator.has_noise:
+            kwargs.update(
+                noise_type=self.noise_type,
+                num_trainable_noise_layers=self.num_trainable_noise_layers,
+                tile_latent=self.tile_latent,
+                bad_noise_layers=self.bad_noise_layers,
+            )
+        return kwargs
+
+    def settings(self, generator: Generator) -> dict:
+        """The settings recorded in each manifest line (noise options `None` where they do
+        not apply)."""
+        settings = dataclasses.asdict(self)
+        if not generator.has_noise:
+            settings.update(dict.fromkeys(NOISE_OPTIONS))
+        return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A run over a folder: where from, where to, how many samples, how batched."""
+
+    input_dir: str
+    output_dir: str
+    search: SearchConfig = SearchConfig()
+    duplicates: int = 1
+    batch_size: int = 1
+    save_intermediate: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class InputImage:
+    """One usable input: its id for seeding, its file, its output folder name and its LR image."""
+
+    image_id: int
+    path: Path
+    name: str  # the output folder, <out>/<name>/
+    lr: np.ndarray  # [h, w, 3] in [0, 1]
+    factor: int
+    sha256: str = ""  # of the file, so a re-run recognises its results
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a run did; `lines()` is the report printed at the end."""
+
+    inputs: int = 0
+    failed: list[ImageError] = dataclasses.field(default_factory=list)
+    skipped: int = 0
+    samples: int = 0
+    successes: int = 0
+    latent_steps: int = 0
+    solve_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    output_dir: str = ""
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        rate = self.latent_steps / self.solve_seconds if self.solve_seconds > 0 else 0.0
+        lines = [
+            f"inputs: {self.inputs} files, {len(self.failed)} failed, "
+            f"{self.skipped} already done (skipped)",
+            f"samples: {self.samples} written, {self.successes} reached eps, "
+            f"{self.samples - self.successes} did not",
+            f"time: {format_seconds(self.wall_seconds)} wall, "
+            f"{self.solve_seconds:.1f} s solving (the first solve of a shape compiles)",
+            f"throughput: {rate:.1f} latent-steps/s ({self.latent_steps} latent-steps)",
+            f"results: {self.output_dir}/ (manifest {MANIFEST})",
+        ]
+        if self.failed:
+            lines.append(f"failed inputs ({len(self.failed)}):")
+            lines += [f"  {e}" for e in self.failed]
+        return lines
+
+
+# -- inputs and batches ------------------------------------------------------------------
+
+
+def load_inputs(
+    folder: str | os.PathLike, resolution: int, *, resize: bool = False
+) -> tuple[list[InputImage], list[ImageError]]:
+    """Reads every file of `folder` (any extension) as an LR input for a generator.
+
+    A file named README (any extension, any case) is the folder's description, not an
+    input: it is left out, like hidden files.
+
+    Args:
+      folder: the input folder (not recursive; hidden files are skipped).
+      resolution: the generator's output side.
+      resize: centre-crop and resize images whose size does not divide `resolution`
+        (`prepare_for_generator`); otherwise they are refused.
+
+    Returns:
+      `(inputs, errors)`: the usable images, with `image_id` = index in the sorted
+      listing of the input files (README and hidden files left out), and one
+      `ImageError` (naming the file and the reason) per bad file.
+
+    Raises:
+      ImageError: the folder is missing, not a folder, or holds no file.
+    """
+    paths = [p for p in list_images(folder) if not is_readme(p)]
+    if not paths:
+        raise ImageError(folder, "the folder holds no input files (only a README)")
+    stems = [p.stem for p in paths]
+    inputs, errors = [], []
+    for image_id, path in enumerate(paths):
+        try:
+            lr, factor = prepare_for_generator(load_image(path), path, resolution, resize=resize)
+        except ImageError as e:
+            errors.append(e)
+            continue
+        name = path.stem
+        if stems.count(path.stem) > 1:
+            name = f"{path.stem}_{path.suffix.lstrip('.')}"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        inputs.append(InputImage(image_id, path, name, lr.astype(np.float32), factor, digest))
+    return inputs, errors
+
+
+def is_readme(path: Path) -> bool:
+    """Whether `path` is a folder's README (README, README.md, readme.txt...)."""
+    return path.name.split(".")[0].upper() == "README"
+
+
+def make_batches(inputs: Sequence[InputImage], batch_size: int) -> list[list[InputImage]]:
+    """Groups inputs of equal size into batches of at most `batch_size`, keeping their order.
+
+    `pad_batch` then fills the last batch of a size, so every solve call of one size
+    has the same shape and compiles once.
+    """
+    by_size: dict[int, list[InputImage]] = {}
+    for item in inputs:
+        by_size.setdefault(item.lr.shape[0], []).append(item)
+    return [
+        group[i : i + batch_size]
+        for group in by_size.values()
+        for i in range(0, len(group), batch_size)
+    ]
+
+
+def pad_batch(batch: Sequence[InputImage], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks a batch, repeating its last image up to `size` rows.
+
+    Returns:
+      `(lr [size, h, w, 3], image_ids [size])`; rows past `len(batch)` are padding whose
+      results are dropped.
+    """
+    rows = list(batch) + [batch[-1]] * (size - len(batch))
+    return np.stack([r.lr for r in rows]), np.array([r.image_id for r in rows], np.int64)
+
+
+# -- result files ------------------------------------------------------------------------
+
+
+def sample_paths(name: str, sample: int) -> dict[str, str]:
+    """The files of one sample, relative to the output folder."""
+    return {"hr": f"{name}/sample_{sample}_hr.png", "lr": f"{name}/sample_{sample}_lr.png"}
+
+
+def write_sample(out_dir: str | os.PathLike, name: str, sample: int, hr, lr) -> dict[str, str]:
+    """Writes one sample's HR image and its downscale, each atomically.
+
+    Args:
+      out_dir: the output folder.
+      name: the input's folder name under `out_dir`.
+      sample: the sample index.
+      hr: `[R, R, 3]` in [0, 1].
+      lr: `[h, w, 3]` in [0, 1].
+
+    Returns:
+      The paths written, relative to `out_dir` (`{"hr": ..., "lr": ...}`).
+    """
+    paths = sample_paths(name, sample)
+    save_image(Path(out_dir) / paths["hr"], hr)
+    save_image(Path(out_dir) / paths["lr"], lr)
+    return paths
+
+
+def write_intermediate(out_dir: str | os.PathLike, name: str, sample: int, frames) -> str:
+    """Writes a sample's image after every step, `<name>/intermediate/sample_<s>_step_<j>.png`
+    (j zero-padded to the width of the step count).
+
+    Args:
+      frames: `[steps, R, R, 3]` in [0, 1].
+
+    Returns:
+      The intermediate folder, relative to `out_dir`.
+    """
+    folder = f"{name}/intermediate"
+    width = len(str(len(frames) - 1))
+    for j, frame in enumerate(frames):
+        save_image(Path(out_dir) / folder / f"sample_{sample}_step_{j:0{width}d}.png", frame)
+    return folder
+
+
+def write_comparison(
+    out_dir: str | os.PathLike,
+    name: str,
+    lr_input: np.ndarray,
+    hr_samples: np.ndarray,
+    l2: Sequence[float],
+    success: Sequence[bool],
+) -> str:
+    """Writes `<name>/comparison.png`: LR input, its bicubic upscale, then every sample
+    labelled with its L2 and a check mark (reached eps) or a cross.
+
+    Args:
+      lr_input: `[h, w, 3]` the LR input.
+      hr_samples: `[S, R, R, 3]`.
+      l2, success: per sample.
+
+    Returns:
+      The sheet's path, relative to `out_dir`.
+    """
+    side = hr_samples.shape[1]
+    labels = [
+        f"input {lr_input.shape[1]}x{lr_input.shape[0]}",
+        f"bicubic x{side // lr_input.shape[0]}",
+    ]
+    labels += [
+        f"sample {s} {'✓' if ok else '✗'} L2 {float(e):.1e}"
+        for s, (e, ok) in enumerate(zip(l2, success, strict=True))
+    ]
+    sheet = comparison_sheet(lr_input, upscale_bicubic(lr_input, side), hr_samples, labels=labels)
+    path = f"{name}/comparison.png"
+    save_image(Path(out_dir) / path, sheet)
+    return path
+
+
+# -- the manifest ------------------------------------------------------------------------
+
+
+def manifest_record(
+    item: InputImage,
+    sample: int,
+    result: SolveResult,
+    row: int,
+    search: SearchConfig,
+    generator: Generator,
+    *,
+    seconds: float,
+    paths: dict[str, str | None],
+) -> dict:
+    """One manifest line for sample `sample` of batch row `row` of `result`.
+
+    Fields: `input` (file name), `input_sha256` (of the file), `image_id`, `sample`,
+    `seed`, `l2` (unclamped, of the best image), `success` (`l2 <= eps`), `failed` (the
+    loss turned NaN), `best_step`, `steps`, `seconds` (wall time of the solve call that
+    made it, shared by that call's whole batch, the first call including compilation),
+    `generator`, `factor`, the output paths relative to the output folder (`hr`, `lr`,
+    `comparison`, `intermediate` or null) and `settings` (the full `SearchConfig`).
+    """
+    settings = search.settings(generator)
+    return {
+        "input": item.path.name,
+        "input_sha256": item.sha256,
+        "image_id": item.image_id,
+        "sample": sample,
+        "seed": search.seed,
+        "l2": float(result.l2[row, sample]),
+        "success": bool(result.success[row, sample]),
+        "failed": bool(result.failed[row, sample]),
+        "best_step": int(result.best_step[row, sample]),
+        "steps": search.steps,
+        "seconds": round(float(seconds), 3),
+        "generator": search.generator,
+        "factor": item.factor,
+        **paths,
+        "settings": settings,
+    }
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """The records of a manifest, in file order; `[]` when there is none.
+
+    Raises:
+      ConfigError: a line is not a JSON object with `input` and `sample` (the file is
+        left alone; nothing is dropped).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}, line {number}: not JSON ({e})") from None
+            if not isinstance(record, dict) or not {"input", "sample"} <= record.keys():
+                raise ConfigError(f"{path}, line {number}: not a manifest record")
+            records.append(record)
+    return records
+
+
+def update_manifest(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Adds `records` to a manifest, rewriting it atomically.
+
+    A record replaces the earlier line with the same (`input`, `sample`) in place;
+    the others are appended. Every other line is kept as it was.
+    """
+    path = Path(path)
+    lines = read_manifest(path)
+    where = {(r["input"], r["sample"]): i for i, r in enumerate(lines)}
+    for record in records:
+        key = (record["input"], record["sample"])
+        if key in where:
+            lines[where[key]] = record
+        else:
+            where[key] = len(lines)
+            lines.append(record)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def check_applicable(generator: Generator, given: Iterable[str]) -> None:
+    """Refuses options that the generator does not have.
+
+    Args:
+      generator: the loaded generator.
+      given: the option names the user set explicitly.
+
+    Raises:
+      ConfigError: naming every given noise/tiling option when the generator has no
+        noise maps or style layers (the DCGAN).
+    """
+    extra = [name for name in NOISE_OPTIONS if name in set(given)]
+    if extra and not generator.has_noise:
+        flags = ", ".join(f"--{name}" for name in extra)
+        raise ConfigError(
+            f"{flags} apply{'s' if len(extra) == 1 else ''} to StyleGAN generators only; this "
+            f"{generator.kind} generator has a single latent and no noise maps. Remove "
+            f"{'it' if len(extra) == 1 else 'them'}, or pick a StyleGAN with --generator."
+        )
+
+
+def check_search(search: SearchConfig, generator: Generator) -> None:
+    """Checks the settings before any work, so a mistake is not found after the first batch.
+
+    Raises:
+      ConfigError: naming the setting and why.
+    """
+    try:
+        losses.parse_loss_str(search.loss_str)
+    except ValueError as e:
+        raise ConfigError(f"--loss_str {search.loss_str!r}: {e}") from None
+    if search.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {search.steps}")
+    if not search.eps > 0:
+        raise ConfigError(f"--eps must be > 0, got {search.eps}")
+    if search.opt_name not in optim.OPTIMIZERS:
+        raise ConfigError(f"--opt_name must be one of {optim.OPTIMIZERS}")
+    if search.lr_schedule not in optim.SCHEDULES:
+        raise ConfigError(f"--lr_schedule must be one of {optim.SCHEDULES}")
+    if generator.has_noise:
+        try:
+            layers = tuple(int(v) for v in search.bad_noise_layers.split(".") if v.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--bad_noise_layers must be '.'-separated layer numbers, "
+                f"got {search.bad_noise_layers!r}"
+            ) from None
+        options = SearchOptions(
+            search.noise_type, search.num_trainable_noise_layers, search.tile_latent, layers
+        )
+        try:
+            generator.arch.check_options(options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], settings: dict) -> None:
+    """Refuses to mix results of other settings or other files into one output folder.
+
+    Raises:
+      ConfigError: the manifest holds results for an input of the same name made from a
+        different file or with settings other than `settings`, or another input's results
+        are in an input's output folder; the message names the input and the difference.
+    """
+    by_name = {item.path.name: item for item in inputs}
+    clashes: dict[str, str] = {}
+    folders = {str(r.get("hr", "")).split("/")[0]: r["input"] for r in manifest}
+    for item in inputs:
+        other = folders.get(item.name, item.path.name)
+        if other != item.path.name:
+            clashes[item.path.name] = f"its folder {item.name}/ holds the results of {other}"
+    for record in manifest:
+        item = by_name.get(record["input"])
+        if item is None or record["input"] in clashes:
+            continue
+        old = record.get("settings")
+        old = old if isinstance(old, dict) else {}
+        if record.get("input_sha256") != item.sha256:
+            clashes[record["input"]] = "made from a different file of that name"
+        elif old != settings:
+            clashes[record["input"]] = ", ".join(
+                f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v
+            )
+    if clashes:
+        name, why = next(iter(clashes.items()))
+        raise ConfigError(
+            f"the output folder already holds results for {len(clashes)} of these inputs made "
+            f"from other files or with other settings (e.g. {name}: {why}); choose another "
+            f"--output_dir, or move the old results away"
+        )
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = None) -> RunSummary:
+    """Runs PULSE on every image of `config.input_dir` and writes the results.
+
+    Bad files are reported on `log` and in the summary, and the rest are processed.
+    Samples that miss eps are written anyway, with `success: false` and a warning.
+
+    Args:
+      config: the run.
+      generator: from `pulse_jax.load_generator(config.search.generator)`.
+      log: where the progress line, warnings and errors go (default stderr).
+
+    Returns:
+      The `RunSummary`; `summary.failed` lists the bad inputs.
+
+    Raises:
+      ImageError: the input folder is missing or holds no file.
+      ConfigError: the settings do not work with the generator, or the output folder
+        holds results that this run would mix with or overwrite (`check_resume`).
+    """
+    log = log if log is not None else sys.stderr
+    start = time.perf_counter()
+    search = config.search
+    if config.duplicates < 1 or config.batch_size < 1:
+        raise ConfigError("--duplicates and --batch_size must be >= 1")
+    check_search(search, generator)
+    out = Path(config.output_dir)
+    manifest_path = out / MANIFEST
+    settings = search.settings(generator)
+
+    inputs, errors = load_inputs(config.input_dir, generator.resolution, resize=search.resize)
+    summary = RunSummary(inputs=len(inputs) + len(errors), failed=errors, output_dir=str(out))
+    for e in errors:
+        _say(log, f"error: {e}")
+    manifest = read_manifest(manifest_path)
+    check_resume(manifest, inputs, settings)
+    done = {(r["input"], r["sample"]) for r in manifest}
+    todo = [
+        item
+        for item in inputs
+        if not all((item.path.name, s) in done for s in range(config.duplicates))
+    ]
+    summary.skipped = len(inputs) - len(todo)
+    if summary.skipped:
+        _say(log, f"{summary.skipped} inputs already done in {manifest_path}: skipped")
+
+    samples_total = len(todo) * config.duplicates
+    batches = make_batches(todo, config.batch_size)
+    sizes = {}
+    for batch in batches:
+        side = batch[0].lr.shape[0]
+        sizes[side] = max(sizes.get(side, 0), len(batch))
+    with Progress(samples_total * search.steps, "pulse", unit="latent-steps", stream=log) as bar:
+        for batch in batches:
+            lr, image_ids = pad_batch(batch, sizes[batch[0].lr.shape[0]])
+            t0 = time.perf_counter()
+            result = solve(
+                lr,
+                generator,
+                num_samples=config.duplicates,
+                image_ids=image_ids,
+                keep_intermediate=config.save_intermediate,
+                **search.solve_kwargs(generator),
+            )
+            seconds = time.perf_counter() - t0
+            records = _write_batch(out, batch, result, search, generator, config, seconds, log)
+            update_manifest(manifest_path, records)
+            rows = len(batch) * config.duplicates
+            summary.samples += rows
+            summary.successes += sum(r["success"] for r in records)
+            summary.latent_steps += rows * search.steps
+            summary.solve_seconds += seconds
+            bar.update(
+                rows * search.steps,
+                loss=float(np.mean(result.history["TOTAL"][-1, : len(batch)])),
+                l2=float(np.mean(result.l2[: len(batch)])),
+                reached_eps=f"{summary.successes}/{summary.samples}",
+            )
+    summary.wall_seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_batch(out, batch, result, search, generator, config, seconds, log) -> list[dict]:
+    """Writes a batch's files (images first, so manifest lines only name complete files)
+    and returns its manifest records."""
+    records = []
+    for row, item in enumerate(batch):
+        paths = []
+        for s in range(config.duplicates):
+            paths.append(write_sample(out, item.name, s, result.hr[row, s], result.lr[row, s]))
+            intermediate = None
+            if config.save_intermediate:
+                intermediate = write_intermediate(out, item.name, s, result.intermediate[:, row, s])
+            paths[s]["intermediate"] = intermediate
+            if not result.success[row, s]:
+                why = (
+                    "its loss turned NaN"
+                    if result.failed[row, s]
+                    else f"L2 {result.l2[row, s]:.3g} > eps {search.eps:g}"
+                )
+                _say(
+                    log,
+                    f"warning: {item.path.name} sample {s} did not reach eps ({why}); "
+                    f"written anyway, success=false in {MANIFEST}",
+                )
+        comparison = write_comparison(
+            out, item.name, item.lr, result.hr[row], result.l2[row], result.success[row]
+        )
+        for s in range(config.duplicates):
+            paths[s]["comparison"] = comparison
+            records.append(
+                manifest_record(
+                    item, s, result, row, search, generator, seconds=seconds, paths=paths[s]
+                )
+            )
+    return records
+
+
+def _say(log: TextIO, text: str) -> None:
+    # On a terminal the progress line has no newline yet: clear it first; it is redrawn
+    # at the next update.
+    prefix = "\r\x1b[K" if hasattr(log, "isatty") and log.isatty() else ""
+    log.write(prefix + text + "\n")
+    log.flush()

@@ -1,0 +1,258 @@
+"""experiments/run.py and the pipeline it calls (pulse_jax/pipeline.py), with a few steps.
+
+Most runs are in-process through `run.run(argv)` so the compiled search is shared;
+the refusal of flags is also checked through the real command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pulse_jax import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_PY = ROOT / "experiments" / "run.py"
+EXAMPLES = ROOT / "experiments" / "examples"
+STEPS = "3"
+FIELDS = {
+    "input", "input_sha256", "image_id", "sample", "seed", "l2", "success", "failed",
+    "best_step", "steps", "seconds", "generator", "factor", "hr", "lr", "comparison",
+    "intermediate", "settings",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_py():
+    spec = importlib.util.spec_from_file_location("pulse_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def inputs(tmp_path, dcgan64):
+    """Three 16 x 16 examples (one JPEG), so batch_size 2 pads its second batch."""
+    del dcgan64  # weights ready before the first run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("dcgan_seed0.png", "dcgan_seed13.png", "dcgan_seed18.jpg", "README.md"):
+        shutil.copy(EXAMPLES / name, folder / name)  # the README is left out
+    return folder
+
+
+def _run(run_py, *args) -> int:
+    return run_py.run(["run.py", "--steps", STEPS, *map(str, args)])
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        im.load()  # a complete, valid PNG
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_outputs_and_manifest(run_py, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+                "--batch_size", 2) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "samples: 6 written" in captured.out and "latent-steps/s" in captured.out
+    assert "pulse 100% 18/18" in captured.err  # the progress line, in latent-steps
+
+    records = _manifest(out)
+    assert [(r["input"], r["sample"]) for r in records] == [
+        (name, s) for name in ("dcgan_seed0.png", "dcgan_seed13.png", "dcgan_seed18.jpg")
+        for s in (0, 1)
+    ]  # fmt: skip
+    for r in records:
+        assert set(r) == FIELDS
+        assert r["seed"] == 0 and r["steps"] == 3 and r["generator"] == "dcgan64"
+        assert r["factor"] == 4 and r["intermediate"] is None
+        assert r["image_id"] == ["dcgan_seed0.png", "dcgan_seed13.png",
+                                 "dcgan_seed18.jpg"].index(r["input"])  # fmt: skip
+        assert isinstance(r["success"], bool) and r["l2"] > 0
+        assert _size(out / r["hr"]) == (64, 64)
+        assert _size(out / r["lr"]) == (16, 16)
+        assert _size(out / r["comparison"])[0] > 4 * 128  # input, bicubic, two samples
+        if not r["success"]:
+            assert f"{r['input']} sample {r['sample']} did not reach eps" in captured.err
+    assert (out / "dcgan_seed18" / "sample_1_hr.png").exists()
+    assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
+
+
+def test_result_reproducible_from_its_manifest_line(run_py, inputs, tmp_path, dcgan64):
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+                "--batch_size", 2, "--seed", 7) == 0  # fmt: skip
+    record = _manifest(out)[3]  # dcgan_seed13.png, sample 1
+    from pulse_jax import solve
+    from pulse_jax.images import load_image
+
+    lr = load_image(inputs / record["input"])
+    again = solve(lr[None], dcgan64, seed=record["seed"], image_ids=[record["image_id"]],
+                  num_samples=record["sample"] + 1, steps=record["steps"])  # fmt: skip
+    np.testing.assert_allclose(again.l2[0, record["sample"]], record["l2"], rtol=1e-4)
+
+
+def test_rerun_skips_done_and_refuses_other_settings(run_py, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ("--input_dir", inputs, "--output_dir", out, "--duplicates", 2, "--batch_size", 2)
+    assert _run(run_py, *args) == 0
+    before = (out / "results.jsonl").read_bytes()
+    sheet = (out / "dcgan_seed0" / "comparison.png").read_bytes()
+    capsys.readouterr()
+
+    assert _run(run_py, *args) == 0
+    assert "3 inputs already done" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
+
+    assert _run(run_py, *args, "--learning_rate", 0.1) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "learning_rate 0.4 -> 0.1" in err
+    assert (out / "results.jsonl").read_bytes() == before
+    assert (out / "dcgan_seed0" / "comparison.png").read_bytes() == sheet
+
+    shutil.copy(EXAMPLES / "dcgan_seed14.png", inputs / "dcgan_seed0.png")  # same name, new face
+    assert _run(run_py, *args) == 2
+    assert "dcgan_seed0.png: made from a different file" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before
+
+    (inputs / "dcgan_seed13.png").rename(inputs / "dcgan_seed13.webp")  # same folder, new input
+    (inputs / "dcgan_seed0.png").unlink()
+    assert _run(run_py, *args) == 2
+    assert "its folder dcgan_seed13/ holds the results of dcgan_seed13.png" in (
+        capsys.readouterr().err
+    )
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_bad_files_named_good_ones_processed_nothing_lost(run_py, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+                "--batch_size", 2) == 0  # fmt: skip
+    (out / "notes.md").write_text("mine")
+    earlier = (out / "results.jsonl").read_text().splitlines()
+    earlier_hr = (out / "dcgan_seed0" / "sample_0_hr.png").read_bytes()
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(EXAMPLES / "dcgan_seed14.png", mixed / "good.png")
+    (mixed / "notes.txt").write_text("not an image\n")
+    data = (EXAMPLES / "astronaut.png").read_bytes()
+    (mixed / "truncated.png").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+
+    assert _run(run_py, "--input_dir", mixed, "--output_dir", out, "--duplicates", 2,
+                "--batch_size", 2) == 1  # fmt: skip
+    captured = capsys.readouterr()
+    for name, reason in (("notes.txt", "not an image"), ("truncated.png", "truncated")):
+        assert f"error: {mixed / name}: {reason}" in captured.err
+        assert f"{mixed / name}: {reason}" in captured.out  # and again in the summary
+    assert "2 of 3 input files could not be used" in captured.err
+    assert "inputs: 3 files, 2 failed" in captured.out
+
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert lines[: len(earlier)] == earlier  # earlier lines kept, in place
+    assert [json.loads(line)["input"] for line in lines[len(earlier) :]] == ["good.png"] * 2
+    assert _size(out / "good" / "sample_1_hr.png") == (64, 64)
+    assert (out / "notes.md").read_text() == "mine"
+    assert (out / "dcgan_seed0" / "sample_0_hr.png").read_bytes() == earlier_hr
+    assert not (out / "notes").exists() and not (out / "truncated").exists()
+
+
+def test_save_intermediate(run_py, inputs, tmp_path):
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(inputs / "dcgan_seed0.png", single / "face.png")
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", single, "--output_dir", out, "--save_intermediate") == 0
+    frames = sorted((out / "face" / "intermediate").iterdir())
+    assert [f.name for f in frames] == [f"sample_0_step_{j}.png" for j in range(3)]
+    assert all(_size(f) == (64, 64) for f in frames)
+    assert _manifest(out)[0]["intermediate"] == "face/intermediate"
+
+
+def test_tiny_stylegan_with_noise_flags(run_py, tiny_stylegan_path, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(EXAMPLES / "dcgan_seed14.png", folder / "face.png")
+    out = tmp_path / "out"
+    status = _run(run_py, "--input_dir", folder, "--output_dir", out, "--generator",
+                  tiny_stylegan_path, "--noise_type", "fixed", "--tile_latent")  # fmt: skip
+    assert status == 0
+    (record,) = _manifest(out)
+    assert record["factor"] == 8
+    assert record["settings"]["noise_type"] == "fixed" and record["settings"]["tile_latent"]
+    assert _size(out / "face" / "sample_0_hr.png") == (128, 128)
+    assert _size(out / "face" / "sample_0_lr.png") == (16, 16)
+
+
+def test_noise_flags_refused_for_dcgan(tmp_path, inputs):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), "--input_dir", str(inputs), "--output_dir", str(out),
+         "--noise_type", "zero", "--tile_latent=false"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--noise_type, --tile_latent apply to StyleGAN generators only" in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_or_empty_input_folder(run_py, tmp_path, capsys, dcgan64):
+    del dcgan64
+    assert _run(run_py, "--input_dir", tmp_path / "nowhere", "--output_dir", tmp_path / "o") == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _run(run_py, "--input_dir", tmp_path / "empty", "--output_dir", tmp_path / "o") == 2
+    assert "holds no files" in capsys.readouterr().err
+    assert _run(run_py, "--output_dir", tmp_path / "o") == 2
+    assert "--input_dir is required" in capsys.readouterr().err
+
+
+def test_align_without_the_extra_is_a_clear_error(run_py, inputs, tmp_path, capsys):
+    if importlib.util.find_spec("dlib") is not None:
+        pytest.skip("dlib is installed: --align would really align")
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", tmp_path / "o", "--align") == 2
+    err = capsys.readouterr().err
+    assert "--align" in err and ("dlib" in err or "pulse_jax.align" in err)
+
+
+def test_update_manifest_replaces_by_key_and_refuses_garbage(tmp_path):
+    path = tmp_path / "results.jsonl"
+    pipeline.update_manifest(path, [{"input": "a", "sample": 0, "l2": 1.0},
+                                    {"input": "b", "sample": 0, "l2": 2.0}])  # fmt: skip
+    pipeline.update_manifest(path, [{"input": "a", "sample": 0, "l2": 3.0},
+                                    {"input": "a", "sample": 1, "l2": 4.0}])  # fmt: skip
+    assert [(r["input"], r["sample"], r["l2"]) for r in pipeline.read_manifest(path)] == [
+        ("a", 0, 3.0), ("b", 0, 2.0), ("a", 1, 4.0)
+    ]  # fmt: skip
+    path.write_text(path.read_text() + "{half a line\n")
+    before = path.read_bytes()
+    with pytest.raises(pipeline.ConfigError, match="line 4: not JSON"):
+        pipeline.update_manifest(path, [{"input": "c", "sample": 0}])
+    assert path.read_bytes() == before
+
+
+def test_batches_group_sizes_and_pad():
+    def item(i, side):
+        return pipeline.InputImage(i, Path(f"{i}.png"), str(i), np.zeros((side, side, 3)), 1)
+
+    items = [item(0, 16), item(1, 32), item(2, 16), item(3, 16)]
+    batches = pipeline.make_batches(items, 2)
+    assert [[b.image_id for b in batch] for batch in batches] == [[0, 2], [3], [1]]
+    lr, ids = pipeline.pad_batch(batches[1], 2)
+    assert lr.shape == (2, 16, 16, 3) and ids.tolist() == [3, 3]
