@@ -442,7 +442,7 @@ def check_applicable(generator: Generator, given: Iterable[str]) -> None:
     if extra and not generator.has_noise:
         flags = ", ".join(f"--{name}" for name in extra)
         raise ConfigError(
-            f"{flags} apply{'s' if len(extra) == 1 else ''} to StyleGAN generators only; this "
+            f"{flags} {'applies' if len(extra) == 1 else 'apply'} to StyleGAN generators only; this "
             f"{generator.kind} generator has a single latent and no noise maps. Remove "
             f"{'it' if len(extra) == 1 else 'them'}, or pick a StyleGAN with --generator."
         )

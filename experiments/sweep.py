@@ -1,0 +1,197 @@
+"""PULSE sweeps: inputs x seeds x samples over every device of every host, resumable.
+
+    python experiments/sweep.py --input_dir experiments/examples --output_dir results/sweep \\
+        --seeds 0-7 --samples 4 --batch_per_device 4
+
+On a TPU pod run the same command on every worker (`gcloud compute tpus tpu-vm ssh
+NAME --worker=all --command="..."`): the workers find each other through JAX's
+distributed runtime, each computes its share, and process 0 prints the summary.
+Elsewhere pass --coordinator_address, --num_processes and --process_id (or set
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Run it again after
+an interruption: finished results are kept and the rest is done. Choose
+--batch_per_device with --plan_memory. Layout and guarantees: the docstring of
+`pulse_jax/sweep.py`.
+
+Exit status: 0 when every input was used, 1 when some input files could not be
+used (each is named, the others are processed), 2 when the settings or folders
+are wrong and nothing was run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from pulse_jax import distributed, load_generator, pipeline
+from pulse_jax import sweep as sweeps
+from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.images import ImageError
+from pulse_jax.loading import DEFAULT_GENERATOR
+
+FLAGS = flags.FLAGS
+_DEFAULTS = pipeline.SearchConfig()
+
+flags.DEFINE_string(
+    "input_dir", None, "Folder of LR images (every file but hidden ones and a README)."
+)
+flags.DEFINE_string(
+    "output_dir", "results/sweep", "Folder for the results and the manifest shards."
+)
+flags.DEFINE_string(
+    "generator",
+    DEFAULT_GENERATOR,
+    "A registered generator name (dcgan64) or the path of a weights file written by "
+    "`python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
+)
+flags.DEFINE_list(
+    "seeds",
+    ["0"],
+    "Seeds, comma-separated; a-b is every seed from a to b. Result (input i, seed, sample s) "
+    "starts from fold_in(fold_in(key(seed), i), s).",
+)
+flags.DEFINE_integer("samples", 1, "Samples per input and seed.", lower_bound=1)
+flags.DEFINE_integer(
+    "batch_per_device",
+    1,
+    "Samples each device optimizes at once; results depend on it only through floating "
+    "point (keep it when a sweep is resumed or compared). Largest that fits: --plan_memory.",
+    lower_bound=1,
+)
+flags.DEFINE_boolean(
+    "remat",
+    False,
+    "Recompute the generator's elementwise layers in the backward pass (jax.checkpoint) so "
+    "that a larger --batch_per_device fits (1024 px StyleGAN).",
+)
+flags.DEFINE_boolean(
+    "plan_memory",
+    False,
+    "Print the device memory the search needs for --batch_per_device 1, 2, 4... (up to the "
+    "flag's value or the first that does not fit) and exit without running.",
+)
+flags.DEFINE_string(
+    "loss_str", _DEFAULTS.loss_str, "'+'-separated weight*TERM, TERM in L2, L1, GEOCROSS."
+)
+flags.DEFINE_float("eps", _DEFAULTS.eps, "Success threshold on L2 (and the clamp of L2/L1).")
+flags.DEFINE_enum(
+    "noise_type", _DEFAULTS.noise_type, ["zero", "fixed", "trainable"], "StyleGAN only: noise maps."
+)
+flags.DEFINE_integer(
+    "num_trainable_noise_layers",
+    _DEFAULTS.num_trainable_noise_layers,
+    "StyleGAN only: noise layers 0..n-1 are optimized.",
+    lower_bound=0,
+)
+flags.DEFINE_boolean("tile_latent", _DEFAULTS.tile_latent, "StyleGAN only: one latent row.")
+flags.DEFINE_string(
+    "bad_noise_layers", _DEFAULTS.bad_noise_layers, "StyleGAN only: noise layers always zero."
+)
+flags.DEFINE_enum("opt_name", _DEFAULTS.opt_name, ["sgd", "adam", "sgdm", "adamax"], "Optimizer.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Base learning rate.")
+flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimizer steps.", lower_bound=1)
+flags.DEFINE_enum(
+    "lr_schedule",
+    _DEFAULTS.lr_schedule,
+    ["fixed", "linear1cycle", "linear1cycledrop"],
+    "Learning-rate schedule.",
+)
+flags.DEFINE_boolean("resize", False, "Centre-crop and resize inputs of other sizes.")
+flags.DEFINE_float("log_interval", 10.0, "Seconds between progress lines in logs.")
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for clusters JAX does not detect by itself (not on Cloud TPU).",
+)
+flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process, 0..num_processes-1.")
+
+
+def parse_seeds(values: list[str]) -> tuple[int, ...]:
+    """["0-3", "9"] -> (0, 1, 2, 3, 9)."""
+    seeds = []
+    for value in values:
+        first, _, last = value.partition("-")
+        try:
+            seeds += range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise pipeline.ConfigError(f"--seeds: {value!r} is not a seed or a-b") from None
+    return tuple(seeds)
+
+
+def config_from_flags() -> sweeps.SweepConfig:
+    """The sweep described by the parsed flags."""
+    search = pipeline.SearchConfig(
+        generator=FLAGS.generator,
+        steps=FLAGS.steps,
+        loss_str=FLAGS.loss_str,
+        eps=FLAGS.eps,
+        noise_type=FLAGS.noise_type,
+        num_trainable_noise_layers=FLAGS.num_trainable_noise_layers,
+        tile_latent=FLAGS.tile_latent,
+        bad_noise_layers=FLAGS.bad_noise_layers,
+        opt_name=FLAGS.opt_name,
+        learning_rate=FLAGS.learning_rate,
+        lr_schedule=FLAGS.lr_schedule,
+        resize=FLAGS.resize,
+    )
+    return sweeps.SweepConfig(
+        input_dir=FLAGS.input_dir,
+        output_dir=FLAGS.output_dir,
+        search=search,
+        seeds=parse_seeds(FLAGS.seeds),
+        samples=FLAGS.samples,
+        batch_per_device=FLAGS.batch_per_device,
+        remat=FLAGS.remat,
+        log_interval=FLAGS.log_interval,
+    )
+
+
+def plan_memory(config: sweeps.SweepConfig, generator) -> None:
+    """Prints the device memory per --batch_per_device for the inputs' largest size."""
+    inputs, _ = pipeline.load_inputs(
+        config.input_dir, generator.resolution, resize=config.search.resize
+    )
+    side = max(item.lr.shape[0] for item in inputs)
+    rows = sweeps.plan_batch_size(
+        generator, side, config.search, remat=config.remat, largest=config.batch_per_device
+    )
+    print(f"device memory per batch_per_device ({side} px inputs, remat={config.remat}):")
+    for row in rows:
+        fits = {None: "", True: "  fits", False: "  does not fit"}[row["fits"]]
+        print(f"  {row['batch_per_device']:4d}: {row['total_bytes'] / 2**30:8.2f} GiB{fits}")
+
+
+def execute() -> int:
+    """Runs with the parsed flags; returns the exit status (see the module docstring)."""
+    if FLAGS.input_dir is None:
+        print("error: --input_dir is required", file=sys.stderr)
+        return 2
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        config = config_from_flags()
+        generator = load_generator(config.search.generator)
+        pipeline.check_applicable(
+            generator, [n for n in pipeline.NOISE_OPTIONS if FLAGS[n].present]
+        )
+        if FLAGS.plan_memory:
+            plan_memory(config, generator)
+            return 0
+        summary = sweeps.run_sweep(config, generator)
+    except (pipeline.ConfigError, ImageError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str]) -> int:
+    """The `app.run` entry point."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return execute()
+
+
+if __name__ == "__main__":
+    app.run(main)

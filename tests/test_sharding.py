@@ -1,0 +1,261 @@
+"""`solve` over many devices: the same result for the same seed on 1 and on 8 devices.
+
+Tolerance, measured and asserted: with `batch_per_device` fixed, results on 1 and on 8
+(forced) CPU devices, and in any batch, are bitwise identical (max-abs 0; asserted
+<= 1e-6). Each device then runs the same program on the same shapes, and nothing
+couples rows. Without it (default: all rows at once) the per-device batch changes with
+the device count, XLA's CPU kernels take shape-dependent paths (matrix-vector vs
+matrix-matrix products; reductions vectorised differently) and the first forward pass
+already differs by ~1e-5, which Adam's normalised steps grow to ~1e-2 within two steps;
+sharding itself adds nothing (8 devices x 2 rows equals 1 device x 2 rows, bitwise).
+
+The 8-device run needs `XLA_FLAGS=--xla_force_host_platform_device_count=8` before JAX
+starts, so it runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pulse_jax import solve
+from pulse_jax.generators import stylegan
+from pulse_jax.generators.base import Generator
+from pulse_jax.solve import compiled_memory
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-6  # max-abs; measured: 0 (bitwise)
+
+# Runs in a fresh interpreter with 8 CPU devices; prints one JSON line of max-abs gaps.
+EIGHT_DEVICES = r"""
+import json, os, sys
+import jax, numpy as np
+from pulse_jax import load_generator, solve
+
+sys.path.insert(0, "tests")
+from test_sharding import small_stylegan_generator
+
+assert len(jax.devices()) == 8, jax.devices()
+
+def gap(a, b):
+    arrays = lambda r: [r.hr, r.lr, r.l2, r.latent, r.best_step, r.success, *r.noise,
+                        *r.history.values()]
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(arrays(a), arrays(b), strict=True))
+
+rng = np.random.default_rng(0)
+out = {}
+for name, generator, size in [("dcgan", load_generator("dcgan64"), 16),
+                              ("stylegan", small_stylegan_generator(0), 4)]:
+    lr = rng.uniform(size=(5, size, size, 3)).astype(np.float32)
+    kwargs = dict(num_samples=1, steps=3, seed=[3, 3, 9, 9, 4], batch_per_device=2)
+    eight = solve(lr, generator, **kwargs)  # 5 rows padded to 16 over 8 devices
+    one = solve(lr, generator, devices=jax.devices()[:1], **kwargs)  # 3 groups of 2
+    # A different batch on 3 devices: rows 3, 1 of the batch above, in another order.
+    part = solve(lr[[3, 1]], generator, num_samples=1, steps=3, seed=[9, 3], image_ids=[3, 1],
+                 batch_per_device=2, devices=jax.devices()[5:8])
+    out[name] = {
+        "shape": list(eight.hr.shape),
+        "one_vs_eight": gap(one, eight),
+        "other_batch": max(float(np.max(np.abs(part.hr[0] - one.hr[3]))),
+                           float(np.max(np.abs(part.hr[1] - one.hr[1]))),
+                           float(np.max(np.abs(part.latent[0] - one.latent[3]))),
+                           float(np.max(np.abs(part.latent[1] - one.latent[1])))),
+    }
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_device_gaps(dcgan64):
+    del dcgan64  # fetched and converted here, so the subprocess finds it
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["dcgan", "stylegan"])
+def test_one_and_eight_devices_give_the_same_result(eight_device_gaps, name):
+    gaps = eight_device_gaps[name]
+    assert gaps["shape"][:2] == [5, 1]  # the padding rows are dropped
+    assert gaps["one_vs_eight"] <= TOLERANCE, gaps
+    assert gaps["other_batch"] <= TOLERANCE, gaps
+
+
+def small_stylegan_generator(seed: int) -> Generator:
+    """A 16 px StyleGAN (6 style layers, 16 channels) with random weights.
+
+    Drawn with numpy on `stylegan.random_params`'s layout: its own jax draws compile one
+    small program per weight, seconds on a two-core machine.
+    """
+    shapes = jax.eval_shape(
+        lambda: stylegan.random_params(
+            jax.random.key(0), 16, fmap_base=32, fmap_max=16, mapping_layers=1
+        )
+    )
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), shapes)
+    blur = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]).astype(np.float32) / 16
+    for name, block in params["synthesis"]["blocks"].items():
+        if name != "4x4":
+            block["conv0_up"]["intermediate"]["kernel"] = blur
+    fit = params["gaussian_fit"]
+    fit["mean"], fit["std"] = 0.1 * fit["mean"] - 0.27, 0.48 + 0.05 * np.abs(fit["std"])
+    arch = stylegan.arch_from_params(params["synthesis"], params["mapping"])
+    return Generator(kind="stylegan", arch=arch, params=jax.tree.map(jax.numpy.asarray, params))
+
+
+@pytest.fixture(scope="module")
+def small_stylegan():
+    return small_stylegan_generator(1)
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return np.random.default_rng(2).uniform(size=(3, 8, 8, 3)).astype(np.float32)
+
+
+def test_groups_of_rows_give_the_same_result_as_separate_calls(small_stylegan, targets):
+    kwargs = dict(steps=2, seed=5, batch_per_device=1)
+    together = solve(targets, small_stylegan, num_samples=2, **kwargs)  # 6 groups of 1
+    for b in range(3):
+        for s in range(2):
+            alone = solve(
+                targets[b : b + 1],
+                small_stylegan,
+                image_ids=[b],
+                sample_ids=[[s]],
+                **kwargs,
+            )
+            np.testing.assert_array_equal(alone.hr[0, 0], together.hr[b, s])
+            np.testing.assert_array_equal(alone.latent[0, 0], together.latent[b, s])
+            for x, y in zip(alone.noise, together.noise, strict=True):
+                np.testing.assert_array_equal(x[0, 0], y[b, s])
+
+
+def test_seed_per_image_and_sample_ids_pick_out_single_results(small_stylegan, targets):
+    kwargs = dict(steps=2, batch_per_device=6)
+    a = solve(targets[:2], small_stylegan, num_samples=3, seed=7, **kwargs)
+    b = solve(targets[:2], small_stylegan, num_samples=3, seed=8, **kwargs)
+    mixed = solve(
+        targets[:2], small_stylegan, seed=[7, 8], sample_ids=[[2, 0, 1], [1, 2, 0]], **kwargs
+    )
+    for (i, j), (ref, k) in {
+        (0, 0): (a, 2),
+        (0, 1): (a, 0),
+        (1, 0): (b, 1),
+        (1, 1): (b, 2),
+    }.items():
+        np.testing.assert_array_equal(mixed.latent[i, j], ref.latent[i, k])
+        np.testing.assert_array_equal(mixed.hr[i, j], ref.hr[i, k])
+
+
+def test_default_program_is_the_one_device_program(small_stylegan, targets):
+    devices = jax.devices()
+    if len(devices) > 1:
+        pytest.skip("the default shards over every device here")
+    default = solve(targets, small_stylegan, num_samples=2, steps=2, seed=1)
+    pinned = solve(targets, small_stylegan, num_samples=2, steps=2, seed=1, devices=devices)
+    np.testing.assert_array_equal(default.latent, pinned.latent)
+    assert default.hr.shape == (3, 2, 16, 16, 3)
+
+
+def test_remat_gives_the_same_result(small_stylegan, targets, dcgan64):
+    # Recomputing the elementwise layers fuses them differently: StyleGAN gradients move
+    # at the rounding level (max-abs gap after 2 steps measured 0 here; 2.7e-5 for the
+    # tiny golden StyleGAN after 3). The DCGAN's are bitwise equal.
+    for generator, atol in ((small_stylegan, 1e-4), (dcgan64, 0.0)):
+        lr = targets if generator is small_stylegan else np.repeat(targets, 2, 1).repeat(2, 2)
+        a = solve(lr, generator, num_samples=2, steps=2, seed=3)
+        b = solve(lr, generator, num_samples=2, steps=2, seed=3, remat=True)
+        np.testing.assert_allclose(b.hr, a.hr, rtol=0, atol=atol)
+        np.testing.assert_allclose(b.latent, a.latent, rtol=0, atol=atol)
+
+
+def test_compiled_memory_grows_with_the_batch(small_stylegan):
+    one = compiled_memory(small_stylegan, 8, 1, steps=2)
+    four = compiled_memory(small_stylegan, 8, 4, steps=2)
+    assert set(one) == {"argument_bytes", "output_bytes", "temp_bytes", "total_bytes"}
+    assert 0 < one["total_bytes"] < four["total_bytes"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_per_device=0), "batch_per_device"),
+        (dict(devices=[]), "devices is empty"),
+        (dict(seed=-1), "seed must be in"),
+        (dict(seed=[1, 2]), "seed has shape"),
+        (dict(sample_ids=[[0], [1]]), "sample_ids must have shape"),
+        (dict(sample_ids=[[0.5], [1], [2]]), "sample_ids must be integers"),
+    ],
+)
+def test_clear_errors(small_stylegan, targets, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        solve(targets, small_stylegan, steps=1, **kwargs)
+
+
+# One of two processes joined over loopback; solves over both processes' devices.
+TWO_HOSTS = r"""
+import sys
+import numpy as np
+from pulse_jax import distributed
+assert distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import jax
+from pulse_jax import load_generator, solve
+assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+lr = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+r = solve(lr, load_generator("dcgan64"), steps=3, seed=4, batch_per_device=2)
+np.savez(sys.argv[3], hr=r.hr, latent=r.latent, l2=r.l2, total=r.history["TOTAL"])
+"""
+
+
+def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_HOSTS, address, str(i), str(tmp_path / f"{i}.npz")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    lr = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
+    want = solve(lr, dcgan64, steps=3, seed=4, batch_per_device=2, devices=jax.devices()[:1])
+    for i in range(2):
+        got = np.load(tmp_path / f"{i}.npz")
+        np.testing.assert_array_equal(got["hr"], want.hr)
+        np.testing.assert_array_equal(got["latent"], want.latent)
+        np.testing.assert_array_equal(got["l2"], want.l2)
+        np.testing.assert_array_equal(got["total"], want.history["TOTAL"])

@@ -1,0 +1,279 @@
+"""Sweeps: shared by two processes joined by `jax.distributed`, killed and resumed.
+
+The sweeps here run `experiments/sweep.py` in subprocesses (the two-process run and the
+killed run need separate interpreters) and compare against one uninterrupted
+single-process sweep run in this process with the same settings. Results are compared
+exactly: the manifest's float L2 and best step, and the bytes of every PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pulse_jax import distributed, pipeline, solve
+from pulse_jax import sweep as sweeps
+from pulse_jax.images import load_image, save_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = (0, 1)
+SAMPLES = 2
+INPUTS = 4
+STEPS = 4
+FLAGS = [
+    f"--seeds={','.join(map(str, SEEDS))}",
+    f"--samples={SAMPLES}",
+    f"--steps={STEPS}",
+    "--batch_per_device=1",
+    "--log_interval=0",
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    for i in range(INPUTS):
+        save_image(folder / f"face{i}.png", rng.uniform(0.2, 0.8, (16, 16, 3)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, dcgan64, tmp_path_factory) -> Path:
+    """One uninterrupted single-process sweep."""
+    out = tmp_path_factory.mktemp("reference")
+    config = sweeps.SweepConfig(
+        input_dir=str(inputs),
+        output_dir=str(out),
+        search=pipeline.SearchConfig(steps=STEPS),
+        seeds=SEEDS,
+        samples=SAMPLES,
+        batch_per_device=1,
+        log_interval=0,
+    )
+    summary = sweeps.run_sweep(config, dcgan64, log=io.StringIO())
+    assert summary.total("done") == INPUTS * len(SEEDS) * SAMPLES
+    return out
+
+
+def sweep_command(inputs: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "experiments/sweep.py",
+        f"--input_dir={inputs}",
+        f"--output_dir={out}",
+        *FLAGS,
+        *extra,
+    ]
+
+
+def results(out: Path) -> dict:
+    """(input, seed, sample) -> (l2, best_step, hr bytes, lr bytes); asserts each is
+    recorded once."""
+    records = sweeps.read_records(out)
+    keys = [(r["input"], r["seed"], r["sample"]) for r in records]
+    assert len(keys) == len(set(keys)), "a result is recorded twice"
+    return {
+        key: (r["l2"], r["best_step"], (out / r["hr"]).read_bytes(), (out / r["lr"]).read_bytes())
+        for key, r in zip(keys, records, strict=True)
+    }
+
+
+def assert_same_results(out: Path, reference: Path) -> None:
+    got, want = results(out), results(reference)
+    assert len(want) == INPUTS * len(SEEDS) * SAMPLES
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == want[key], f"{key} differs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
+    out = tmp_path / "out"
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    procs = [
+        subprocess.Popen(
+            sweep_command(
+                inputs,
+                out,
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    # Each process wrote its own shard, half of the results, and nothing twice.
+    records = sweeps.read_records(out)
+    half = INPUTS * len(SEEDS) * SAMPLES // 2
+    assert [sum(r["process"] == i for r in records) for i in range(2)] == [half, half]
+    assert sorted(p.name for p in out.glob("manifest.*.jsonl")) == [
+        "manifest.0.jsonl",
+        "manifest.1.jsonl",
+    ]
+    assert_same_results(out, reference)
+    # The summary of both hosts was gathered on process 0.
+    assert "on 2 processes" in logs[0] and "process 1: 8 computed" in logs[0]
+    summary = json.loads((out / sweeps.SUMMARY).read_text())
+    assert [p["done"] for p in summary["per_process"]] == [8.0, 8.0]
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_results(inputs, reference, tmp_path):
+    out = tmp_path / "out"
+    shard = out / "manifest.0.jsonl"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen(
+        sweep_command(inputs, out),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (shard.exists() and shard.read_bytes().count(b"\n") >= 1):
+            assert proc.poll() is None, "the sweep ended before any result"
+            assert time.monotonic() < deadline, "no result within 300 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    total = INPUTS * len(SEEDS) * SAMPLES
+    done = sweeps.read_records(out)
+    assert 1 <= len(done) < total, f"killed after {len(done)} of {total}: not midway"
+    # Every visible file is whole (temporary files are hidden until renamed).
+    for png in out.rglob("*.png"):
+        load_image(png)
+    # Also what a kill can leave in between: a torn manifest line, and the images of a
+    # result without its line (written, not recorded).
+    recorded = {(r["input"], r["seed"], r["sample"]) for r in done}
+    orphan = next(
+        (f"face{i}.png", s, k)
+        for i in range(INPUTS)
+        for s in SEEDS
+        for k in range(SAMPLES)
+        if (f"face{i}.png", s, k) not in recorded
+    )
+    orphan_png = out / f"seed_{orphan[1]}" / orphan[0].removesuffix(".png")
+    orphan_png = orphan_png / f"sample_{orphan[2]}_hr.png"
+    save_image(orphan_png, np.zeros((64, 64, 3)))
+    with open(shard, "ab") as f:
+        f.write(b'{"input": "face3.png", "se')
+
+    done = subprocess.run(
+        sweep_command(inputs, out), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"{len(recorded)} of its {total} results already done" in done.stderr
+    assert shard.read_bytes().endswith(b"\n")
+    assert_same_results(out, reference)
+
+
+def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
+    out = tmp_path / "out"
+    first = sweeps.read_records(reference)[0]
+    out.mkdir()
+    (out / "manifest.0.jsonl").write_text(json.dumps(first) + "\n")
+    config = sweeps.SweepConfig(
+        input_dir=str(inputs),
+        output_dir=str(out),
+        search=pipeline.SearchConfig(steps=STEPS + 1),
+        seeds=SEEDS,
+        samples=SAMPLES,
+    )
+    with pytest.raises(pipeline.ConfigError, match="steps 4 -> 5"):
+        sweeps.run_sweep(config, dcgan64)
+    # More seeds or samples with the same settings extend the sweep instead.
+    sweeps.check_records([first], pipeline.load_inputs(inputs, 64)[0], _settings(dcgan64))
+
+
+def _settings(generator) -> dict:
+    settings = pipeline.SearchConfig(steps=STEPS).settings(generator)
+    settings.pop("seed")
+    return settings
+
+
+def test_every_item_has_exactly_one_owner():
+    items = list(range(23))
+    shares = [distributed.process_share(items, i, 4) for i in range(4)]
+    assert sorted(sum(shares, [])) == items
+    assert all(abs(len(a) - len(b)) <= 1 for a in shares for b in shares)
+    with pytest.raises(ValueError):
+        distributed.process_share(items, 4, 4)
+
+
+def test_a_torn_last_line_is_not_a_record(tmp_path):
+    shard = tmp_path / "manifest.3.jsonl"
+    record = {"input": "a.png", "seed": 1, "sample": 0}
+    shard.write_text(json.dumps(record) + "\n" + '{"input": "b.png", "se')
+    assert sweeps.read_records(tmp_path) == [record]
+    sweeps.cut_torn_line(shard)
+    assert shard.read_text() == json.dumps(record) + "\n"
+
+
+def test_gather_on_one_process_is_the_row_itself():
+    np.testing.assert_array_equal(distributed.gather([1, 2.5]), [[1, 2.5]])
+
+
+def test_work_list_order_and_paths(inputs):
+    items, _ = pipeline.load_inputs(inputs, 64)
+    work = sweeps.work_list(items, (3, 5), 2)
+    assert [(w.input.image_id, w.seed, w.sample) for w in work[:5]] == [
+        (0, 3, 0),
+        (0, 3, 1),
+        (0, 5, 0),
+        (0, 5, 1),
+        (1, 3, 0),
+    ]
+    assert sweeps.result_paths(work[3])["hr"] == "seed_5/face0/sample_1_hr.png"
+    assert dataclasses.replace(work[0], sample=1).key == ("face0.png", 3, 1)
+
+
+def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
+    record = sweeps.read_records(reference)[5]
+    lr = load_image(inputs / record["input"])
+    result = solve(
+        lr[None],
+        dcgan64,
+        steps=STEPS,
+        seed=record["seed"],
+        image_ids=[record["image_id"]],
+        sample_ids=[[record["sample"]]],
+        batch_per_device=1,
+        devices=jax.local_devices()[:1],
+    )
+    assert float(result.l2[0, 0]) == record["l2"]
+    assert int(result.best_step[0, 0]) == record["best_step"]
