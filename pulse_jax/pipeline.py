@@ -31,9 +31,11 @@ batch's images, so every line points at complete files.
 Inputs are every file of the folder except hidden files and a README (the
 folder's description). Seeds: sample s of the input with `image_id` i (its
 index among the input files, sorted by name) starts from
-`fold_in(fold_in(key(seed), i), s)`, exactly as `solve` seeds it, so a line is
-reproducible on its own:
-`solve(lr[None], generator, seed=seed, image_ids=[image_id], num_samples=sample + 1)`.
+`fold_in(fold_in(key(seed), i), s)`, exactly as `solve` seeds it:
+`solve(lr[None], generator, seed=seed, image_ids=[image_id], sample_ids=[[sample]])`
+starts from the same latent. Its result equals the line's up to float32 rounding,
+which Adam amplifies over the steps; bit for bit only when both calls run the samples
+in the same groups (the same `batch_per_device`, see `solve`).
 """
 
 from __future__ import annotations
