@@ -15,8 +15,8 @@ Every example is a 16 x 16 face, which the default 64 px DCGAN upsamples x4:
   is not a dependency of the project; export the photograph once from a scratch
   environment:
 
-      python3 -m venv /tmp/skimage && /tmp/skimage/bin/pip install scikit-image
-      /tmp/skimage/bin/python -c "import skimage.data, PIL.Image; \
+      python3 -m venv .venv-skimage && .venv-skimage/bin/pip install scikit-image
+      .venv-skimage/bin/python -c "import skimage.data, PIL.Image; \
           PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut_512.png')"
 
   and pass it with `--astronaut`. The face square `ASTRONAUT_FACE_BOX` is

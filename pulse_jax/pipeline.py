@@ -443,8 +443,9 @@ def check_applicable(generator: Generator, given: Iterable[str]) -> None:
     extra = [name for name in NOISE_OPTIONS if name in set(given)]
     if extra and not generator.has_noise:
         flags = ", ".join(f"--{name}" for name in extra)
+        verb = "applies" if len(extra) == 1 else "apply"
         raise ConfigError(
-            f"{flags} {'applies' if len(extra) == 1 else 'apply'} to StyleGAN generators only; this "
+            f"{flags} {verb} to StyleGAN generators only; this "
             f"{generator.kind} generator has a single latent and no noise maps. Remove "
             f"{'it' if len(extra) == 1 else 'them'}, or pick a StyleGAN with --generator."
         )

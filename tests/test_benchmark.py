@@ -1,0 +1,93 @@
+"""The benchmark runs end to end on a tiny config and writes its JSON and table (no timing
+assertions: speed is measured, never asserted), and the random StyleGAN weights have the
+real layout."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pulse_jax import benchmark
+from pulse_jax.generators import stylegan
+
+FFHQ_KEYS = Path(__file__).parent / "data" / "stylegan_ffhq1024_keys.tsv"
+
+
+def test_benchmark_runs_and_writes_json_and_markdown(tmp_path):
+    results = benchmark.run(
+        ["dcgan64", "stylegan32"], [1], steps=2, repeats=1, matmul_sizes=(128,), profile_cases=True
+    )
+    json_path, md_path = benchmark.write(results, tmp_path)
+
+    loaded = json.loads(json_path.read_text())
+    assert loaded["matmul_peak"]["flops"] > 0
+    assert loaded["stream_bandwidth"] > 0
+    assert {"platform", "cpu", "jax", "date"} <= set(loaded["machine"])
+    assert [(c["generator"], c["samples"]) for c in loaded["cases"]] == [
+        ("dcgan64", 1),
+        ("stylegan32", 1),
+    ]
+    for case in loaded["cases"]:
+        assert set(benchmark.FIELDS) <= set(case)
+        for field in ("compile_s", "s_per_step", "latent_steps_per_s", "flops_per_step"):
+            assert math.isfinite(case[field]) and case[field] > 0, field
+        assert 0 < case["utilization"]
+        assert case["xla_bytes"] > 0
+        assert set(case["profile"]) >= {"step_s", "per_call_s", "by_kind", "by_size", "top"}
+
+    table = md_path.read_text()
+    assert "| generator | samples | compile s | s/step |" in table
+    assert "| dcgan64 | 1 |" in table and "| stylegan32 | 1 |" in table
+    assert "Where a step's time goes" in table
+
+
+def test_unknown_generator_is_refused():
+    with pytest.raises(ValueError, match="unknown generator"):
+        benchmark.make_generator("stylegan")
+
+
+def test_channel_plan_is_ffhq():
+    assert stylegan.channels_for(1024) == (512, 512, 512, 512, 256, 128, 64, 32, 16)
+    assert stylegan.channels_for(128, fmap_base=512, fmap_max=64) == (64, 64, 64, 32, 16, 8)
+
+
+def _reference_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A PyTorch shape from the reference key list, in the converters' JAX layout."""
+    if key.endswith("const"):
+        return (shape[0], shape[2], shape[3], shape[1])
+    if key.endswith("intermediate.kernel"):
+        return shape[2:]
+    if len(shape) == 4:  # conv (out, in, kh, kw) -> [kh, kw, in, out]
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:  # dense (out, in) -> [in, out]
+        return (shape[1], shape[0])
+    return shape
+
+
+def test_random_params_have_the_ffhq_1024_layout():
+    params = jax.eval_shape(lambda: stylegan.random_params(jax.random.key(0), 1024))
+    ours = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = [p.key for p in path]
+        if keys[0] in ("synthesis", "mapping"):
+            ours[(keys[0], ".".join(keys[1:]))] = tuple(leaf.shape)
+    expected = {}
+    for line in FFHQ_KEYS.read_text().splitlines()[1:]:
+        network, key, shape = line.split("\t")
+        shape = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
+        expected[(network, key)] = _reference_shape(key, shape)
+    assert ours == expected
+    fit = params["gaussian_fit"]
+    assert fit["mean"].shape == fit["std"].shape == (512,)
+
+
+def test_random_generator_matches_its_arch():
+    generator = benchmark.make_generator("stylegan64")
+    assert generator.arch.channels == stylegan.channels_for(64)
+    assert generator.num_layers == 10
+    assert np.all(np.asarray(generator.params["gaussian_fit"]["std"]) > 0)
