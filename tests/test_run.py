@@ -256,3 +256,61 @@ def test_batches_group_sizes_and_pad():
     assert [[b.image_id for b in batch] for batch in batches] == [[0, 2], [3], [1]]
     lr, ids = pipeline.pad_batch(batches[1], 2)
     assert lr.shape == (2, 16, 16, 3) and ids.tolist() == [3, 3]
+
+
+def _huge_png(path: Path, side: int = 100_000) -> None:
+    """A valid 1x1 PNG whose header is patched to claim side x side pixels."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8  # length, "IHDR", 13 bytes of data, CRC
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 21]))
+    data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_every_bad_kind_named_convertible_ones_processed(run_py, tmp_path, capsys, dcgan64):
+    """One good image and one of each bad kind: the good and the convertible ones are
+    processed, each bad one is named with its reason, exit status 1 with the count."""
+    del dcgan64
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = np.asarray(Image.open(EXAMPLES / "dcgan_seed0.png").convert("RGB"))
+    Image.fromarray(good).save(folder / "good.png")
+    rgba = np.concatenate([good, np.full(good.shape[:2] + (1,), 200, np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    grey16 = (good.mean(axis=-1) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(folder / "grey16.png")
+    assert Image.open(folder / "grey16.png").mode == "I;16"
+    (folder / "notes.txt").write_text("not an image\n")
+    data = (EXAMPLES / "astronaut.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(np.zeros((16, 12, 3), np.uint8)).save(folder / "nonsquare.png")
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(folder / "toosmall.png")
+    _huge_png(folder / "huge.png")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _run(run_py, "--input_dir", folder, "--output_dir", out) == 1
+    err = capsys.readouterr().err
+    reasons = {
+        "notes.txt": "not an image",
+        "truncated.png": "truncated",
+        "empty.png": "empty file",
+        "nonsquare.png": "16",
+        "toosmall.png": "12",
+        "huge.png": "100000",
+    }
+    for name, reason in reasons.items():
+        line = next(line for line in err.splitlines() if f"{folder / name}:" in line)
+        assert reason in line, line
+    assert "6 of 9 input files could not be used" in err
+    done = sorted(record["input"] for record in _manifest(out))
+    assert done == ["good.png", "grey16.png", "rgba.png"]
+    for stem in ("good", "grey16", "rgba"):
+        assert _size(out / stem / "sample_0_hr.png") == (64, 64)
