@@ -22,13 +22,14 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from pulse_jax import load_generator, pipeline
+from pulse_jax import cli, load_generator, pipeline
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.images import ImageError
-from pulse_jax.loading import DEFAULT_GENERATOR
 
 FLAGS = flags.FLAGS
 _DEFAULTS = pipeline.SearchConfig()
+cli.define_search_flags()
+flags.adopt_module_key_flags(cli)
 
 flags.DEFINE_string(
     "input_dir",
@@ -36,12 +37,6 @@ flags.DEFINE_string(
     "Folder of LR images: every file (any image format) except hidden files and a README.",
 )
 flags.DEFINE_string("output_dir", "results/runs", "Folder for the results and results.jsonl.")
-flags.DEFINE_string(
-    "generator",
-    DEFAULT_GENERATOR,
-    "A registered generator name (dcgan64: the embedded 64 px face DCGAN) or the path of a "
-    "weights file written by `python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
-)
 flags.DEFINE_integer("duplicates", 1, "Samples per input, each from its own start.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 1, "Input images per solve call.", lower_bound=1)
 flags.DEFINE_integer(
@@ -50,52 +45,10 @@ flags.DEFINE_integer(
     "Sample s of the input with index i among the input files (sorted by name) starts from "
     "fold_in(fold_in(key(seed), i), s). Every seed, 0 included, is a seed.",
 )
-flags.DEFINE_string(
-    "loss_str",
-    _DEFAULTS.loss_str,
-    "'+'-separated weight*TERM, TERM in L2, L1, GEOCROSS. GEOCROSS is 0 for the DCGAN "
-    "(it has no style layers) and with --tile_latent.",
-)
-flags.DEFINE_float("eps", _DEFAULTS.eps, "Success threshold on L2 (and the clamp of L2/L1).")
-flags.DEFINE_enum(
-    "noise_type",
-    _DEFAULTS.noise_type,
-    ["zero", "fixed", "trainable"],
-    "StyleGAN only: noise maps all zero, random and fixed, or random and optimized.",
-)
-flags.DEFINE_integer(
-    "num_trainable_noise_layers",
-    _DEFAULTS.num_trainable_noise_layers,
-    "StyleGAN only, with --noise_type trainable: noise layers 0..n-1 are optimized.",
-    lower_bound=0,
-)
-flags.DEFINE_boolean(
-    "tile_latent", _DEFAULTS.tile_latent, "StyleGAN only: one latent row for every style layer."
-)
-flags.DEFINE_string(
-    "bad_noise_layers",
-    _DEFAULTS.bad_noise_layers,
-    "StyleGAN only: '.'-separated noise layers that are always zero.",
-)
-flags.DEFINE_enum("opt_name", _DEFAULTS.opt_name, ["sgd", "adam", "sgdm", "adamax"], "Optimizer.")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Base learning rate.")
-flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimizer steps.", lower_bound=1)
-flags.DEFINE_enum(
-    "lr_schedule",
-    _DEFAULTS.lr_schedule,
-    ["fixed", "linear1cycle", "linear1cycledrop"],
-    "Learning-rate schedule.",
-)
 flags.DEFINE_boolean(
     "save_intermediate",
     False,
     "Also write every step's image, <out>/<stem>/intermediate/sample_<s>_step_<j>.png.",
-)
-flags.DEFINE_boolean(
-    "resize",
-    False,
-    "Centre-crop and resize inputs whose size does not divide the generator's resolution "
-    "(default: refuse them).",
 )
 flags.DEFINE_boolean(
     "align",
@@ -116,21 +69,7 @@ NOISE_FLAGS = pipeline.NOISE_OPTIONS
 
 def config_from_flags() -> pipeline.RunConfig:
     """The run described by the parsed flags."""
-    search = pipeline.SearchConfig(
-        generator=FLAGS.generator,
-        seed=FLAGS.seed,
-        steps=FLAGS.steps,
-        loss_str=FLAGS.loss_str,
-        eps=FLAGS.eps,
-        noise_type=FLAGS.noise_type,
-        num_trainable_noise_layers=FLAGS.num_trainable_noise_layers,
-        tile_latent=FLAGS.tile_latent,
-        bad_noise_layers=FLAGS.bad_noise_layers,
-        opt_name=FLAGS.opt_name,
-        learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule,
-        resize=FLAGS.resize,
-    )
+    search = cli.search_config(seed=FLAGS.seed)
     return pipeline.RunConfig(
         input_dir=FLAGS.input_dir,
         output_dir=FLAGS.output_dir,

@@ -23,26 +23,20 @@ import sys
 
 from absl import app, flags, logging
 
-from pulse_jax import distributed, load_generator, pipeline
+from pulse_jax import cli, distributed, load_generator, pipeline
 from pulse_jax import sweep as sweeps
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.images import ImageError
-from pulse_jax.loading import DEFAULT_GENERATOR
 
 FLAGS = flags.FLAGS
-_DEFAULTS = pipeline.SearchConfig()
+cli.define_search_flags()
+flags.adopt_module_key_flags(cli)
 
 flags.DEFINE_string(
     "input_dir", None, "Folder of LR images (every file but hidden ones and a README)."
 )
 flags.DEFINE_string(
     "output_dir", "results/sweep", "Folder for the results and the manifest shards."
-)
-flags.DEFINE_string(
-    "generator",
-    DEFAULT_GENERATOR,
-    "A registered generator name (dcgan64) or the path of a weights file written by "
-    "`python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
 )
 flags.DEFINE_list(
     "seeds",
@@ -70,33 +64,6 @@ flags.DEFINE_boolean(
     "Print the device memory the search needs for --batch_per_device 1, 2, 4... (up to the "
     "flag's value or the first that does not fit) and exit without running.",
 )
-flags.DEFINE_string(
-    "loss_str", _DEFAULTS.loss_str, "'+'-separated weight*TERM, TERM in L2, L1, GEOCROSS."
-)
-flags.DEFINE_float("eps", _DEFAULTS.eps, "Success threshold on L2 (and the clamp of L2/L1).")
-flags.DEFINE_enum(
-    "noise_type", _DEFAULTS.noise_type, ["zero", "fixed", "trainable"], "StyleGAN only: noise maps."
-)
-flags.DEFINE_integer(
-    "num_trainable_noise_layers",
-    _DEFAULTS.num_trainable_noise_layers,
-    "StyleGAN only: noise layers 0..n-1 are optimized.",
-    lower_bound=0,
-)
-flags.DEFINE_boolean("tile_latent", _DEFAULTS.tile_latent, "StyleGAN only: one latent row.")
-flags.DEFINE_string(
-    "bad_noise_layers", _DEFAULTS.bad_noise_layers, "StyleGAN only: noise layers always zero."
-)
-flags.DEFINE_enum("opt_name", _DEFAULTS.opt_name, ["sgd", "adam", "sgdm", "adamax"], "Optimizer.")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Base learning rate.")
-flags.DEFINE_integer("steps", _DEFAULTS.steps, "Optimizer steps.", lower_bound=1)
-flags.DEFINE_enum(
-    "lr_schedule",
-    _DEFAULTS.lr_schedule,
-    ["fixed", "linear1cycle", "linear1cycledrop"],
-    "Learning-rate schedule.",
-)
-flags.DEFINE_boolean("resize", False, "Centre-crop and resize inputs of other sizes.")
 flags.DEFINE_float("log_interval", 10.0, "Seconds between progress lines in logs.")
 flags.DEFINE_string(
     "coordinator_address",
@@ -121,20 +88,7 @@ def parse_seeds(values: list[str]) -> tuple[int, ...]:
 
 def config_from_flags() -> sweeps.SweepConfig:
     """The sweep described by the parsed flags."""
-    search = pipeline.SearchConfig(
-        generator=FLAGS.generator,
-        steps=FLAGS.steps,
-        loss_str=FLAGS.loss_str,
-        eps=FLAGS.eps,
-        noise_type=FLAGS.noise_type,
-        num_trainable_noise_layers=FLAGS.num_trainable_noise_layers,
-        tile_latent=FLAGS.tile_latent,
-        bad_noise_layers=FLAGS.bad_noise_layers,
-        opt_name=FLAGS.opt_name,
-        learning_rate=FLAGS.learning_rate,
-        lr_schedule=FLAGS.lr_schedule,
-        resize=FLAGS.resize,
-    )
+    search = cli.search_config()
     return sweeps.SweepConfig(
         input_dir=FLAGS.input_dir,
         output_dir=FLAGS.output_dir,

@@ -1,0 +1,81 @@
+"""The search flags that every launcher shares (experiments/run.py, experiments/sweep.py).
+
+Names and defaults are PULSE's own command-line flags; `search_config` turns the
+parsed values into the `pipeline.SearchConfig` the library takes.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from pulse_jax import pipeline
+from pulse_jax.loading import DEFAULT_GENERATOR
+from pulse_jax.optim import OPTIMIZERS, SCHEDULES
+
+SEARCH_FLAGS = (
+    "generator", "steps", "loss_str", "eps", "noise_type", "num_trainable_noise_layers",
+    "tile_latent", "bad_noise_layers", "opt_name", "learning_rate", "lr_schedule", "resize",
+)  # fmt: skip
+
+
+def define_search_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the generator and search flags (everything but seeds and folders)."""
+    d = pipeline.SearchConfig()
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "generator",
+        DEFAULT_GENERATOR,
+        "A registered generator name (dcgan64: the embedded 64 px face DCGAN) or the path of "
+        "a weights file written by `python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "loss_str",
+        d.loss_str,
+        "'+'-separated weight*TERM, TERM in L2, L1, GEOCROSS. GEOCROSS is 0 for the DCGAN "
+        "(it has no style layers) and with --tile_latent.",
+        **fv,
+    )
+    flags.DEFINE_float("eps", d.eps, "Success threshold on L2 (and the clamp of L2/L1).", **fv)
+    flags.DEFINE_enum(
+        "noise_type",
+        d.noise_type,
+        ["zero", "fixed", "trainable"],
+        "StyleGAN only: noise maps all zero, random and fixed, or random and optimized.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "num_trainable_noise_layers",
+        d.num_trainable_noise_layers,
+        "StyleGAN only, with --noise_type trainable: noise layers 0..n-1 are optimized.",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_boolean(
+        "tile_latent", d.tile_latent, "StyleGAN only: one latent row for every style layer.", **fv
+    )
+    flags.DEFINE_string(
+        "bad_noise_layers",
+        d.bad_noise_layers,
+        "StyleGAN only: '.'-separated noise layers that are always zero.",
+        **fv,
+    )
+    flags.DEFINE_enum("opt_name", d.opt_name, list(OPTIMIZERS), "Optimizer.", **fv)
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Base learning rate.", **fv)
+    flags.DEFINE_integer("steps", d.steps, "Optimizer steps.", lower_bound=1, **fv)
+    flags.DEFINE_enum(
+        "lr_schedule", d.lr_schedule, list(SCHEDULES), "Learning-rate schedule.", **fv
+    )
+    flags.DEFINE_boolean(
+        "resize",
+        False,
+        "Centre-crop and resize inputs whose size does not divide the generator's resolution "
+        "(default: refuse them).",
+        **fv,
+    )
+
+
+def search_config(flag_values: flags.FlagValues = flags.FLAGS, **extra) -> pipeline.SearchConfig:
+    """The parsed search flags (plus `extra` fields, e.g. `seed`) as a `SearchConfig`."""
+    values = {name: flag_values[name].value for name in SEARCH_FLAGS}
+    return pipeline.SearchConfig(**values, **extra)
