@@ -391,18 +391,27 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return parse_records(path, lines, {"input", "sample"}, "a manifest record")
+
+
+def parse_records(path: Path, lines: list[str], required: set[str], what: str) -> list[dict]:
+    """Manifest lines -> records: JSON objects holding the `required` keys; blank lines skip.
+
+    Raises:
+      ConfigError: naming `path` and the line number, for a line that is not `what`.
+    """
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}, line {number}: not JSON ({e})") from None
-            if not isinstance(record, dict) or not {"input", "sample"} <= record.keys():
-                raise ConfigError(f"{path}, line {number}: not a manifest record")
-            records.append(record)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}, line {number}: not JSON ({e})") from None
+        if not isinstance(record, dict) or not required <= record.keys():
+            raise ConfigError(f"{path}, line {number}: not {what}")
+        records.append(record)
     return records
 
 

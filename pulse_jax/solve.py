@@ -42,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pulse_jax import losses, optim, sphere
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.downscale import make_bicubic
 from pulse_jax.generators.base import Generator, SearchOptions
 
 Downscale = Callable[[jax.Array], jax.Array]
@@ -104,13 +104,6 @@ class _Program:
 
     def optimizer(self) -> optax.GradientTransformation:
         return optim.make_optimizer(self.opt_name, self.learning_rate, self.lr_schedule, self.steps)
-
-
-@functools.cache
-def bicubic(factor: int) -> Downscale:
-    """The default degradation: PULSE's bicubic downscale by `factor` (one object per factor,
-    so repeated solves reuse the compiled program)."""
-    return functools.partial(bicubic_downscale, factor=factor)
 
 
 def solve(
@@ -358,7 +351,7 @@ def _make_program(
         learning_rate=float(learning_rate),
         lr_schedule=lr_schedule,
         steps=int(steps),
-        downscale=downscale or bicubic(generator.resolution // lr_size),
+        downscale=downscale or make_bicubic(generator.resolution // lr_size),
         keep_intermediate=bool(keep_intermediate),
         remat=bool(remat),
     )

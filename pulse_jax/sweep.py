@@ -156,16 +156,8 @@ def read_records(out_dir: str | os.PathLike) -> list[dict]:
     for path in sorted(Path(out_dir).glob(SHARD.format(process="*"))):
         text = path.read_text(encoding="utf-8")
         lines = text.split("\n")[:-1]  # the part after the last newline is torn or empty
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}, line {number}: not JSON ({e})") from None
-            if not isinstance(record, dict) or not {"input", "seed", "sample"} <= record.keys():
-                raise ConfigError(f"{path}, line {number}: not a sweep record")
-            records.append(record)
+        required = {"input", "seed", "sample"}
+        records += pipeline.parse_records(path, lines, required, "a sweep record")
     return records
 
 

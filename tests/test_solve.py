@@ -141,6 +141,17 @@ def targets(tiny_stylegan):
 FAST = {"steps": 3, "bad_noise_layers": (11,)}
 
 
+def random_start(rng, images: int, samples: int) -> dict:
+    """A tiny-StyleGAN start for `solve(init=...)`: [images, samples, ...] standard normal."""
+    return {
+        "latent": rng.standard_normal((images, samples, 12, 512)).astype(np.float32),
+        "noise": [
+            rng.standard_normal((images, samples, r, r, 1)).astype(np.float32)
+            for r in (2 ** (i // 2 + 2) for i in range(12))
+        ],
+    }
+
+
 def test_a_sample_does_not_depend_on_the_rest_of_the_batch(tiny_stylegan, targets):
     """With a fixed `batch_per_device` every sample runs through the same compiled group
     program, so adding images and samples around it changes nothing, bit for bit."""
@@ -171,14 +182,7 @@ def test_same_seed_same_result_and_other_seed_differs(tiny_stylegan, targets):
 
 
 def test_radii_are_preserved(tiny_stylegan, targets):
-    rng = np.random.default_rng(3)
-    init = {
-        "latent": rng.standard_normal((1, 2, 12, 512)).astype(np.float32),
-        "noise": [
-            rng.standard_normal((1, 2, r, r, 1)).astype(np.float32)
-            for r in (2 ** (i // 2 + 2) for i in range(12))
-        ],
-    }
+    init = random_start(np.random.default_rng(3), images=1, samples=2)
     result = pulse_jax.solve(targets[:1], tiny_stylegan, num_samples=2, init=init, **FAST)
 
     def radius(x, axes):
@@ -202,14 +206,7 @@ def test_second_call_does_not_recompile(tiny_stylegan, targets, caplog):
 
 
 def test_nan_in_one_sample_leaves_the_others_as_they_were(tiny_stylegan, targets):
-    rng = np.random.default_rng(4)
-    init = {
-        "latent": rng.standard_normal((2, 1, 12, 512)).astype(np.float32),
-        "noise": [
-            rng.standard_normal((2, 1, r, r, 1)).astype(np.float32)
-            for r in (2 ** (i // 2 + 2) for i in range(12))
-        ],
-    }
+    init = random_start(np.random.default_rng(4), images=2, samples=1)
     clean = pulse_jax.solve(targets[:2], tiny_stylegan, init=init, **FAST)
     init["latent"][1, 0, 3, 7] = np.nan
     broken = pulse_jax.solve(targets[:2], tiny_stylegan, init=init, **FAST)
