@@ -25,7 +25,9 @@ _GENERATORS = flags.DEFINE_list(
 )
 _SAMPLES = flags.DEFINE_list("samples", ["1", "2", "4"], "Samples per solve call.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Optimizer steps per timed solve call.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed calls per case (the fastest is kept).")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Timed calls per step count and case (the fastest is kept, as for the peak)."
+)
 _PRECISION = flags.DEFINE_enum(
     "precision", "highest", ["highest", "high", "default"], "Generator matmul/conv precision."
 )

@@ -8,7 +8,7 @@ under one `lax.scan`):
 - steady-state seconds per step: `pulse_jax.solve` is timed (after compilation,
   the fastest of `repeats` calls) with `steps` and with `2 * steps` steps, and
   the difference divided by `steps`, so the once-per-call work (drawing the
-  starts, the weight preparation XLA hoists out of the loop, the outputs) is
+  starts, the generator's weight preparation `arch.prepare`, the outputs) is
   reported apart, as the call overhead;
 - latent-steps per second: samples / (seconds per step);
 - FLOPs per step from XLA's cost analysis of the compiled program (XLA counts a
@@ -16,8 +16,11 @@ under one `lax.scan`):
   achieved FLOP/s = FLOPs per step / seconds per step;
 - memory: XLA's buffer assignment of the compiled program (arguments + outputs +
   temporaries - aliased), and the process's peak resident set so far;
-- the machine's dense float32 matmul peak, measured in the same run, so that
-  utilization = achieved FLOP/s / matmul peak compares numbers from one machine.
+- the machine's dense float32 matmul peak, measured in the same run before each
+  generator's cases and after the last, so that utilization = achieved FLOP/s /
+  matmul peak compares numbers from one machine under the same conditions: against
+  the better of the two measurements around the case, and (`utilization_vs_best`)
+  against the best of the run.
 
 The compiled program is obtained by capturing the arguments `solve` passes to its
 compiled search (`pulse_jax.solve._run`) and lowering it with them; `jax.jit`
@@ -65,7 +68,9 @@ FIELDS = (
     "latent_steps_per_s",
     "flops_per_step",
     "achieved_flops",
+    "peak_flops",
     "utilization",
+    "utilization_vs_best",
     "xla_bytes",
     "xla_temp_bytes",
     "peak_rss_bytes",
@@ -135,7 +140,48 @@ def stream_bandwidth(size: int = 1 << 25, repeats: int = 3) -> float:
     return 2 * 4 * size / best
 
 
-def measure(generator: Generator, name: str, samples: int, *, steps: int, repeats: int = 2) -> dict:
+# The convolutions of a 1024 px StyleGAN step by kind (name, input [H, W, in], kernel
+# [kh, kw, in, out], padding): the few-channel, high-resolution layers and a 512-channel
+# one for contrast. "sub-pixel" is the fused upscale's forward conv (`ops.upsample_conv2x`).
+LAYER_CONVS = (
+    ("conv 3x3, 16->16 at 1024 px", (1024, 1024, 16), (3, 3, 16, 16), 1),
+    ("sub-pixel 2x2, 32->4x16 at 512 px", (512, 512, 32), (2, 2, 32, 64), 1),
+    ("conv 3x3, 32->32 at 512 px", (512, 512, 32), (3, 3, 32, 32), 1),
+    ("sub-pixel 2x2, 64->4x32 at 256 px", (256, 256, 64), (2, 2, 64, 128), 1),
+    ("conv 3x3, 512->512 at 32 px", (32, 32, 512), (3, 3, 512, 512), 1),
+)
+
+
+def conv_rates(layers=LAYER_CONVS, repeats: int = 3) -> list[dict]:
+    """FLOP/s of single StyleGAN convolutions, each jitted alone (float32, HIGHEST precision,
+    one sample): what XLA's convolution kernels reach on the layer shapes of the step.
+
+    Returns:
+      [{"layer", "flops", "s", "flops_per_s"}] (FLOPs = 2 x multiply-adds of the output).
+    """
+    rates = []
+    for name, (h, w, c), kernel_shape, pad in layers:
+        x = jax.random.normal(jax.random.key(0), (1, h, w, c), jnp.float32)
+        kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float32)
+        conv = jax.jit(
+            lambda x, k, pad=pad: jax.lax.conv_general_dilated(
+                x,
+                k,
+                (1, 1),
+                [(pad, pad), (pad, pad)],
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=jax.lax.Precision.HIGHEST,
+            )
+        )
+        out = conv(x, kernel).block_until_ready()
+        kh, kw, _, out_c = kernel_shape
+        flops = 2.0 * out.shape[1] * out.shape[2] * out_c * kh * kw * c
+        best = min(_timed(functools.partial(conv, x, kernel))[0] for _ in range(repeats))
+        rates.append({"layer": name, "flops": flops, "s": best, "flops_per_s": flops / best})
+    return rates
+
+
+def measure(generator: Generator, name: str, samples: int, *, steps: int, repeats: int = 3) -> dict:
     """Measures one case (module docstring); returns a dict with the keys in `FIELDS`."""
     size = lr_size(generator.resolution)
     lr_images = np.random.default_rng(0).uniform(size=(1, size, size, 3)).astype(np.float32)
@@ -151,7 +197,7 @@ def measure(generator: Generator, name: str, samples: int, *, steps: int, repeat
     mem = compiled.memory_analysis()
     first_call_s, _ = _timed(lambda: solve_call(steps))
     # Two step counts: their difference is the cost of `steps` more steps, free of the
-    # once-per-call work (drawing the starts, weight preparation XLA hoists out of the loop,
+    # once-per-call work (drawing the starts, the generator's weight preparation,
     # the outputs).
     solve_call(2 * steps)  # compiles the longer program
     short = min(_timed(lambda: solve_call(steps))[0] for _ in range(repeats))
@@ -179,7 +225,9 @@ def measure(generator: Generator, name: str, samples: int, *, steps: int, repeat
         "latent_steps_per_s": samples / s_per_step,
         "flops_per_step": flops,
         "achieved_flops": flops / s_per_step,
-        "utilization": None,  # filled in by `run` against the matmul peak
+        "peak_flops": None,  # filled in by `run`: the matmul peak measured around the case
+        "utilization": None,
+        "utilization_vs_best": None,
         "xla_bytes": xla_bytes,
         "xla_temp_bytes": None if mem is None else mem.temp_size_in_bytes,
         "peak_rss_bytes": _peak_rss_bytes(),
@@ -190,8 +238,16 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
     """Where a step's time goes: one traced call of the compiled search (`jax.profiler`),
     each executed XLA op matched to its instruction in the optimized HLO.
 
-    Ops that ran `steps` times are the loop body (one optimizer step); ops that ran once
-    are the per-call work (setup, weight preparation XLA hoisted out of the loop, outputs).
+    Ops of the program's entry computation are the per-call work (setup, the generator's
+    weight preparation, outputs); all others run inside the optimization loop (the `while`
+    body and the computations it calls), and their time divided by `steps` is one step.
+    (Membership is read from the optimized HLO, not from how often an op ran: XLA:CPU
+    splits some large ops into parallel partitions, each traced as its own event.)
+
+    XLA:CPU runs its own (Eigen) convolutions asynchronously: the trace marks their dispatch
+    and, as "end: <op>", their completion; their time is the span between the two. Ops
+    can overlap on the two cores, so the traced time of a step may differ from the wall
+    time the benchmark measures, and the shares are of the traced time.
 
     Returns:
       {"step_s": traced op time per step, "per_call_s", "by_kind": {kind: s per step},
@@ -208,11 +264,15 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
 
     args, static_kwargs = _capture_run(lr_images, generator, num_samples=samples, steps=steps)
     compiled = _SOLVE._run.lower(*args, **static_kwargs).compile()
-    instructions = {}
+    instructions, entry, in_entry = {}, set(), False
     for line in compiled.as_text().splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            in_entry = line.startswith("ENTRY ")  # a computation's header
         match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(", line)
         if match:
             instructions[match.group(1)] = (match.group(2), match.group(3), line)
+            if in_entry:
+                entry.add(match.group(1))
     solve_call()  # warm
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
@@ -222,13 +282,20 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
             jax.profiler.stop_trace()
         traces = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
         events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
-    seconds, runs = {}, {}
+    seconds, starts, ends = {}, {}, {}
     for event in events:
-        name = event.get("name")
-        if event.get("ph") == "X" and name in instructions:
+        name = event.get("name", "")
+        if event.get("ph") != "X":
+            continue
+        if name in instructions:
             seconds[name] = seconds.get(name, 0.0) + event["dur"] / 1e6
-            runs[name] = runs.get(name, 0) + 1
-    per_step = {n: t / steps for n, t in seconds.items() if runs[n] >= steps > 1 or steps == 1}
+            starts.setdefault(name, []).append(event["ts"])
+        elif name.startswith("end: ") and name[5:] in instructions:
+            ends.setdefault(name[5:], []).append(event["ts"] + event["dur"])
+    for name, done in ends.items():  # asynchronous ops: from dispatch to completion
+        pairs = zip(sorted(starts.get(name, [])), sorted(done), strict=False)
+        seconds[name] = sum(end - start for start, end in pairs) / 1e6
+    per_step = {n: t / steps for n, t in seconds.items() if n not in entry}
     by_kind, by_size = {}, {}
     for name, t in per_step.items():
         shape, opcode, line = instructions[name]
@@ -269,7 +336,7 @@ def run(
     samples: list[int],
     *,
     steps: int,
-    repeats: int = 2,
+    repeats: int = 3,
     precision: str = "highest",
     matmul_sizes=(2048, 4096),
     profile_cases: bool = False,
@@ -291,18 +358,22 @@ def run(
       {"machine": ..., "config": ..., "matmul_peak": ..., "cases": [per-case dicts]}.
     """
     log = log or (lambda msg: None)
-    # On a shared machine the peak moves with the load: it is measured before each
-    # generator and after the last, and the best is used, so that a slow measurement
-    # never flatters the utilization.
+    # On a shared machine the peak moves with the load (seen here: 303 to 357 GFLOP/s
+    # within one run). It is measured before each generator's cases and after the last, so
+    # every case has a measurement just before and just after it. A case's utilization is
+    # against the better of those two, taken under the conditions the case ran in;
+    # `utilization_vs_best` is against the best measurement of the whole run.
     peaks = []
     cases = []
-    for name in generators:
+    for g, name in enumerate(generators):
         peaks.append(matmul_peak(matmul_sizes))
         log(f"matmul peak: {peaks[-1]['flops'] / 1e9:.1f} GFLOP/s")
         generator = make_generator(name, precision=precision)
         for n in samples:
             result = measure(generator, name, n, steps=steps, repeats=repeats)
-            result["utilization"] = result["achieved_flops"] / peaks[-1]["flops"]
+            result["peak_index"] = g
+            result["peak_flops"] = peaks[-1]["flops"]  # until the one after is measured
+            result["utilization"] = result["achieved_flops"] / result["peak_flops"]
             if profile_cases:
                 result["profile"] = profile(generator, n, steps=min(steps, 2))
             log(format_row(result))
@@ -311,8 +382,12 @@ def run(
     log(f"matmul peak after the cases: {peaks[-1]['flops'] / 1e9:.1f} GFLOP/s")
     peak = {"flops": max(p["flops"] for p in peaks), "measurements": peaks}
     for result in cases:
-        result["utilization"] = result["achieved_flops"] / peak["flops"]
+        g = result.pop("peak_index")
+        result["peak_flops"] = max(peaks[g]["flops"], peaks[g + 1]["flops"])
+        result["utilization"] = result["achieved_flops"] / result["peak_flops"]
+        result["utilization_vs_best"] = result["achieved_flops"] / peak["flops"]
     bandwidth = stream_bandwidth()
+    layers = conv_rates() if profile_cases else None
     return {
         "machine": machine_info(),
         "config": {
@@ -325,6 +400,7 @@ def run(
         },
         "matmul_peak": peak,
         "stream_bandwidth": bandwidth,
+        "conv_rates": layers,
         "cases": cases,
     }
 
@@ -351,7 +427,9 @@ def format_row(c: dict) -> str:
         f"| {c['generator']} | {c['samples']} | {c['lower_s'] + c['compile_s']:.1f} | "
         f"{c['s_per_step']:.4g} | {c['latent_steps_per_s']:.3g} | "
         f"{c['flops_per_step'] / 1e9:.3g} | {c['achieved_flops'] / 1e9:.1f} | "
-        f"{100 * (c['utilization'] or 0):.0f}% | {mib} | {c['peak_rss_bytes'] / 2**20:,.0f} |"
+        f"{(c['peak_flops'] or 0) / 1e9:.0f} | {100 * (c['utilization'] or 0):.0f}% | "
+        f"{100 * (c['utilization_vs_best'] or c['utilization'] or 0):.0f}% | {mib} | "
+        f"{c['peak_rss_bytes'] / 2**20:,.0f} |"
     )
 
 
@@ -363,25 +441,29 @@ def markdown(results: dict) -> str:
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_cores']} cores), JAX {m['jax']} on "
         f"{m['platform']} ({m['device_kind']}, {m['device_count']} device(s)), {m['date']}.",
-        f"Measured dense float32 matmul peak: {peak['flops'] / 1e9:.1f} GFLOP/s "
-        f"(HIGHEST precision; best of {len(peak['measurements'])} measurements in the run: "
+        "Dense float32 matmul peak (HIGHEST precision), measured before each generator's "
+        "cases and after the last: "
         + ", ".join(f"{p['flops'] / 1e9:.0f}" for p in peak["measurements"])
-        + "). "
+        + f" GFLOP/s (best {peak['flops'] / 1e9:.1f}). Utilization is against the better of "
+        "the two measurements around the case (the peak column), under the conditions the "
+        "case ran in; the next column is against the run's best. "
         f"Elementwise memory bandwidth: {results['stream_bandwidth'] / 1e9:.1f} GB/s. "
         f"Steps per timed call: {cfg['steps']}, best of {cfg['repeats']} calls, "
         f"precision: {cfg['precision']}.",
         "",
         "| generator | samples | compile s | s/step | latent-steps/s | GFLOP/step | GFLOP/s "
-        "| utilization | XLA memory MiB | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak GFLOP/s | utilization | vs best peak | XLA memory MiB | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [format_row(c) for c in results["cases"]]
     profiled = [c for c in results["cases"] if c.get("profile")]
     if profiled:
         lines += [
             "",
-            "Where a step's time goes (one traced call; shares of the traced op time of a "
-            "step, the loop body; per-call work apart):",
+            "Where a step's time goes (one traced call, the loop body; per-call work apart). "
+            "Traced s/step sums every op's time; ops overlap on the cores (XLA runs its own "
+            "convolutions asynchronously beside other ops), so it exceeds the wall-clock "
+            "s/step, and the shares are of that sum:",
             "",
             "| generator | samples | traced s/step | conv | elementwise/reduce | other "
             "| largest sizes | per call s |",
@@ -402,6 +484,21 @@ def markdown(results: dict) -> str:
                 )
                 + f" | {sizes} | {prof['per_call_s']:.3g} |"
             )
+    if results.get("conv_rates"):
+        best = results["matmul_peak"]["flops"]
+        lines += [
+            "",
+            "Single convolutions of the 1024 px step's layer shapes, each jitted alone "
+            "(`conv_rates`), against the run's best matmul peak:",
+            "",
+            "| layer | GFLOP | ms | GFLOP/s | of peak |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['layer']} | {r['flops'] / 1e9:.2f} | {1e3 * r['s']:.1f} | "
+            f"{r['flops_per_s'] / 1e9:.0f} | {100 * r['flops_per_s'] / best:.0f}% |"
+            for r in results["conv_rates"]
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,10 @@ The solver state is one pytree carried through `lax.scan` under `jax.jit`:
 trainable variables, fixed variables, optimizer state, radii and the best-so-far
 bookkeeping. The architecture and options are static; the generator's
 parameters, the targets and the starting point are traced arguments, so a
-second call with the same shapes and options does not recompile.
+second call with the same shapes and options does not recompile. Before the
+loop the generator's weights are prepared once (`arch.prepare`, where the
+generator has one: scaled, transposed and sub-pixel kernels), so a step runs
+the layers and nothing that depends on the weights alone.
 
 Devices: the sample axis is sharded over the devices `solve` is given (a 1-D
 `Mesh` named "samples"; rows split with `NamedSharding(mesh, P("samples"))`,
@@ -542,16 +545,25 @@ def _place(x, sharding: NamedSharding) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=0)
 def _run_groups(program: _Program, params, ref, start):
     """`_solve_rows` over groups of rows one after the other: ref and start [G, W, ...]."""
+    params = _prepare(program.arch, params)
     return jax.lax.map(lambda group: _solve_rows(program, params, *group), (ref, start))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _run(program: _Program, params, ref, start):
-    return _solve_rows(program, params, ref, start)
+    return _solve_rows(program, _prepare(program.arch, params), ref, start)
+
+
+def _prepare(arch, params):
+    """The generator's per-call weight preparation (`arch.prepare`, optional), done once
+    before the optimization loop rather than in every step."""
+    prepare = getattr(arch, "prepare", None)
+    return params if prepare is None else prepare(params)
 
 
 def _solve_rows(program: _Program, params, ref, start):
-    """The whole search for the rows of ref [N, h, w, 3] and start (leaves [N, ...])."""
+    """The whole search for the rows of ref [N, h, w, 3] and start (leaves [N, ...]);
+    params as `arch.prepare` returns them."""
     arch, options = program.arch, program.options
     leaves, treedef = jax.tree.flatten(start)
     mask = jax.tree.leaves(arch.trainable(options))

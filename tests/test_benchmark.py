@@ -36,14 +36,27 @@ def test_benchmark_runs_and_writes_json_and_markdown(tmp_path):
         assert set(benchmark.FIELDS) <= set(case)
         for field in ("compile_s", "s_per_step", "latent_steps_per_s", "flops_per_step"):
             assert math.isfinite(case[field]) and case[field] > 0, field
-        assert 0 < case["utilization"]
+        assert 0 < case["utilization"] and 0 < case["utilization_vs_best"]
         assert case["xla_bytes"] > 0
         assert set(case["profile"]) >= {"step_s", "per_call_s", "by_kind", "by_size", "top"}
+
+    # Each generator's cases are measured between two peak measurements; utilization is
+    # against the better of those two, `utilization_vs_best` against the run's best.
+    peaks = [p["flops"] for p in loaded["matmul_peak"]["measurements"]]
+    assert len(peaks) == 3 and loaded["matmul_peak"]["flops"] == max(peaks)
+    for g, case in enumerate(loaded["cases"]):
+        assert case["peak_flops"] == max(peaks[g], peaks[g + 1])
+        assert math.isclose(case["utilization"], case["achieved_flops"] / case["peak_flops"])
+        assert math.isclose(case["utilization_vs_best"], case["achieved_flops"] / max(peaks))
+
+    assert [r["layer"] for r in loaded["conv_rates"]] == [c[0] for c in benchmark.LAYER_CONVS]
+    assert all(r["flops"] > 0 and r["flops_per_s"] > 0 for r in loaded["conv_rates"])
 
     table = md_path.read_text()
     assert "| generator | samples | compile s | s/step |" in table
     assert "| dcgan64 | 1 |" in table and "| stylegan32 | 1 |" in table
     assert "Where a step's time goes" in table
+    assert "| conv 3x3, 16->16 at 1024 px |" in table
 
 
 def test_unknown_generator_is_refused():

@@ -2,16 +2,19 @@
 
 Tolerances, justified:
 - First step (one update from the reference's own start): latents and trainable noise
-  maps max-abs 1e-4 (reached: <= 8.2e-6 for latents, 9.5e-7 for noise; one row, below,
+  maps max-abs 1e-4 (reached: <= 7.6e-6 for latents, 9.5e-7 for noise; one row, below,
   is allowed to be off).
 - Whole runs (20 steps): each sample's unclamped L2 at every step within a relative
   tolerance per run. The reference's own README notes that an independent float32
   implementation drifted by up to 0.5 (absolute) in latents after 20 Adam steps while its
   L2 trajectories stayed within 1%: Adam normalises each gradient element, so rounding-level
   differences in tiny gradient elements become full-size steps. Measured here: max
-  relative L2 deviation 0.72% (default), 0.06% (sgd_fixed), 0.11% (tiled_fixed_sgdm),
-  0.13% (zero_adamax_l1), 0.14% (succeeds; 2.7% with a conv formulation that flips the
-  element below). Asserted: 1.5% for the first four, 5% for `succeeds`.
+  relative L2 deviation 0.95% (default), 0.02% (sgd_fixed), 0.02% (tiled_fixed_sgdm),
+  0.12% (zero_adamax_l1), 0.24% (succeeds; 2.7% with a conv formulation that flips the
+  element below). Asserted: 1.5% for the first four, 5% for `succeeds`. (These move by
+  a few tenths of a percent whenever the float32 summation order changes: with the
+  bicubic downscale as block windows instead of a matmul they were 0.72%, 0.06%, 0.11%,
+  0.13% and 0.14%.)
 - `succeeds`, sample 0, style row 0: one latent element's gradient is the sum of an L2
   part (-8.09e-5) and a GEOCROSS part (+7.70e-5) that cancel (float64 gives
   -3.83e-6, while float32 evaluations err by ~6e-6 in the L2 part there: the reference's

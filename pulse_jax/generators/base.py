@@ -12,6 +12,10 @@ gives, for each batched leaf [N, ...], the axes over which its rows' radii are
 taken (PULSE_SPEC section 3), and `render(params, variables, options)` turns
 batched variables into images in [0, 1] plus the dlatents GEOCROSS needs (or
 None where GEOCROSS does not apply).
+An arch may also offer `prepare(params)`: parameters with everything that
+depends on the weights alone computed once (scaled and transposed kernels);
+`solve` calls it before its optimization loop, and `render` takes raw or
+prepared parameters alike.
 """
 
 from __future__ import annotations

@@ -36,14 +36,23 @@ class DCGANArch:
         x = z[:, None, None, :]  # [B, 1, 1, 100]
         for i, conv in enumerate(CONV_INDICES):
             stride, padding = (1, 0) if i == 0 else (2, 1)
-            x = ops.conv_transpose2d(
-                x, layers[str(conv)]["weight"], stride, padding, self.precision
-            )
+            layer = layers[str(conv)]
+            kernel = layer["prepared"] if "prepared" in layer else layer["weight"]
+            x = ops.conv_transpose2d(x, kernel, stride, padding, self.precision)
             if i < len(NORM_INDICES):
                 bn = layers[str(NORM_INDICES[i])]
                 x = (x - bn["running_mean"]) * jax.lax.rsqrt(bn["running_var"] + BATCH_NORM_EPS)
                 x = jax.nn.relu(x * bn["weight"] + bn["bias"])
         return jnp.tanh(x)
+
+    def prepare(self, params: dict) -> dict:
+        """The parameters with the upscaling convs' kernels in the forms `ops.upsample_conv2x`
+        runs, computed once (`solve` calls this before its optimization loop; see
+        `StyleGANArch.prepare`). `synthesize` accepts raw or prepared parameters alike."""
+        layers = dict(params["main"])
+        for conv in CONV_INDICES[1:]:
+            layers[str(conv)] = {"prepared": ops.prepare_upsample(layers[str(conv)]["weight"])}
+        return dict(params, main=layers)
 
     # -- the search space: z alone, kept on its sphere, one row per sample -----------------
 

@@ -33,21 +33,42 @@ def leaky_relu(x: jax.Array, slope: float = 0.2) -> jax.Array:
     return jnp.where(x >= 0, x, x * slope)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: str) -> jax.Array:
-    """Stride-1 cross-correlation, torch `F.conv2d` semantics. kernel: [kh, kw, in, out]."""
-    return _conv(x, kernel, ((padding, padding), (padding, padding)), precision)
+def conv2d(x: jax.Array, kernel, padding: int, precision: str) -> jax.Array:
+    """Stride-1 cross-correlation, torch `F.conv2d` semantics.
+
+    kernel: [kh, kw, in, out], or `prepare_conv(kernel)` (the same conv with its backward
+    kernel computed once, outside the optimization loop).
+    """
+    prepared = kernel if isinstance(kernel, dict) else prepare_conv(kernel)
+    pads = ((padding, padding), (padding, padding))
+    return _conv(x, prepared["kernel"], prepared["adjoint"], pads, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str) -> jax.Array:
+def prepare_conv(kernel: jax.Array) -> dict:
+    """A stride-1 conv's kernel [kh, kw, in, out] and the kernel of its input gradient, the
+    flipped and transposed [kh, kw, out, in] (see `_conv`).
+
+    Generators call this once per search (their `prepare`), before the optimization loop.
+    Computed in the backward pass from the kernel instead, the transposes stay inside the
+    loop's `while` body on XLA:CPU (17 of them for a 1024 px StyleGAN, measured in the
+    optimized HLO): every step would transpose every kernel again.
+    """
+    return {"kernel": kernel, "adjoint": jnp.swapaxes(kernel[::-1, ::-1], 2, 3)}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, adjoint: jax.Array, padding, precision: str):
     """Stride-1 NHWC conv whose input gradient is again an NHWC/HWIO conv.
 
     JAX's own transpose rule gives the input gradient as a conv with the kernel's feature
     dimensions swapped (HWOI); inside the PULSE step XLA:CPU then misses its fast conv path
     and runs those convs about 10x slower than the forward ones (measured: 1.4 s for the
-    16-channel 3x3 conv at 1024 px, against 0.1 s). Materializing the flipped, transposed
-    kernel (a few MB at most) keeps every conv in the layout XLA runs best.
+    16-channel 3x3 conv at 1024 px, against 0.1 s). The flipped, transposed kernel
+    (`adjoint`, from `prepare_conv`) keeps every conv in the layout XLA runs best.
+    `adjoint` only shapes the gradient: the output does not depend on it, so its own
+    cotangent is zero.
     """
+    del adjoint
     return _conv_nhwc(x, kernel, padding, precision)
 
 
@@ -62,27 +83,24 @@ def _conv_nhwc(x, kernel, padding, precision):
     )
 
 
-def _conv_fwd(x, kernel, padding, precision):
-    return _conv_nhwc(x, kernel, padding, precision), (x, kernel)
+def _conv_fwd(x, kernel, adjoint, padding, precision):
+    return _conv_nhwc(x, kernel, padding, precision), (x, kernel, adjoint)
 
 
 def _conv_bwd(padding, precision, residuals, g):
-    x, kernel = residuals
+    x, kernel, adjoint = residuals
     kh, kw = kernel.shape[:2]
-    flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # [kh, kw, out, in]
     (top, bottom), (left, right) = padding
     grad_padding = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
-    grad_x = _conv_nhwc(g, flipped, grad_padding, precision)
+    grad_x = _conv_nhwc(g, adjoint, grad_padding, precision)
     _, kernel_vjp = jax.vjp(lambda k: _conv_nhwc(x, k, padding, precision), kernel)
-    return grad_x, kernel_vjp(g)[0]
+    return grad_x, kernel_vjp(g)[0], jnp.zeros_like(adjoint)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_transpose2d(
-    x: jax.Array, kernel: jax.Array, stride: int, padding: int, precision: str
-) -> jax.Array:
+def conv_transpose2d(x: jax.Array, kernel, stride: int, padding: int, precision: str) -> jax.Array:
     """torch `F.conv_transpose2d` semantics. kernel: [kh, kw, in, out] (torch's (in, out, kh, kw)
     moved to HWIO, not flipped).
 
@@ -91,6 +109,10 @@ def conv_transpose2d(
     transposed conv of a 1x1 input (the DCGAN's first layer) as one matmul; any other case
     as a correlation of the stride-dilated input with the flipped kernel.
     """
+    if isinstance(kernel, dict):  # prepare_upsample(kernel) of a 4x4 kernel
+        if (stride, padding) != (2, 1):
+            raise ValueError("a prepared kernel is for stride 2, padding 1 only")
+        return upsample_conv2x(x, kernel, precision)
     kh, kw = kernel.shape[:2]
     if (kh, kw, stride, padding) == (4, 4, 2, 1):
         return upsample_conv2x(x, kernel, precision)
@@ -111,7 +133,7 @@ def conv_transpose2d(
     )
 
 
-def upsample_conv2x(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
+def upsample_conv2x(x: jax.Array, kernel, precision: str) -> jax.Array:
     """`conv_transpose2d(x, kernel, stride=2, padding=1)` for a 4x4 kernel, at the input
     resolution and without the zeros of a stride-dilated input.
 
@@ -125,53 +147,63 @@ def upsample_conv2x(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Arra
 
     Args:
       x: [B, H, W, in].
-      kernel: [4, 4, in, out], torch `conv_transpose2d` layout moved to HWIO (not flipped).
+      kernel: [4, 4, in, out], torch `conv_transpose2d` layout moved to HWIO (not flipped),
+        or `prepare_upsample(kernel)` (both forms computed once, outside the loop).
       precision: see `lax_precision`.
 
     Returns:
       [B, 2H, 2W, out].
     """
-    return _upsample(x, kernel, precision)
+    prepared = kernel if isinstance(kernel, dict) else prepare_upsample(kernel)
+    return _upsample(x, prepared["phases"], prepared["adjoint"], precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _upsample(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
-    return _upsample_subpixel(x, kernel, precision)
-
-
-def _upsample_subpixel(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
-    b, h, w, _ = x.shape
-    out = kernel.shape[-1]
+def prepare_upsample(kernel: jax.Array) -> dict:
+    """The two forms of a 4x4 stride-2 transposed-conv kernel [4, 4, in, out] that
+    `upsample_conv2x` runs: the four sub-pixel phases as one [2, 2, in, 4 * out] kernel, and
+    the [4, 4, out, in] kernel of the stride-2 adjoint conv (the input gradient)."""
     # Phase (a', b') = (1 - a, 1 - b) takes taps (a' + 2, a') for input rows (j - 1, j).
     phases = [kernel[2 + a :: -2, 2 + c :: -2] for a in (0, 1) for c in (0, 1)]
-    z = _conv_nhwc(x, jnp.concatenate(phases, axis=-1), ((1, 1), (1, 1)), precision)
+    return {"phases": jnp.concatenate(phases, axis=-1), "adjoint": jnp.swapaxes(kernel, 2, 3)}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _upsample(x: jax.Array, phases: jax.Array, adjoint: jax.Array, precision: str):
+    del adjoint  # shapes the gradient only (see `_conv`)
+    return _upsample_subpixel(x, phases, precision)
+
+
+def _upsample_subpixel(x: jax.Array, phases: jax.Array, precision: str) -> jax.Array:
+    b, h, w, _ = x.shape
+    out = phases.shape[-1] // 4
+    z = _conv_nhwc(x, phases, ((1, 1), (1, 1)), precision)
     z = z.reshape(b, h + 1, w + 1, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
     z = z.reshape(b, 2 * h + 2, 2 * w + 2, out)  # output rows and columns -1 .. 2H
     return z[:, 1 : 2 * h + 1, 1 : 2 * w + 1]
 
 
-def _upsample_fwd(x, kernel, precision):
-    return _upsample_subpixel(x, kernel, precision), (x, kernel)
+def _upsample_fwd(x, phases, adjoint, precision):
+    return _upsample_subpixel(x, phases, precision), (x, phases, adjoint)
 
 
 def _upsample_bwd(precision, residuals, g):
-    x, kernel = residuals
+    x, phases, adjoint = residuals
     grad_x = jax.lax.conv_general_dilated(
         g,
-        jnp.swapaxes(kernel, 2, 3),  # [4, 4, out, in]
+        adjoint,  # [4, 4, out, in]
         window_strides=(2, 2),
         padding=[(1, 1), (1, 1)],
         dimension_numbers=_NHWC,
         precision=lax_precision(precision),
     )
-    _, kernel_vjp = jax.vjp(lambda k: _upsample_subpixel(x, k, precision), kernel)
-    return grad_x, kernel_vjp(g)[0]
+    _, phases_vjp = jax.vjp(lambda k: _upsample_subpixel(x, k, precision), phases)
+    return grad_x, phases_vjp(g)[0], jnp.zeros_like(adjoint)
 
 
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)
 
 
-def upsample_nearest2x_conv3x3(x: jax.Array, kernel: jax.Array, precision: str) -> jax.Array:
+def upsample_nearest2x_conv3x3(x: jax.Array, kernel, precision: str) -> jax.Array:
     """`conv2d(upsample_nearest2x(x), kernel, 1)` for a 3x3 kernel, at the input resolution.
 
     After a nearest x2 upsample, output row 2m takes input rows m - 1 (tap 0) and m (taps 1
@@ -179,13 +211,23 @@ def upsample_nearest2x_conv3x3(x: jax.Array, kernel: jax.Array, precision: str) 
     padding 1) with the 4x4 kernel of taps (2, 1 + 2, 0 + 1, 0) along each axis, which
     `upsample_conv2x` runs with 2.25x fewer multiply-adds than the 3x3 conv over the
     upsampled image; mathematically the same (float32 rounding of the summed taps aside).
+
+    kernel: [3, 3, in, out], or `prepare_upsample(nearest_upsample_kernel(kernel))`.
     """
+    if not isinstance(kernel, dict):
+        kernel = nearest_upsample_kernel(kernel)
+    return upsample_conv2x(x, kernel, precision)
+
+
+def nearest_upsample_kernel(kernel: jax.Array) -> jax.Array:
+    """3x3 kernel [3, 3, in, out] -> the 4x4 transposed-conv kernel of
+    `upsample_nearest2x_conv3x3`."""
 
     def taps(v, axis):  # 3 taps along `axis` -> the 4 taps of the transposed conv
         t0, t1, t2 = (jnp.take(v, i, axis=axis) for i in range(3))
         return jnp.stack([t2, t1 + t2, t0 + t1, t0], axis)
 
-    return upsample_conv2x(x, taps(taps(kernel, 0), 1), precision)  # [4, 4, in, out]
+    return taps(taps(kernel, 0), 1)  # [4, 4, in, out]
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: str) -> jax.Array:

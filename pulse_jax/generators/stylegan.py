@@ -79,6 +79,43 @@ class StyleGANArch:
             x = _epilogue(block["epi2"], x, noise[2 * i + 1], dlatents[:, 2 * i + 1], p)
         return _conv(params["torgb"], x, p, bias=True, gain=1.0, padding=0)
 
+    def prepare(self, params: dict) -> dict:
+        """The parameters with every synthesis layer's run-time kernels computed once.
+
+        The equalized-learning-rate multipliers, the fused and nearest upscale kernels, and
+        the flipped or transposed kernels of the convs' input gradients (`ops.prepare_conv`,
+        `ops.prepare_upsample`) depend on the weights alone. `solve` prepares once per call,
+        before its optimization loop; left inside it, XLA:CPU keeps the 17 kernel transposes
+        of a 1024 px network in the loop body and a step takes about 4% longer (measured
+        A/B: 0.70-0.73 against 0.68 s). `synthesize` and `render` accept raw or prepared
+        parameters and give the same numbers: the same float32 operations run on the same
+        values, only outside the loop.
+
+        Args:
+          params: {"synthesis", ...} as `render` takes them (other entries pass through).
+
+        Returns:
+          The same structure; each conv, upscale and style layer holds "prepared" in place
+          of its "weight".
+        """
+        synthesis = params["synthesis"]
+        blocks = {}
+        for i, name in enumerate(self.block_names):
+            block = dict(synthesis["blocks"][name])
+            if i == 0:
+                block["conv"] = _prepare_conv(block["conv"], SQRT2)
+            else:
+                fused = 4 * 2**i >= FUSED_MIN_RESOLUTION
+                block["conv0_up"] = _prepare_upscale(block["conv0_up"], fused)
+                block["conv1"] = _prepare_conv(block["conv1"], SQRT2)
+            for epi in ("epi1", "epi2"):
+                style = block[epi]["style_mod"]
+                lin = _prepare_dense(style["lin"], 1.0, 1.0)
+                block[epi] = dict(block[epi], style_mod=dict(style, lin=lin))
+            blocks[name] = block
+        torgb = _prepare_conv(synthesis["torgb"], 1.0)
+        return dict(params, synthesis=dict(synthesis, blocks=blocks, torgb=torgb))
+
     # -- the search space (PULSE_SPEC section 2) -----------------------------------------
 
     def check_options(self, options: SearchOptions) -> None:
@@ -131,17 +168,31 @@ class StyleGANArch:
         return (images + 1.0) / 2.0, dlatents
 
 
+# Each layer takes its raw parameters ({"weight", "bias", ...}, multipliers applied here) or
+# those of `StyleGANArch.prepare` ({"prepared", "bias", ...}, everything applied once).
+
+
 def _dense(p: dict, x: jax.Array, gain: float, lrmul: float, precision: str) -> jax.Array:
+    q = p["prepared"] if "prepared" in p else _prepare_dense(p, gain, lrmul)["prepared"]
+    return jnp.dot(x, q["weight"], precision=ops.lax_precision(precision)) + q["bias"]
+
+
+def _prepare_dense(p: dict, gain: float, lrmul: float) -> dict:
     w_mul = gain * p["weight"].shape[0] ** -0.5 * lrmul
-    y = jnp.dot(x, p["weight"] * w_mul, precision=ops.lax_precision(precision))
-    return y + p["bias"] * lrmul
+    return {"prepared": {"weight": p["weight"] * w_mul, "bias": p["bias"] * lrmul}}
 
 
 def _conv(p: dict, x, precision, *, bias: bool, gain: float = SQRT2, padding: int = 1):
+    prepared = p["prepared"] if "prepared" in p else _prepare_conv(p, gain)["prepared"]
+    y = ops.conv2d(x, prepared, padding, precision)
+    return y + p["bias"] if bias else y
+
+
+def _prepare_conv(p: dict, gain: float) -> dict:
     kernel = p["weight"]  # [k, k, in, out]
     w_mul = gain * (kernel.shape[0] * kernel.shape[1] * kernel.shape[2]) ** -0.5
-    y = ops.conv2d(x, kernel * w_mul, padding, precision)
-    return y + p["bias"] if bias else y
+    rest = {k: v for k, v in p.items() if k != "weight"}
+    return dict(rest, prepared=ops.prepare_conv(kernel * w_mul))
 
 
 def fused_upscale_kernel(kernel: jax.Array) -> jax.Array:
@@ -152,14 +203,20 @@ def fused_upscale_kernel(kernel: jax.Array) -> jax.Array:
 
 
 def _upscale_conv(p: dict, x: jax.Array, fused: bool, precision: str) -> jax.Array:
-    kernel = p["weight"]  # [3, 3, in, out]
-    w_mul = SQRT2 * (9 * kernel.shape[2]) ** -0.5
-    if fused:
-        x = ops.conv_transpose2d(x, fused_upscale_kernel(kernel * w_mul), 2, 1, precision)
-    else:
-        x = ops.upsample_nearest2x_conv3x3(x, kernel * w_mul, precision)
+    """Upscale x2 and 3x3 conv (fused: StyleGAN's transposed conv; else nearest upsample
+    first), blur, bias. Both paths run as `ops.upsample_conv2x` with a 4x4 kernel."""
+    prepared = p["prepared"] if "prepared" in p else _prepare_upscale(p, fused)["prepared"]
+    x = ops.upsample_conv2x(x, prepared, precision)
     x = ops.depthwise_conv2d(x, p["intermediate"]["kernel"], 1, precision)
     return x + p["bias"]
+
+
+def _prepare_upscale(p: dict, fused: bool) -> dict:
+    kernel = p["weight"]  # [3, 3, in, out]
+    kernel = kernel * (SQRT2 * (9 * kernel.shape[2]) ** -0.5)
+    kernel = fused_upscale_kernel(kernel) if fused else ops.nearest_upsample_kernel(kernel)
+    rest = {k: v for k, v in p.items() if k != "weight"}
+    return dict(rest, prepared=ops.prepare_upsample(kernel))
 
 
 def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, precision: str):
