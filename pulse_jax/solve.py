@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -294,7 +295,7 @@ def compiled_memory(
         raise ValueError(f"lr_size {lr_size} does not divide {generator.resolution}")
     if batch_per_device < 1:
         raise ValueError(f"batch_per_device must be >= 1, got {batch_per_device}")
-    program = _make_program(generator, lr_size, **options)
+    program = _make_program(generator, lr_size, **_program_options(options))
     _check_program(program, 1)
     device = device or jax.local_devices()[0]
     n = int(batch_per_device)
@@ -324,23 +325,34 @@ def compiled_memory(
     return out
 
 
+def _program_options(options: dict) -> dict:
+    """`solve`'s keyword options that shape the program: `options` over `solve`'s defaults
+    (one set of defaults, `solve`'s signature). An unknown name is a TypeError."""
+    program_keys = list(inspect.signature(_make_program).parameters)[2:]
+    unknown = sorted(set(options) - set(program_keys))
+    if unknown:
+        raise TypeError(f"unknown solve options for the program: {unknown}")
+    defaults = inspect.signature(solve).parameters
+    return {k: options.get(k, defaults[k].default) for k in program_keys}
+
+
 def _make_program(
     generator: Generator,
     lr_size: int,
     *,
-    steps: int = 100,
-    loss_str: str = "100*L2+0.05*GEOCROSS",
-    eps: float = 2e-3,
-    noise_type: str = "trainable",
-    num_trainable_noise_layers: int = 5,
-    tile_latent: bool = False,
-    bad_noise_layers=(17,),
-    opt_name: str = "adam",
-    learning_rate: float = 0.4,
-    lr_schedule: str = "linear1cycledrop",
-    downscale: Downscale | None = None,
-    keep_intermediate: bool = False,
-    remat: bool = False,
+    steps: int,
+    loss_str: str,
+    eps: float,
+    noise_type: str,
+    num_trainable_noise_layers: int,
+    tile_latent: bool,
+    bad_noise_layers,
+    opt_name: str,
+    learning_rate: float,
+    lr_schedule: str,
+    downscale: Downscale | None,
+    keep_intermediate: bool,
+    remat: bool,
 ) -> _Program:
     options = _search_options(
         generator, noise_type, num_trainable_noise_layers, tile_latent, bad_noise_layers

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from two_processes import run_two_processes
 
 from pulse_jax import solve
 from pulse_jax.generators import stylegan
@@ -194,6 +194,10 @@ def test_compiled_memory_grows_with_the_batch(small_stylegan):
     four = compiled_memory(small_stylegan, 8, 4, steps=2)
     assert set(one) == {"argument_bytes", "output_bytes", "temp_bytes", "total_bytes"}
     assert 0 < one["total_bytes"] < four["total_bytes"]
+    # Unset options take solve's own defaults; a misspelt one is named, not ignored.
+    assert compiled_memory(small_stylegan, 8, 1, steps=2, opt_name="adam") == one
+    with pytest.raises(TypeError, match="stepz"):
+        compiled_memory(small_stylegan, 8, 1, stepz=2)
 
 
 @pytest.mark.parametrize(
@@ -228,29 +232,16 @@ np.savez(sys.argv[3], hr=r.hr, latent=r.latent, l2=r.l2, total=r.history["TOTAL"
 
 
 def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", TWO_HOSTS, address, str(i), str(tmp_path / f"{i}.npz")],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    run_two_processes(
+        lambda address, i: [
+            sys.executable,
+            "-c",
+            TWO_HOSTS,
+            address,
+            str(i),
+            str(tmp_path / f"{i}.npz"),
+        ]
+    )
     lr = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
     want = solve(lr, dcgan64, steps=3, seed=4, batch_per_device=2, devices=jax.devices()[:1])
     for i in range(2):

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from two_processes import run_two_processes
 
 from pulse_jax import distributed, pipeline, solve
 from pulse_jax import sweep as sweeps
@@ -99,41 +99,17 @@ def assert_same_results(out: Path, reference: Path) -> None:
         assert got[key] == want[key], f"{key} differs"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
     out = tmp_path / "out"
-    address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
-    procs = [
-        subprocess.Popen(
-            sweep_command(
-                inputs,
-                out,
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    logs = run_two_processes(
+        lambda address, i: sweep_command(
+            inputs,
+            out,
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            f"--process_id={i}",
         )
-        for i in range(2)
-    ]
-    try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    )
     # Each process wrote its own shard, half of the results, and nothing twice.
     records = sweeps.read_records(out)
     half = INPUTS * len(SEEDS) * SAMPLES // 2
