@@ -32,12 +32,12 @@ class DCGANArch:
 
     def synthesize(self, params: dict, z: jax.Array) -> jax.Array:
         """z [B, latent_size] -> raw image [B, 64, 64, 3] in [-1, 1]."""
-        layers = params["main"]
+        layers = self.prepare(params)["main"]
         x = z[:, None, None, :]  # [B, 1, 1, 100]
         for i, conv in enumerate(CONV_INDICES):
             stride, padding = (1, 0) if i == 0 else (2, 1)
             layer = layers[str(conv)]
-            kernel = layer["prepared"] if "prepared" in layer else layer["weight"]
+            kernel = layer["weight"] if i == 0 else layer["prepared"]
             x = ops.conv_transpose2d(x, kernel, stride, padding, self.precision)
             if i < len(NORM_INDICES):
                 bn = layers[str(NORM_INDICES[i])]
@@ -48,7 +48,10 @@ class DCGANArch:
     def prepare(self, params: dict) -> dict:
         """The parameters with the upscaling convs' kernels in the forms `ops.upsample_conv2x`
         runs, computed once (`solve` calls this before its optimization loop; see
-        `StyleGANArch.prepare`). `synthesize` accepts raw or prepared parameters alike."""
+        `StyleGANArch.prepare`). `synthesize` accepts raw or prepared parameters alike
+        (parameters already prepared are returned as they are)."""
+        if "prepared" in params["main"][str(CONV_INDICES[-1])]:
+            return params
         layers = dict(params["main"])
         for conv in CONV_INDICES[1:]:
             layers[str(conv)] = {"prepared": ops.prepare_upsample(layers[str(conv)]["weight"])}

@@ -203,31 +203,23 @@ def _upsample_bwd(precision, residuals, g):
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)
 
 
-def upsample_nearest2x_conv3x3(x: jax.Array, kernel, precision: str) -> jax.Array:
-    """`conv2d(upsample_nearest2x(x), kernel, 1)` for a 3x3 kernel, at the input resolution.
+def nearest_upsample_kernel(kernel: jax.Array) -> jax.Array:
+    """3x3 kernel [3, 3, in, out] -> the 4x4 kernel [4, 4, in, out] with which
+    `upsample_conv2x` computes `conv2d(nearest x2 upsample of x, kernel, 1)` at the input
+    resolution.
 
     After a nearest x2 upsample, output row 2m takes input rows m - 1 (tap 0) and m (taps 1
     and 2), row 2m + 1 rows m (taps 0, 1) and m + 1 (tap 2): the transposed conv (stride 2,
     padding 1) with the 4x4 kernel of taps (2, 1 + 2, 0 + 1, 0) along each axis, which
     `upsample_conv2x` runs with 2.25x fewer multiply-adds than the 3x3 conv over the
     upsampled image; mathematically the same (float32 rounding of the summed taps aside).
-
-    kernel: [3, 3, in, out], or `prepare_upsample(nearest_upsample_kernel(kernel))`.
     """
-    if not isinstance(kernel, dict):
-        kernel = nearest_upsample_kernel(kernel)
-    return upsample_conv2x(x, kernel, precision)
-
-
-def nearest_upsample_kernel(kernel: jax.Array) -> jax.Array:
-    """3x3 kernel [3, 3, in, out] -> the 4x4 transposed-conv kernel of
-    `upsample_nearest2x_conv3x3`."""
 
     def taps(v, axis):  # 3 taps along `axis` -> the 4 taps of the transposed conv
         t0, t1, t2 = (jnp.take(v, i, axis=axis) for i in range(3))
         return jnp.stack([t2, t1 + t2, t0 + t1, t0], axis)
 
-    return taps(taps(kernel, 0), 1)  # [4, 4, in, out]
+    return taps(taps(kernel, 0), 1)
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: str) -> jax.Array:
@@ -270,10 +262,3 @@ def _depthwise_bwd(residuals, g):
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
-def upsample_nearest2x(x: jax.Array) -> jax.Array:
-    """[B, H, W, C] -> [B, 2H, 2W, C], each pixel repeated 2 x 2."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)

@@ -52,15 +52,19 @@ class StyleGANArch:
         """Mapping network: z [B, 512] -> w [B, 512]."""
         x = z * jax.lax.rsqrt(jnp.mean(z * z, axis=1, keepdims=True) + 1e-8)
         for i in range(self.mapping_layers):
-            x = _dense(params[f"dense{i}"], x, SQRT2, MAPPING_LRMUL, self.precision)
+            dense = _scaled_dense(params[f"dense{i}"], SQRT2, MAPPING_LRMUL)
+            x = _affine(dense, x, self.precision)
             x = ops.leaky_relu(x, 0.2)
         return x
 
     def synthesize(self, params: dict, dlatents: jax.Array, noise) -> jax.Array:
         """Synthesis network: dlatents [B, L, 512] and L noise maps [B, r, r, 1] -> [B, R, R, 3].
 
-        Returns the raw output (roughly [-1, 1]), before PULSE's `(x + 1) / 2`.
+        Returns the raw output (roughly [-1, 1]), before PULSE's `(x + 1) / 2`. `params` is
+        params["synthesis"], raw or as `prepare` returns it (raw ones are prepared here).
         """
+        if not _is_prepared(params):
+            params = self._prepare_synthesis(params)
         p = self.precision
         blocks = params["blocks"]
         first = blocks["4x4"]
@@ -68,16 +72,15 @@ class StyleGANArch:
         x = jnp.broadcast_to(first["const"], (batch,) + first["const"].shape[1:])  # [B, 4, 4, C]
         x = x + first["bias"]
         x = _epilogue(first["epi1"], x, noise[0], dlatents[:, 0], p)
-        x = _conv(first["conv"], x, p, bias=True)
+        x = _conv(first["conv"], x, p)
         x = _epilogue(first["epi2"], x, noise[1], dlatents[:, 1], p)
         for i, name in enumerate(self.block_names[1:], start=1):
             block = blocks[name]
-            fused = 4 * 2**i >= FUSED_MIN_RESOLUTION
-            x = _upscale_conv(block["conv0_up"], x, fused, p)
+            x = _upscale_conv(block["conv0_up"], x, p)
             x = _epilogue(block["epi1"], x, noise[2 * i], dlatents[:, 2 * i], p)
-            x = _conv(block["conv1"], x, p, bias=True)
+            x = _conv(block["conv1"], x, p)
             x = _epilogue(block["epi2"], x, noise[2 * i + 1], dlatents[:, 2 * i + 1], p)
-        return _conv(params["torgb"], x, p, bias=True, gain=1.0, padding=0)
+        return _conv(params["torgb"], x, p, padding=0)
 
     def prepare(self, params: dict) -> dict:
         """The parameters with every synthesis layer's run-time kernels computed once.
@@ -96,9 +99,13 @@ class StyleGANArch:
 
         Returns:
           The same structure; each conv, upscale and style layer holds "prepared" in place
-          of its "weight".
+          of its "weight" (parameters already prepared are returned as they are).
         """
-        synthesis = params["synthesis"]
+        if _is_prepared(params["synthesis"]):
+            return params
+        return dict(params, synthesis=self._prepare_synthesis(params["synthesis"]))
+
+    def _prepare_synthesis(self, synthesis: dict) -> dict:
         blocks = {}
         for i, name in enumerate(self.block_names):
             block = dict(synthesis["blocks"][name])
@@ -110,11 +117,11 @@ class StyleGANArch:
                 block["conv1"] = _prepare_conv(block["conv1"], SQRT2)
             for epi in ("epi1", "epi2"):
                 style = block[epi]["style_mod"]
-                lin = _prepare_dense(style["lin"], 1.0, 1.0)
+                lin = {"prepared": _scaled_dense(style["lin"], 1.0, 1.0)}
                 block[epi] = dict(block[epi], style_mod=dict(style, lin=lin))
             blocks[name] = block
         torgb = _prepare_conv(synthesis["torgb"], 1.0)
-        return dict(params, synthesis=dict(synthesis, blocks=blocks, torgb=torgb))
+        return dict(synthesis, blocks=blocks, torgb=torgb)
 
     # -- the search space (PULSE_SPEC section 2) -----------------------------------------
 
@@ -168,31 +175,37 @@ class StyleGANArch:
         return (images + 1.0) / 2.0, dlatents
 
 
-# Each layer takes its raw parameters ({"weight", "bias", ...}, multipliers applied here) or
-# those of `StyleGANArch.prepare` ({"prepared", "bias", ...}, everything applied once).
+# The synthesis layers take their parameters as `StyleGANArch.prepare` leaves them: each
+# "weight" replaced by "prepared" (multipliers applied, kernels in the forms the ops run).
 
 
-def _dense(p: dict, x: jax.Array, gain: float, lrmul: float, precision: str) -> jax.Array:
-    q = p["prepared"] if "prepared" in p else _prepare_dense(p, gain, lrmul)["prepared"]
-    return jnp.dot(x, q["weight"], precision=ops.lax_precision(precision)) + q["bias"]
+def _is_prepared(synthesis: dict) -> bool:
+    return "prepared" in synthesis["torgb"]
 
 
-def _prepare_dense(p: dict, gain: float, lrmul: float) -> dict:
+def _with_prepared(p: dict, prepared) -> dict:
+    """A layer's parameters with its raw "weight" replaced by `prepared`."""
+    return dict({k: v for k, v in p.items() if k != "weight"}, prepared=prepared)
+
+
+def _scaled_dense(p: dict, gain: float, lrmul: float) -> dict:
+    """A dense layer's weight and bias with the equalized-learning-rate multipliers applied."""
     w_mul = gain * p["weight"].shape[0] ** -0.5 * lrmul
-    return {"prepared": {"weight": p["weight"] * w_mul, "bias": p["bias"] * lrmul}}
+    return {"weight": p["weight"] * w_mul, "bias": p["bias"] * lrmul}
 
 
-def _conv(p: dict, x, precision, *, bias: bool, gain: float = SQRT2, padding: int = 1):
-    prepared = p["prepared"] if "prepared" in p else _prepare_conv(p, gain)["prepared"]
-    y = ops.conv2d(x, prepared, padding, precision)
-    return y + p["bias"] if bias else y
+def _affine(dense: dict, x: jax.Array, precision: str) -> jax.Array:
+    return jnp.dot(x, dense["weight"], precision=ops.lax_precision(precision)) + dense["bias"]
+
+
+def _conv(p: dict, x, precision, *, padding: int = 1):
+    return ops.conv2d(x, p["prepared"], padding, precision) + p["bias"]
 
 
 def _prepare_conv(p: dict, gain: float) -> dict:
     kernel = p["weight"]  # [k, k, in, out]
     w_mul = gain * (kernel.shape[0] * kernel.shape[1] * kernel.shape[2]) ** -0.5
-    rest = {k: v for k, v in p.items() if k != "weight"}
-    return dict(rest, prepared=ops.prepare_conv(kernel * w_mul))
+    return _with_prepared(p, ops.prepare_conv(kernel * w_mul))
 
 
 def fused_upscale_kernel(kernel: jax.Array) -> jax.Array:
@@ -202,11 +215,10 @@ def fused_upscale_kernel(kernel: jax.Array) -> jax.Array:
     return k[1:, 1:] + k[:-1, 1:] + k[1:, :-1] + k[:-1, :-1]
 
 
-def _upscale_conv(p: dict, x: jax.Array, fused: bool, precision: str) -> jax.Array:
+def _upscale_conv(p: dict, x: jax.Array, precision: str) -> jax.Array:
     """Upscale x2 and 3x3 conv (fused: StyleGAN's transposed conv; else nearest upsample
     first), blur, bias. Both paths run as `ops.upsample_conv2x` with a 4x4 kernel."""
-    prepared = p["prepared"] if "prepared" in p else _prepare_upscale(p, fused)["prepared"]
-    x = ops.upsample_conv2x(x, prepared, precision)
+    x = ops.upsample_conv2x(x, p["prepared"], precision)
     x = ops.depthwise_conv2d(x, p["intermediate"]["kernel"], 1, precision)
     return x + p["bias"]
 
@@ -215,8 +227,7 @@ def _prepare_upscale(p: dict, fused: bool) -> dict:
     kernel = p["weight"]  # [3, 3, in, out]
     kernel = kernel * (SQRT2 * (9 * kernel.shape[2]) ** -0.5)
     kernel = fused_upscale_kernel(kernel) if fused else ops.nearest_upsample_kernel(kernel)
-    rest = {k: v for k, v in p.items() if k != "weight"}
-    return dict(rest, prepared=ops.prepare_upsample(kernel))
+    return _with_prepared(p, ops.prepare_upsample(kernel))
 
 
 def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, precision: str):
@@ -234,7 +245,7 @@ def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, preci
     x = ops.leaky_relu(x, 0.2)
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
     var = jnp.maximum(jnp.mean(x * x, axis=(1, 2), keepdims=True) - mean * mean, 0.0)
-    style = _dense(p["style_mod"]["lin"], dlatent, 1.0, 1.0, precision)  # [B, 2C]
+    style = _affine(p["style_mod"]["lin"]["prepared"], dlatent, precision)  # [B, 2C]
     channels = x.shape[-1]
     scale = jax.lax.rsqrt(var + INSTANCE_NORM_EPS) * (style[:, None, None, :channels] + 1.0)
     shift = style[:, None, None, channels:] - mean * scale
