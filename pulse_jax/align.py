@@ -31,7 +31,14 @@ import numpy as np
 from PIL import Image
 
 from pulse_jax.downscale import bicubic_downscale
-from pulse_jax.images import ImageError, list_images, load_image, save_image, to_uint8
+from pulse_jax.images import (
+    ImageError,
+    list_images,
+    load_image,
+    output_names,
+    save_image,
+    to_uint8,
+)
 
 MODEL_NAME = "shape_predictor_68_face_landmarks.dat"
 # The pip package that ships the model, and where it keeps it inside the package.
@@ -352,14 +359,6 @@ class AlignedFaces(list):
         self.skipped: dict[Path, str] = dict(skipped or {})
 
 
-def _output_stems(files: list[Path]) -> dict[Path, str]:
-    # Two inputs with one stem (a.jpg, a.png) keep their extension in the name.
-    counts: dict[str, int] = {}
-    for path in files:
-        counts[path.stem] = counts.get(path.stem, 0) + 1
-    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in files}
-
-
 def align_to_folder(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -414,7 +413,7 @@ def align_to_folder(
     hr_dir = output_dir / f"aligned_{resolution}"
     factor = resolution // output_size
     written = AlignedFaces()
-    for path, stem in _output_stems(files).items():
+    for path, stem in output_names(files).items():
         try:
             image = load_image(path)
         except ImageError as e:

@@ -43,6 +43,15 @@ class ImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """The name each input's outputs get: its stem, or where two inputs share a stem
+    (a.jpg, a.png) the stem and the extension (a_jpg, a_png)."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths}
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Lists the candidate image files of an input folder.
 

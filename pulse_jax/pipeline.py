@@ -60,6 +60,7 @@ from pulse_jax.images import (
     comparison_sheet,
     list_images,
     load_image,
+    output_names,
     prepare_for_generator,
     save_image,
     upscale_bicubic,
@@ -212,7 +213,7 @@ def load_inputs(
     paths = [p for p in list_images(folder) if not is_readme(p)]
     if not paths:
         raise ImageError(folder, "the folder holds no input files (only a README)")
-    stems = [p.stem for p in paths]
+    names = output_names(paths)
     inputs, errors = [], []
     for image_id, path in enumerate(paths):
         try:
@@ -220,11 +221,10 @@ def load_inputs(
         except ImageError as e:
             errors.append(e)
             continue
-        name = path.stem
-        if stems.count(path.stem) > 1:
-            name = f"{path.stem}_{path.suffix.lstrip('.')}"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        inputs.append(InputImage(image_id, path, name, lr.astype(np.float32), factor, digest))
+        inputs.append(
+            InputImage(image_id, path, names[path], lr.astype(np.float32), factor, digest)
+        )
     return inputs, errors
 
 
@@ -566,7 +566,7 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     inputs, errors = load_inputs(config.input_dir, generator.resolution, resize=search.resize)
     summary = RunSummary(inputs=len(inputs) + len(errors), failed=errors, output_dir=str(out))
     for e in errors:
-        _say(log, f"error: {e}")
+        say(log, f"error: {e}")
     manifest = read_manifest(manifest_path)
     check_resume(manifest, inputs, settings)
     done = {(r["input"], r["sample"]) for r in manifest}
@@ -577,7 +577,7 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     ]
     summary.skipped = len(inputs) - len(todo)
     if summary.skipped:
-        _say(log, f"{summary.skipped} inputs already done in {manifest_path}: skipped")
+        say(log, f"{summary.skipped} inputs already done in {manifest_path}: skipped")
 
     samples_total = len(todo) * config.duplicates
     batches = make_batches(todo, config.batch_size)
@@ -633,7 +633,7 @@ def _write_batch(out, batch, result, search, generator, config, seconds, log) ->
                     if result.failed[row, s]
                     else f"L2 {result.l2[row, s]:.3g} > eps {search.eps:g}"
                 )
-                _say(
+                say(
                     log,
                     f"warning: {item.path.name} sample {s} did not reach eps ({why}); "
                     f"written anyway, success=false in {MANIFEST}",
@@ -651,9 +651,9 @@ def _write_batch(out, batch, result, search, generator, config, seconds, log) ->
     return records
 
 
-def _say(log: TextIO, text: str) -> None:
-    # On a terminal the progress line has no newline yet: clear it first; it is redrawn
-    # at the next update.
+def say(log: TextIO, text: str) -> None:
+    """Writes one line of a run's log. On a terminal the progress line has no newline yet:
+    it is cleared first, and redrawn at the next update."""
     prefix = "\r\x1b[K" if hasattr(log, "isatty") and log.isatty() else ""
     log.write(prefix + text + "\n")
     log.flush()

@@ -618,7 +618,7 @@ def _solve_rows(program: _Program, params, ref, start):
         grads, (report, images, gen_lr) = jax.grad(objective, has_aux=True)(state["variables"])
         total = report["TOTAL"]
         failed = state["failed"] | ~jnp.isfinite(total)
-        better = ~failed & (total < state["best_loss"])
+        better = ~failed & (total < state["best"]["loss"])
         best = _select(
             better,
             {"loss": total, "hr": images, "lr": gen_lr, "l2": report["L2"], "step": j},
@@ -640,7 +640,6 @@ def _solve_rows(program: _Program, params, ref, start):
             "opt_state": opt_state,
             "radii": state["radii"],
             "best": best,
-            "best_loss": jnp.where(better, total, state["best_loss"]),
             "failed": failed,
         }
         outputs = {"history": report}
@@ -662,7 +661,6 @@ def _solve_rows(program: _Program, params, ref, start):
             "l2": jnp.full((n,), jnp.inf),
             "step": jnp.zeros((n,), jnp.int32),
         },
-        "best_loss": jnp.full((n,), jnp.inf),
         "failed": jnp.zeros((n,), bool),
     }
     state, outputs = jax.lax.scan(step, state, jnp.arange(program.steps, dtype=jnp.int32))

@@ -139,9 +139,14 @@ def work_list(inputs: Sequence[InputImage], seeds: Sequence[int], samples: int) 
     return [WorkItem(item, s, k) for item in inputs for s in seeds for k in range(samples)]
 
 
+def result_dir(item: WorkItem) -> str:
+    """The folder of a result's image files, relative to the output folder."""
+    return f"seed_{item.seed}/{item.input.name}"
+
+
 def result_paths(item: WorkItem) -> dict[str, str]:
     """A result's image files, relative to the output folder."""
-    return pipeline.sample_paths(f"seed_{item.seed}/{item.input.name}", item.sample)
+    return pipeline.sample_paths(result_dir(item), item.sample)
 
 
 def read_records(out_dir: str | os.PathLike) -> list[dict]:
@@ -288,7 +293,7 @@ def run_sweep(
     )
     if process == 0:
         for e in errors:
-            _say(log, f"error: {e}")
+            pipeline.say(log, f"error: {e}")
     records = read_records(out)
     check_records(records, inputs, settings)
     done = {(r["input"], r["seed"], r["sample"]) for r in records}
@@ -309,7 +314,7 @@ def run_sweep(
     kwargs.pop("seed")
     desc = f"sweep process {process}/{processes}"
     if stats["skipped"]:
-        _say(log, f"{desc}: {stats['skipped']} of its {len(mine)} results already done")
+        pipeline.say(log, f"{desc}: {stats['skipped']} of its {len(mine)} results already done")
     with Progress(
         len(todo) * search.steps,
         desc,
@@ -338,7 +343,7 @@ def run_sweep(
             for row, w in enumerate(batch):
                 paths = pipeline.write_sample(
                     out,
-                    f"seed_{w.seed}/{w.input.name}",
+                    result_dir(w),
                     w.sample,
                     result.hr[row, 0],
                     result.lr[row, 0],
@@ -366,7 +371,7 @@ def run_sweep(
     )
     if process == 0:
         for line in summary.lines():
-            _say(log, line)
+            pipeline.say(log, line)
         text = json.dumps(
             {
                 "items": summary.items,
@@ -400,9 +405,3 @@ def _record(w: WorkItem, result, row: int, search, generator, seconds, paths) ->
         "process": jax.process_index(),
         "settings": dataclasses.replace(search, seed=w.seed).settings(generator),
     }
-
-
-def _say(log: TextIO, text: str) -> None:
-    prefix = "\r\x1b[K" if hasattr(log, "isatty") and log.isatty() else ""
-    log.write(prefix + text + "\n")
-    log.flush()
