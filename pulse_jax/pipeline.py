@@ -233,15 +233,16 @@ def is_readme(path: Path) -> bool:
     return path.name.split(".")[0].upper() == "README"
 
 
-def make_batches(inputs: Sequence[InputImage], batch_size: int) -> list[list[InputImage]]:
+def make_batches(inputs: Sequence, batch_size: int, size=lambda item: item.lr.shape[0]) -> list:
     """Groups inputs of equal size into batches of at most `batch_size`, keeping their order.
 
-    `pad_batch` then fills the last batch of a size, so every solve call of one size
-    has the same shape and compiles once.
+    `size(item)` is an item's input size (default: of an `InputImage`). `pad_batch` then
+    fills the last batch of a size, so every solve call of one size has the same shape and
+    compiles once.
     """
-    by_size: dict[int, list[InputImage]] = {}
+    by_size: dict[int, list] = {}
     for item in inputs:
-        by_size.setdefault(item.lr.shape[0], []).append(item)
+        by_size.setdefault(size(item), []).append(item)
     return [
         group[i : i + batch_size]
         for group in by_size.values()
@@ -351,6 +352,8 @@ def manifest_record(
     *,
     seconds: float,
     paths: dict[str, str | None],
+    column: int | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """One manifest line for sample `sample` of batch row `row` of `result`.
 
@@ -359,24 +362,28 @@ def manifest_record(
     loss turned NaN), `best_step`, `steps`, `seconds` (wall time of the solve call that
     made it, shared by that call's whole batch, the first call including compilation),
     `generator`, `factor`, the output paths relative to the output folder (`hr`, `lr`,
-    `comparison`, `intermediate` or null) and `settings` (the full `SearchConfig`).
+    `comparison`, `intermediate` or null), the fields of `extra`, and `settings` (the full
+    `SearchConfig`). The figures are read from `result[row, column]` (column defaults to
+    `sample`: one solve call ran all samples of the row).
     """
     settings = search.settings(generator)
+    column = sample if column is None else column
     return {
         "input": item.path.name,
         "input_sha256": item.sha256,
         "image_id": item.image_id,
         "sample": sample,
         "seed": search.seed,
-        "l2": float(result.l2[row, sample]),
-        "success": bool(result.success[row, sample]),
-        "failed": bool(result.failed[row, sample]),
-        "best_step": int(result.best_step[row, sample]),
+        "l2": float(result.l2[row, column]),
+        "success": bool(result.success[row, column]),
+        "failed": bool(result.failed[row, column]),
+        "best_step": int(result.best_step[row, column]),
         "steps": search.steps,
         "seconds": round(float(seconds), 3),
         "generator": search.generator,
         "factor": item.factor,
         **paths,
+        **(extra or {}),
         "settings": settings,
     }
 
@@ -519,9 +526,7 @@ def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], setting
         if record.get("input_sha256") != item.sha256:
             clashes[record["input"]] = "made from a different file of that name"
         elif old != settings:
-            clashes[record["input"]] = ", ".join(
-                f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v
-            )
+            clashes[record["input"]] = settings_diff(old, settings)
     if clashes:
         name, why = next(iter(clashes.items()))
         raise ConfigError(
@@ -529,6 +534,11 @@ def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], setting
             f"from other files or with other settings (e.g. {name}: {why}); choose another "
             f"--output_dir, or move the old results away"
         )
+
+
+def settings_diff(old: dict, new: dict) -> str:
+    """The settings that differ, as "name old -> new" joined by commas."""
+    return ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
 
 
 # -- the run -----------------------------------------------------------------------------

@@ -202,10 +202,7 @@ def check_records(records: Sequence[dict], inputs: Sequence[InputImage], setting
         if record.get("input_sha256") != item.sha256:
             why = f"{item.path.name} is not the file those results were made from"
         elif old != settings:
-            diff = ", ".join(
-                f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v
-            )
-            why = f"it was made with other settings ({diff})"
+            why = f"it was made with other settings ({pipeline.settings_diff(old, settings)})"
         if why:
             raise ConfigError(
                 f"the output folder already holds sweep results that do not fit this sweep: "
@@ -304,10 +301,7 @@ def run_sweep(
     cut_torn_line(shard)
 
     width = config.batch_per_device * len(devices)
-    by_size: dict[int, list[WorkItem]] = {}
-    for w in todo:
-        by_size.setdefault(w.input.lr.shape[0], []).append(w)
-    batches = [g[i : i + width] for g in by_size.values() for i in range(0, len(g), width)]
+    batches = pipeline.make_batches(todo, width, size=lambda w: w.input.lr.shape[0])
     stats = {"done": 0, "skipped": len(mine) - len(todo), "successes": 0, "latent_steps": 0}
     stats["solve_seconds"] = 0.0
     kwargs = search.solve_kwargs(generator)
@@ -386,22 +380,17 @@ def run_sweep(
 
 
 def _record(w: WorkItem, result, row: int, search, generator, seconds, paths) -> dict:
-    """One manifest line: `pipeline.manifest_record`'s fields for (input, seed, sample)."""
-    return {
-        "input": w.input.path.name,
-        "input_sha256": w.input.sha256,
-        "image_id": w.input.image_id,
-        "sample": w.sample,
-        "seed": w.seed,
-        "l2": float(result.l2[row, 0]),
-        "success": bool(result.success[row, 0]),
-        "failed": bool(result.failed[row, 0]),
-        "best_step": int(result.best_step[row, 0]),
-        "steps": search.steps,
-        "seconds": round(float(seconds), 3),
-        "generator": search.generator,
-        "factor": w.input.factor,
-        **paths,
-        "process": jax.process_index(),
-        "settings": dataclasses.replace(search, seed=w.seed).settings(generator),
-    }
+    """One manifest line: `pipeline.manifest_record` for (input, seed, sample), whose
+    figures are in column 0 of `result` row `row`, with the process that made it."""
+    return pipeline.manifest_record(
+        w.input,
+        w.sample,
+        result,
+        row,
+        dataclasses.replace(search, seed=w.seed),
+        generator,
+        seconds=seconds,
+        paths=paths,
+        column=0,
+        extra={"process": jax.process_index()},
+    )
