@@ -6,16 +6,16 @@ parsed values into the `pipeline.SearchConfig` the library takes.
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
 from pulse_jax import pipeline
 from pulse_jax.loading import DEFAULT_GENERATOR
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
 
-SEARCH_FLAGS = (
-    "generator", "steps", "loss_str", "eps", "noise_type", "num_trainable_noise_layers",
-    "tile_latent", "bad_noise_layers", "opt_name", "learning_rate", "lr_schedule", "resize",
-)  # fmt: skip
+# The flags of `pipeline.SearchConfig`'s fields; the seed has launcher-specific flags.
+SEARCH_FLAGS = tuple(f.name for f in dataclasses.fields(pipeline.SearchConfig) if f.name != "seed")
 
 
 def define_search_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
