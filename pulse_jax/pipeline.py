@@ -28,28 +28,41 @@ input's results made with other settings, the run is refused before anything
 is written. The manifest is rewritten atomically after each batch, after the
 batch's images, so every line points at complete files.
 
+Batches are fixed chunks of the sorted input list (`make_batches` over every
+input, not over what is left): one solve call optimizes a batch's samples
+together, and on some machines (AMD EPYC) XLA:CPU rounds a row differently by
+its position in the batch. A resumed run recomputes a batch that is not wholly
+recorded as a whole and writes only its missing inputs, so it equals an
+uninterrupted run byte for byte on the same machine kind. Each line records its
+batch (`group`: index, position, the batch's image ids) and the machine
+(`machine`).
+
 Inputs are every file of the folder except hidden files and a README (the
 folder's description). Seeds: sample s of the input with `image_id` i (its
 index among the input files, sorted by name) starts from
 `fold_in(fold_in(key(seed), i), s)`, exactly as `solve` seeds it:
 `solve(lr[None], generator, seed=seed, image_ids=[image_id], sample_ids=[[sample]])`
 starts from the same latent. Its result equals the line's up to float32 rounding,
-which Adam amplifies over the steps; bit for bit only when both calls run the samples
-in the same groups (the same `batch_per_device`, see `solve`).
+which Adam amplifies over the steps; bit for bit when the call is the batch's own
+(`recompute`), on the same machine kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import platform
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import jax
+import jaxlib
 import numpy as np
 
 from pulse_jax import losses, optim
@@ -388,6 +401,70 @@ def manifest_record(
     }
 
 
+@functools.cache
+def machine_record() -> dict:
+    """What a result depends on besides its inputs and settings: the software and the
+    machine kind (`manifest_record`'s `machine` field). Results are bitwise reproducible
+    only where all of it is the same."""
+    device = jax.local_devices()[0]
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "cpu": cpu_model(),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`lscpu`'s), or the architecture where the OS does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def recompute(record: dict, inputs: Sequence[InputImage], generator: Generator, search):
+    """Runs a run's manifest line's batch again, as the run did.
+
+    Args:
+      record: a line of `read_manifest`.
+      inputs: `load_inputs` of the run's input folder.
+      generator: the run's generator.
+      search: the run's `SearchConfig`.
+
+    Returns:
+      `(result, row)`: the batch's `SolveResult` (every sample of the run) and the row of
+      the line's input; `result.l2[row, record["sample"]]` is the line's, bitwise on the
+      same machine kind.
+    """
+    by_id = {item.image_id: item for item in inputs}
+    group = record["group"]
+    try:
+        batch = [by_id[i] for i in group["image_ids"]]
+    except KeyError as e:
+        raise ConfigError(f"the record's batch names image_id {e}, which is not an input") from None
+    result = _solve_batch(batch, group["rows"], generator, search, group["samples"], False)
+    return result, group["position"]
+
+
+def _solve_batch(batch, rows, generator, search, duplicates, keep_intermediate):
+    """One run batch, padded to `rows` images by repeating its last."""
+    lr, image_ids = pad_batch(batch, rows)
+    return solve(
+        lr,
+        generator,
+        num_samples=duplicates,
+        image_ids=image_ids,
+        keep_intermediate=keep_intermediate,
+        **search.solve_kwargs(generator),
+    )
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict]:
     """The records of a manifest, in file order; `[]` when there is none.
 
@@ -502,8 +579,14 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
             raise ConfigError(str(e)) from None
 
 
-def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], settings: dict) -> None:
-    """Refuses to mix results of other settings or other files into one output folder.
+def check_resume(
+    manifest: Sequence[dict],
+    inputs: Sequence[InputImage],
+    settings: dict,
+    batch_size: int | None = None,
+) -> None:
+    """Refuses to mix results of other settings, other files or another `batch_size` (other
+    batches round differently) into one output folder.
 
     Raises:
       ConfigError: the manifest holds results for an input of the same name made from a
@@ -527,6 +610,12 @@ def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], setting
             clashes[record["input"]] = "made from a different file of that name"
         elif old != settings:
             clashes[record["input"]] = settings_diff(old, settings)
+        elif batch_size is not None and group_field(record, "batch_size", batch_size) != (
+            batch_size
+        ):
+            clashes[record["input"]] = (
+                f"made with --batch_size {record['group']['batch_size']}, not {batch_size}"
+            )
     if clashes:
         name, why = next(iter(clashes.items()))
         raise ConfigError(
@@ -534,6 +623,12 @@ def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], setting
             f"from other files or with other settings (e.g. {name}: {why}); choose another "
             f"--output_dir, or move the old results away"
         )
+
+
+def group_field(record: dict, name: str, default):
+    """A field of a manifest line's `group` (lines of older versions have none)."""
+    group = record.get("group")
+    return group.get(name, default) if isinstance(group, dict) else default
 
 
 def settings_diff(old: dict, new: dict) -> str:
@@ -578,45 +673,53 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     for e in errors:
         say(log, f"error: {e}")
     manifest = read_manifest(manifest_path)
-    check_resume(manifest, inputs, settings)
+    check_resume(manifest, inputs, settings, config.batch_size)
     done = {(r["input"], r["sample"]) for r in manifest}
-    todo = [
-        item
-        for item in inputs
-        if not all((item.path.name, s) in done for s in range(config.duplicates))
-    ]
-    summary.skipped = len(inputs) - len(todo)
+
+    def finished(item):
+        return all((item.path.name, s) in done for s in range(config.duplicates))
+
+    # Fixed batches of every input (not of what is left): a batch rounds as a whole.
+    batches = list(enumerate(make_batches(inputs, config.batch_size)))
+    rows = {}
+    for _, batch in batches:
+        side = batch[0].lr.shape[0]
+        rows[side] = max(rows.get(side, 0), len(batch))
+    todo = [(k, batch) for k, batch in batches if not all(map(finished, batch))]
+    summary.skipped = sum(map(finished, inputs))
     if summary.skipped:
         say(log, f"{summary.skipped} inputs already done in {manifest_path}: skipped")
 
-    samples_total = len(todo) * config.duplicates
-    batches = make_batches(todo, config.batch_size)
-    sizes = {}
-    for batch in batches:
-        side = batch[0].lr.shape[0]
-        sizes[side] = max(sizes.get(side, 0), len(batch))
+    samples_total = sum(not finished(item) for _, batch in todo for item in batch)
+    samples_total *= config.duplicates
+    machine = machine_record()
     with Progress(samples_total * search.steps, "pulse", unit="latent-steps", stream=log) as bar:
-        for batch in batches:
-            lr, image_ids = pad_batch(batch, sizes[batch[0].lr.shape[0]])
+        for index, batch in todo:
+            size = rows[batch[0].lr.shape[0]]
             t0 = time.perf_counter()
-            result = solve(
-                lr,
-                generator,
-                num_samples=config.duplicates,
-                image_ids=image_ids,
-                keep_intermediate=config.save_intermediate,
-                **search.solve_kwargs(generator),
+            result = _solve_batch(
+                batch, size, generator, search, config.duplicates, config.save_intermediate
             )
             seconds = time.perf_counter() - t0
-            records = _write_batch(out, batch, result, search, generator, config, seconds, log)
+            group = {
+                "index": index,
+                "batch_size": config.batch_size,
+                "rows": size,
+                "samples": config.duplicates,
+                "image_ids": [item.image_id for item in batch],
+            }
+            wanted = [(row, item) for row, item in enumerate(batch) if not finished(item)]
+            records = _write_batch(
+                out, wanted, result, search, generator, config, seconds, log, group, machine
+            )
             update_manifest(manifest_path, records)
-            rows = len(batch) * config.duplicates
-            summary.samples += rows
+            count = len(wanted) * config.duplicates
+            summary.samples += count
             summary.successes += sum(r["success"] for r in records)
-            summary.latent_steps += rows * search.steps
+            summary.latent_steps += count * search.steps
             summary.solve_seconds += seconds
             bar.update(
-                rows * search.steps,
+                count * search.steps,
                 loss=float(np.mean(result.history["TOTAL"][-1, : len(batch)])),
                 l2=float(np.mean(result.l2[: len(batch)])),
                 reached_eps=f"{summary.successes}/{summary.samples}",
@@ -625,11 +728,13 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     return summary
 
 
-def _write_batch(out, batch, result, search, generator, config, seconds, log) -> list[dict]:
-    """Writes a batch's files (images first, so manifest lines only name complete files)
-    and returns its manifest records."""
+def _write_batch(
+    out, wanted, result, search, generator, config, seconds, log, group, machine
+) -> list[dict]:
+    """Writes the files of a batch's `wanted` (row, input) pairs (images first, so manifest
+    lines only name complete files) and returns their manifest records."""
     records = []
-    for row, item in enumerate(batch):
+    for row, item in wanted:
         paths = []
         for s in range(config.duplicates):
             paths.append(write_sample(out, item.name, s, result.hr[row, s], result.lr[row, s]))
@@ -653,9 +758,18 @@ def _write_batch(out, batch, result, search, generator, config, seconds, log) ->
         )
         for s in range(config.duplicates):
             paths[s]["comparison"] = comparison
+            extra = {"group": dict(group, position=row), "machine": machine}
             records.append(
                 manifest_record(
-                    item, s, result, row, search, generator, seconds=seconds, paths=paths[s]
+                    item,
+                    s,
+                    result,
+                    row,
+                    search,
+                    generator,
+                    seconds=seconds,
+                    paths=paths[s],
+                    extra=extra,
                 )
             )
     return records

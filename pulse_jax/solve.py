@@ -22,9 +22,12 @@ parameters replicated with `P()`), on one host or, after
 `batch_per_device` rows at a time; N is padded to a multiple of devices x
 batch_per_device with copies of the last row, which are dropped from the
 result. With `batch_per_device` fixed every device runs the same program on
-the same shapes, so a sample's result does not depend on the device count or
-on the other samples of the batch (bitwise on CPU, tests/test_sharding.py).
-Left to its default (all rows at once) the per-device batch follows N and the
+the same shapes, so a sample's result does not depend on the device count
+(bitwise, tests/test_sharding.py). It may depend, at the rounding level, on its
+position in its group and so on the other samples: XLA:CPU rounds a row by its
+position on some machines (AMD EPYC, 1e-5 after 3 steps) and not on others
+(AVX-512 Xeon); launchers therefore form groups from the fixed work list
+(`sweep.work_groups`). Left to its default (all rows at once) the per-device batch follows N and the
 device count, and compilers may round differently for other batch sizes; Adam's
 normalised steps then grow rounding-level differences into visible ones.
 """
@@ -177,8 +180,9 @@ def solve(
         run in groups of that many, one group after the other. Default: all at once
         (ceil(N / devices) each). A sample's result depends on its seed, image id and
         sample index, and on `batch_per_device` through floating point only: with it
-        fixed, results do not change with the device count or the other samples in the
-        batch (bitwise on CPU; see tests/test_sharding.py).
+        fixed, results do not change with the device count (bitwise); with the same
+        groups (the same rows in the same positions) they are bitwise equal on the same
+        machine kind, and otherwise equal up to rounding (tests/test_sharding.py).
       remat: rematerialize the generator's activations in the backward pass
         (`jax.checkpoint`, saving only conv and matmul outputs) so that larger batches fit
         in memory, at the cost of recomputing the cheap elementwise layers. The same

@@ -7,18 +7,30 @@ input's index among the input files (`pipeline.load_inputs`), so a result does
 not depend on which host computed it, in which batch, or how many devices there
 were (with `batch_per_device` fixed; see `solve`).
 
-How hosts share it (`distributed.process_share`): the whole work list, in a
-fixed order, is dealt out to the processes in turn; each process skips what is
-already recorded, batches the rest `batch_per_device` x its local devices at a
-time and runs `solve` on its *local* devices only. Results need no
-communication, so no host ever waits for another (a host that resumes with
-less left to do simply finishes earlier) and the output folder need not be
-shared; only the final summary is gathered on process 0.
+Groups (`work_groups`): the whole work list, in a fixed order, is cut into
+fixed chunks of `batch_per_device` results of one input size (the last chunk of
+a size padded by repeating its last result). A group is what one device
+optimizes at once, so its composition decides a result at the rounding level:
+XLA:CPU picks kernels whose rounding depends on a row's position in the batch on
+some machines (AMD EPYC) and not on others (AVX-512 Xeon). Groups are a function
+of the work list alone, never of what is left to do: a resumed sweep recomputes
+every group that is not wholly recorded, as a whole, and writes only what is
+missing, so an interrupted and resumed sweep equals an uninterrupted one byte
+for byte on the same machine kind, whatever the number of devices.
 
-A line of the manifest is reproducible on its own, bitwise on the same kind of
-device: `solve(lr[None], generator, seed=seed, image_ids=[image_id],
-sample_ids=[[sample]], batch_per_device=b, devices=jax.local_devices()[:1])`
-with the sweep's `--batch_per_device` b.
+How hosts share it (`distributed.process_share`): the groups are dealt out to
+the processes in turn; each process skips the groups already recorded and runs
+the rest, one group per local device per `solve` call, on its *local* devices
+only. Results need no communication, so no host ever waits for another (a host
+that resumes with less left to do simply finishes earlier) and the output folder
+need not be shared; only the final summary is gathered on process 0.
+
+A manifest line records its group (`group`: index, position, `batch_per_device`,
+members as [image_id, seed, sample]) and the machine that made it (`machine`:
+jax and jaxlib versions, platform, device kind, CPU model); `recompute(record,
+inputs, generator)` runs its group again and is bitwise equal to the line on the
+same machine kind. On another machine kind the same group rounds differently
+(README "Reproducibility" gives the measured size).
 
 Output layout (`pipeline`'s, one folder per seed):
 
@@ -139,6 +151,89 @@ def work_list(inputs: Sequence[InputImage], seeds: Sequence[int], samples: int) 
     return [WorkItem(item, s, k) for item in inputs for s in seeds for k in range(samples)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Results one device optimizes together: a fixed chunk of the work list.
+
+    `items` are the real results; `rows()` pads them to `size` by repeating the last.
+    """
+
+    index: int
+    items: tuple[WorkItem, ...]
+    size: int
+
+    def rows(self) -> list[WorkItem]:
+        return list(self.items) + [self.items[-1]] * (self.size - len(self.items))
+
+    def record(self, position: int) -> dict:
+        """The manifest's `group` field for the result at `position`."""
+        return {
+            "index": self.index,
+            "position": position,
+            "batch_per_device": self.size,
+            "members": [[w.input.image_id, w.seed, w.sample] for w in self.items],
+        }
+
+
+def work_groups(items: Sequence[WorkItem], batch_per_device: int) -> list[Group]:
+    """The work list cut into fixed groups of `batch_per_device` results of one input size.
+
+    Depends on the work list alone, so a resumed sweep forms the same groups.
+    """
+    chunks = pipeline.make_batches(items, batch_per_device, size=lambda w: w.input.lr.shape[0])
+    return [Group(i, tuple(chunk), batch_per_device) for i, chunk in enumerate(chunks)]
+
+
+def recompute(
+    record: dict, inputs: Sequence[InputImage], generator: Generator, search: SearchConfig
+) -> tuple:
+    """Runs a manifest line's group again, as the sweep ran it, on one local device.
+
+    Args:
+      record: a line of `read_records`.
+      inputs: `pipeline.load_inputs` of the sweep's input folder.
+      generator: the sweep's generator.
+      search: the sweep's search settings (`SweepConfig.search`).
+
+    Returns:
+      `(result, row)`: the group's `SolveResult` and the row that holds the line's result
+      (its figures in column 0); bitwise equal to the line on the same machine kind.
+    """
+    by_id = {item.image_id: item for item in inputs}
+    group = record["group"]
+    try:
+        members = tuple(WorkItem(by_id[i], s, k) for i, s, k in group["members"])
+    except KeyError as e:
+        raise ConfigError(f"the record's group names image_id {e}, which is not an input") from None
+    result = _solve_groups(
+        [Group(group["index"], members, group["batch_per_device"])],
+        generator,
+        search,
+        jax.local_devices()[:1],
+        remat=False,
+    )
+    return result, group["position"]
+
+
+def _solve_groups(groups: Sequence[Group], generator, search, devices, *, remat: bool):
+    """One `solve` call: group j on device j (padded with copies of the last group)."""
+    groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
+    rows = [w for g in groups for w in g.rows()]
+    kwargs = search.solve_kwargs(generator)
+    kwargs.pop("seed")
+    return solve(
+        np.stack([w.input.lr for w in rows]),
+        generator,
+        seed=[w.seed for w in rows],
+        image_ids=[w.input.image_id for w in rows],
+        sample_ids=[[w.sample] for w in rows],
+        devices=devices,
+        batch_per_device=groups[0].size,
+        remat=remat,
+        **kwargs,
+    )
+
+
 def result_dir(item: WorkItem) -> str:
     """The folder of a result's image files, relative to the output folder."""
     return f"seed_{item.seed}/{item.input.name}"
@@ -185,8 +280,14 @@ def append_records(path: Path, records: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def check_records(records: Sequence[dict], inputs: Sequence[InputImage], settings: dict) -> None:
-    """Refuses to continue a sweep with other settings, or over inputs that changed.
+def check_records(
+    records: Sequence[dict],
+    inputs: Sequence[InputImage],
+    settings: dict,
+    batch_per_device: int | None = None,
+) -> None:
+    """Refuses to continue a sweep with other settings, over inputs that changed, or with
+    another `batch_per_device` (other groups would round differently).
 
     Raises:
       ConfigError: naming the first clash.
@@ -203,6 +304,15 @@ def check_records(records: Sequence[dict], inputs: Sequence[InputImage], setting
             why = f"{item.path.name} is not the file those results were made from"
         elif old != settings:
             why = f"it was made with other settings ({pipeline.settings_diff(old, settings)})"
+        elif (
+            batch_per_device is not None
+            and (record.get("group") or {}).get("batch_per_device", batch_per_device)
+            != batch_per_device
+        ):
+            why = (
+                f"it was made with --batch_per_device {record['group']['batch_per_device']}, "
+                f"not {batch_per_device}"
+            )
         if why:
             raise ConfigError(
                 f"the output folder already holds sweep results that do not fit this sweep: "
@@ -292,65 +402,58 @@ def run_sweep(
         for e in errors:
             pipeline.say(log, f"error: {e}")
     records = read_records(out)
-    check_records(records, inputs, settings)
+    check_records(records, inputs, settings, config.batch_per_device)
     done = {(r["input"], r["seed"], r["sample"]) for r in records}
     items = work_list(inputs, config.seeds, config.samples)
-    mine = distributed.process_share(items, process, processes)
-    todo = [w for w in mine if w.key not in done]
+    mine = distributed.process_share(
+        work_groups(items, config.batch_per_device), process, processes
+    )
+    todo = [g for g in mine if any(w.key not in done for w in g.items)]
+    owned = sum(len(g.items) for g in mine)
+    missing = sum(w.key not in done for g in todo for w in g.items)
     out.mkdir(parents=True, exist_ok=True)
     cut_torn_line(shard)
 
-    width = config.batch_per_device * len(devices)
-    batches = pipeline.make_batches(todo, width, size=lambda w: w.input.lr.shape[0])
-    stats = {"done": 0, "skipped": len(mine) - len(todo), "successes": 0, "latent_steps": 0}
+    # One group per device and call; groups of one input size share a call.
+    calls = pipeline.make_batches(todo, len(devices), size=lambda g: g.items[0].input.lr.shape[0])
+    stats = {"done": 0, "skipped": owned - missing, "successes": 0, "latent_steps": 0}
     stats["solve_seconds"] = 0.0
-    kwargs = search.solve_kwargs(generator)
-    kwargs.pop("seed")
     desc = f"sweep process {process}/{processes}"
     if stats["skipped"]:
-        pipeline.say(log, f"{desc}: {stats['skipped']} of its {len(mine)} results already done")
+        pipeline.say(log, f"{desc}: {stats['skipped']} of its {owned} results already done")
+    machine = pipeline.machine_record()
     with Progress(
-        len(todo) * search.steps,
+        missing * search.steps,
         desc,
         unit="latent-steps",
         stream=log,
         log_interval=config.log_interval,
     ) as bar:
-        for batch in batches:
-            # Every call of a size has the same shape (the last batch repeats its last item),
-            # so it compiles once.
-            rows = list(batch) + [batch[-1]] * (width - len(batch))
+        for groups in calls:
             t0 = time.perf_counter()
-            result = solve(
-                np.stack([w.input.lr for w in rows]),
-                generator,
-                seed=[w.seed for w in rows],
-                image_ids=[w.input.image_id for w in rows],
-                sample_ids=[[w.sample] for w in rows],
-                devices=devices,
-                batch_per_device=config.batch_per_device,
-                remat=config.remat,
-                **kwargs,
-            )
+            result = _solve_groups(groups, generator, search, devices, remat=config.remat)
             seconds = time.perf_counter() - t0
             records = []
-            for row, w in enumerate(batch):
-                paths = pipeline.write_sample(
-                    out,
-                    result_dir(w),
-                    w.sample,
-                    result.hr[row, 0],
-                    result.lr[row, 0],
-                )
-                records.append(_record(w, result, row, search, generator, seconds, paths))
+            for j, group in enumerate(groups):
+                for position, w in enumerate(group.items):
+                    if w.key in done:  # recorded before: recomputed only to keep the group
+                        continue
+                    row = j * group.size + position
+                    paths = pipeline.write_sample(
+                        out, result_dir(w), w.sample, result.hr[row, 0], result.lr[row, 0]
+                    )
+                    extra = {"process": process, "group": group.record(position)}
+                    records.append(
+                        _record(w, result, row, search, generator, seconds, paths, extra, machine)
+                    )
             append_records(shard, records)  # after the images: a line means whole files
-            stats["done"] += len(batch)
+            stats["done"] += len(records)
             stats["successes"] += sum(r["success"] for r in records)
-            stats["latent_steps"] += len(batch) * search.steps
+            stats["latent_steps"] += len(records) * search.steps
             stats["solve_seconds"] += seconds
             bar.update(
-                len(batch) * search.steps,
-                l2=float(np.mean(result.l2[: len(batch)])),
+                len(records) * search.steps,
+                l2=float(np.mean([r["l2"] for r in records])) if records else 0.0,
                 reached_eps=f"{stats['successes']}/{stats['done']}",
             )
     stats["wall_seconds"] = time.perf_counter() - wall
@@ -379,9 +482,9 @@ def run_sweep(
     return summary
 
 
-def _record(w: WorkItem, result, row: int, search, generator, seconds, paths) -> dict:
+def _record(w: WorkItem, result, row: int, search, generator, seconds, paths, extra, machine):
     """One manifest line: `pipeline.manifest_record` for (input, seed, sample), whose
-    figures are in column 0 of `result` row `row`, with the process that made it."""
+    figures are in column 0 of `result` row `row`, with `extra` (process, group)."""
     return pipeline.manifest_record(
         w.input,
         w.sample,
@@ -392,5 +495,5 @@ def _record(w: WorkItem, result, row: int, search, generator, seconds, paths) ->
         seconds=seconds,
         paths=paths,
         column=0,
-        extra={"process": jax.process_index()},
+        extra={**extra, "machine": machine},
     )

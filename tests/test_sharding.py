@@ -1,13 +1,18 @@
 """`solve` over many devices: the same result for the same seed on 1 and on 8 devices.
 
-Tolerance, measured and asserted: with `batch_per_device` fixed, results on 1 and on 8
-(forced) CPU devices, and in any batch, are bitwise identical (max-abs 0; asserted
-<= 1e-6). Each device then runs the same program on the same shapes, and nothing
-couples rows. Without it (default: all rows at once) the per-device batch changes with
-the device count, XLA's CPU kernels take shape-dependent paths (matrix-vector vs
-matrix-matrix products; reductions vectorised differently) and the first forward pass
-already differs by ~1e-5, which Adam's normalised steps grow to ~1e-2 within two steps;
-sharding itself adds nothing (8 devices x 2 rows equals 1 device x 2 rows, bitwise).
+What is bitwise, by construction, on every machine kind: with `batch_per_device` fixed
+and the *same groups* (the same rows in the same positions of each group), results on 1
+and on 8 (forced) CPU devices are identical (asserted max-abs 0): each device runs the
+same program on the same data, and sharding adds nothing. Groups of one row
+(`batch_per_device=1`) are therefore bitwise equal to separate calls.
+
+What is not: a row's result in *another* group, or at another position of its group.
+XLA:CPU's kernels round a row by its position in the batch on some machines (AMD EPYC:
+1.03e-5 after 3 steps in `other_batch` below) and not on others (AVX-512 Xeon: 0). Those
+comparisons assert a stated tolerance (`OTHER_GROUP_TOLERANCE`). Without a fixed
+`batch_per_device` (default: all rows at once) the per-device batch changes with the
+device count and the first forward pass already differs by ~1e-5, which Adam's
+normalised steps grow to ~1e-2 within two steps.
 
 The 8-device run needs `XLA_FLAGS=--xla_force_host_platform_device_count=8` before JAX
 starts, so it runs in a subprocess.
@@ -32,7 +37,9 @@ from pulse_jax.generators.base import Generator
 from pulse_jax.solve import compiled_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-6  # max-abs; measured: 0 (bitwise)
+# A row in another group or position, after 3 steps (hr in [0, 1], latents): measured
+# 0 on Intel Xeon (AVX-512), 1.03e-5 on AMD EPYC; asserted with a 100x margin.
+OTHER_GROUP_TOLERANCE = 1e-3
 
 # Runs in a fresh interpreter with 8 CPU devices; prints one JSON line of max-abs gaps.
 EIGHT_DEVICES = r"""
@@ -95,8 +102,8 @@ def eight_device_gaps(dcgan64):
 def test_one_and_eight_devices_give_the_same_result(eight_device_gaps, name):
     gaps = eight_device_gaps[name]
     assert gaps["shape"][:2] == [5, 1]  # the padding rows are dropped
-    assert gaps["one_vs_eight"] <= TOLERANCE, gaps
-    assert gaps["other_batch"] <= TOLERANCE, gaps
+    assert gaps["one_vs_eight"] == 0.0, gaps  # the same groups: bitwise by construction
+    assert gaps["other_batch"] <= OTHER_GROUP_TOLERANCE, gaps
 
 
 def small_stylegan_generator(seed: int) -> Generator:
@@ -151,7 +158,8 @@ def test_groups_of_rows_give_the_same_result_as_separate_calls(small_stylegan, t
 
 
 def test_seed_per_image_and_sample_ids_pick_out_single_results(small_stylegan, targets):
-    kwargs = dict(steps=2, batch_per_device=6)
+    # Groups of one row: each result is its own group, so bitwise by construction.
+    kwargs = dict(steps=2, batch_per_device=1)
     a = solve(targets[:2], small_stylegan, num_samples=3, seed=7, **kwargs)
     b = solve(targets[:2], small_stylegan, num_samples=3, seed=8, **kwargs)
     mixed = solve(
@@ -165,6 +173,21 @@ def test_seed_per_image_and_sample_ids_pick_out_single_results(small_stylegan, t
     }.items():
         np.testing.assert_array_equal(mixed.latent[i, j], ref.latent[i, k])
         np.testing.assert_array_equal(mixed.hr[i, j], ref.hr[i, k])
+
+
+def test_position_in_a_group_changes_a_result_by_rounding_only(small_stylegan):
+    # The same six rows in another order in one group of six: on AMD EPYC XLA:CPU rounds
+    # a row by its position (issue 15), so this is a tolerance, not equality. Measured
+    # max-abs after 3 steps on Intel Xeon (AVX-512): 0. Latents are not compared: Adam's
+    # first steps are sign(gradient) x lr, so an element whose gradient is at rounding
+    # level may step the other way (README, "Parity"); the image and its L2 may not move.
+    lr = np.random.default_rng(4).uniform(size=(6, 8, 8, 3)).astype(np.float32)
+    order = np.array([3, 0, 5, 1, 4, 2])
+    kwargs = dict(num_samples=1, steps=3, seed=7, batch_per_device=6)
+    a = solve(lr, small_stylegan, **kwargs)
+    b = solve(lr[order], small_stylegan, image_ids=order, **kwargs)
+    np.testing.assert_allclose(b.hr, a.hr[order], rtol=0, atol=1e-2)
+    np.testing.assert_allclose(b.l2, a.l2[order], rtol=1e-2)
 
 
 def test_default_program_is_the_one_device_program(small_stylegan, targets):
@@ -250,3 +273,17 @@ def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, 
         np.testing.assert_array_equal(got["latent"], want.latent)
         np.testing.assert_array_equal(got["l2"], want.l2)
         np.testing.assert_array_equal(got["total"], want.history["TOTAL"])
+
+
+def test_results_across_machine_kinds(dcgan64):
+    # Per-step L2 of two 20-step searches against vectors made on another machine
+    # (tests/golden/machine_reference.npz, Intel Xeon AVX-512). On that kind: max relative
+    # gap 0. On another kind XLA:CPU rounds differently and Adam grows it over the steps:
+    # the same criterion as the golden runs against the reference implementation, 1.5%.
+    ref = np.load(ROOT / "tests" / "golden" / "machine_reference.npz")
+    kwargs = dict(num_samples=2, steps=20, seed=3)
+    for name, generator in (("dcgan", dcgan64), ("stylegan", small_stylegan_generator(1))):
+        got = solve(ref[f"{name}_lr"], generator, **kwargs).history["L2"]
+        want = ref[f"{name}_l2_per_step"]
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got, want, rtol=0.015, err_msg=name)

@@ -178,6 +178,86 @@ def test_killed_sweep_resumes_without_losing_or_repeating_results(inputs, refere
     assert_same_results(out, reference)
 
 
+EIGHT_SEEDS = (0, 1, 2, 3, 4, 5)  # 48 results: 24 groups of 2, three calls on 8 devices
+
+
+@pytest.fixture(scope="module")
+def reference_groups_of_two(inputs, dcgan64, tmp_path_factory) -> Path:
+    """One uninterrupted sweep on one device, `batch_per_device` 2."""
+    out = tmp_path_factory.mktemp("reference2")
+    config = sweeps.SweepConfig(
+        input_dir=str(inputs),
+        output_dir=str(out),
+        search=pipeline.SearchConfig(steps=STEPS),
+        seeds=EIGHT_SEEDS,
+        samples=SAMPLES,
+        batch_per_device=2,
+        log_interval=0,
+    )
+    sweeps.run_sweep(config, dcgan64, devices=jax.local_devices()[:1], log=io.StringIO())
+    return out
+
+
+def test_killed_and_resumed_on_eight_devices_equals_one_device_byte_for_byte(
+    inputs, reference_groups_of_two, tmp_path
+):
+    # Groups of two on 8 forced devices, SIGKILL at a random point between calls, one
+    # recorded line dropped (a half-recorded group), then resumed: every result equals
+    # the uninterrupted 1-device sweep bit for bit (the same fixed groups).
+    out = tmp_path / "out"
+    shard = out / "manifest.0.jsonl"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    command = sweep_command(inputs, out, "--batch_per_device=2")
+    command[command.index(f"--seeds={','.join(map(str, SEEDS))}")] = (
+        f"--seeds={','.join(map(str, EIGHT_SEEDS))}"
+    )
+    total = INPUTS * len(EIGHT_SEEDS) * SAMPLES
+    kill_after = int(np.random.default_rng(int(time.time())).integers(1, total - 16))
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (shard.exists() and shard.read_bytes().count(b"\n") >= kill_after):
+            assert proc.poll() is None, "the sweep ended before the kill"
+            assert time.monotonic() < deadline, "no result within 300 s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = shard.read_bytes().split(b"\n")[:-1]
+    assert 16 <= len(lines) < total, f"killed after {len(lines)} of {total}: not midway"
+    shard.write_bytes(b"\n".join(lines[:-1]) + b"\n")  # the last group now half recorded
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"{len(lines) - 1} of its {total} results already done" in done.stderr
+    got, want = results(out), results(reference_groups_of_two)
+    assert len(want) == total and got.keys() == want.keys()
+    for key in want:
+        assert got[key] == want[key], f"{key} differs (killed after {kill_after} lines)"
+    # Another batch_per_device would form other groups: refused before anything is written.
+    before = shard.read_bytes()
+    other = [c if c != "--batch_per_device=2" else "--batch_per_device=4" for c in command]
+    refused = subprocess.run(other, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--batch_per_device 2, not 4" in refused.stderr
+    assert shard.read_bytes() == before
+
+
+def test_groups_are_fixed_chunks_of_the_work_list(inputs):
+    loaded, _ = pipeline.load_inputs(inputs, 64)
+    items = sweeps.work_list(loaded, (3, 5), 2)
+    groups = sweeps.work_groups(items, 3)
+    assert [len(g.items) for g in groups] == [3, 3, 3, 3, 3, 1]
+    assert [w for g in groups for w in g.items] == items
+    assert groups[-1].rows() == [items[-1]] * 3  # padded by repeating the last result
+    assert groups[1].record(2) == {"index": 1, "position": 2, "batch_per_device": 3,
+                                   "members": [[0, 5, 1], [1, 3, 0], [1, 3, 1]]}  # fmt: skip
+    # Dealt to processes whole: a group never spans two processes.
+    assert distributed.process_share(groups, 1, 2) == groups[1::2]
+
+
 def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
     out = tmp_path / "out"
     first = sweeps.read_records(reference)[0]
@@ -253,3 +333,10 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
     )
     assert float(result.l2[0, 0]) == record["l2"]
     assert int(result.best_step[0, 0]) == record["best_step"]
+    # The same through the line's own group (here a group of one), as the sweep ran it.
+    loaded, _ = pipeline.load_inputs(inputs, 64)
+    search = pipeline.SearchConfig(steps=STEPS)
+    again, row = sweeps.recompute(record, loaded, dcgan64, search)
+    assert float(again.l2[row, 0]) == record["l2"]
+    assert record["group"]["members"] == [[record["image_id"], record["seed"], record["sample"]]]
+    assert set(record["machine"]) == {"jax", "jaxlib", "platform", "device_kind", "cpu"}
