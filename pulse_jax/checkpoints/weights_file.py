@@ -28,6 +28,8 @@ from pulse_jax.checkpoints import CheckpointError
 
 FORMAT = "pulse_jax.weights"
 FORMAT_VERSION = 1
+# The largest generator resolution any reader accepts (far above the 1024 px of FFHQ).
+MAX_RESOLUTION = 8192
 
 
 @dataclasses.dataclass(frozen=True)
