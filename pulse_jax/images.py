@@ -15,6 +15,7 @@ it, a truncated file decodes silently into an image padded with grey.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
 import warnings
@@ -175,7 +176,9 @@ def working_sizes(resolution: int) -> list[int]:
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    return [s for s in range(resolution, 0, -1) if resolution % s == 0]
+    # Divisors come in pairs (d, resolution // d): sqrt(resolution) trials, not resolution.
+    small = [d for d in range(1, math.isqrt(resolution) + 1) if resolution % d == 0]
+    return sorted({resolution // d for d in small} | set(small), reverse=True)
 
 
 def check_size(image: np.ndarray, path: str | os.PathLike, resolution: int) -> int:
