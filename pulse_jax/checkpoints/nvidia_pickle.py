@@ -30,7 +30,7 @@ import re
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.safe_pickle import Global, Policy, Refusal, Session, describe
+from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
 from pulse_jax.checkpoints.weights_file import MAX_RESOLUTION
 
 
@@ -177,7 +177,7 @@ def _policy(session: Session) -> Policy:
     return Policy(allowed, _refuse_global, build=build, encoding="latin1")
 
 
-def _load(path: str) -> object:
+def _load(path: str, limits: Limits | None) -> object:
     """Decodes `path` with the allow-list; every failure becomes a CheckpointError."""
     try:
         with open(path, "rb") as f:
@@ -192,7 +192,7 @@ def _load(path: str) -> object:
             "this is a zip archive (a PyTorch checkpoint?), not NVIDIA's StyleGAN "
             "pickle; convert PULSE's .pt files with `convert pulse`",
         )
-    session = Session(path, len(data))
+    session = Session(path, len(data), limits)
     value, _ = session.unpickle(data, _policy(session))
     return value
 
@@ -478,7 +478,7 @@ def _plain(value):
 
 
 def read_nvidia_pickle(
-    path: str | os.PathLike,
+    path: str | os.PathLike, *, limits: Limits | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Reads NVIDIA's StyleGAN (v1) pickle into PULSE-format state dicts, without running it.
 
@@ -493,6 +493,7 @@ def read_nvidia_pickle(
 
     Args:
       path: the `.pkl` file, e.g. `karras2019stylegan-ffhq-1024x1024.pkl`.
+      limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
 
     Returns:
       `(synthesis_state_dict, mapping_state_dict, info)`: float32 numpy arrays
@@ -509,7 +510,7 @@ def read_nvidia_pickle(
         (`ALLOWED_GLOBALS`), in which case nothing from it was executed.
     """
     path = os.fspath(path)
-    top = _load(path)
+    top = _load(path, limits)
     gs, names = _select_gs(path, top)
     components = gs["components"]
     subnets = {}
