@@ -1,0 +1,147 @@
+"""Helpers for the hostile-file tests (not library code).
+
+`Asm` writes pickles opcode by opcode, so a test can build what no pickler would
+write. `read_isolated` runs one reader on one file in a fresh Python process under an
+address-space limit (`resource.setrlimit`) and a timeout, and reports how it ended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMORY_LIMIT = 2 << 30  # bytes of address space for a reader's process (JAX needs ~1.5 GB)
+TIME_LIMIT = 60.0  # seconds before a reader's process counts as hung
+# What each reader name calls in the child; `path` is the file.
+READERS = {
+    "torch": "from pulse_jax.checkpoints.torch_format import load_torch_checkpoint as r; r(path)",
+    "state_dict": "from pulse_jax.checkpoints.torch_format import load_state_dict as r; r(path)",
+    "nvidia": "from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle as r; r(path)",
+    "weights": "from pulse_jax.checkpoints.weights_file import load_weights as r; r(path)",
+    "generator": "from pulse_jax.loading import load_generator as r; r(path)",
+    "image": "from pulse_jax.images import load_image as r; r(path)",
+}
+_CHILD = """
+import json, resource, sys, time
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+path = sys.argv[2]
+from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.images import ImageError
+start = time.perf_counter()
+outcome = {"refused": None}
+try:
+    exec(sys.argv[3])
+except (CheckpointError, ImageError) as e:
+    outcome["refused"] = str(e)
+outcome["seconds"] = time.perf_counter() - start
+outcome["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("OUTCOME " + json.dumps(outcome))
+"""
+
+
+@dataclasses.dataclass
+class Outcome:
+    returncode: int
+    refused: str | None  # the CheckpointError/ImageError message, None if it read
+    seconds: float
+    max_rss_mb: float
+    stderr: str
+
+
+def read_isolated(reader: str, path, *, memory: int = MEMORY_LIMIT) -> Outcome:
+    """Runs `READERS[reader]` on `path` in a child process; fails the test on a crash,
+    another exception or a hang."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(memory), str(path), READERS[reader]],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("OUTCOME ")]
+    assert done.returncode == 0 and lines, (
+        f"{reader} on {path} ended with status {done.returncode} after "
+        f"{time.perf_counter() - start:.1f} s: {done.stderr[-2000:]}"
+    )
+    found = json.loads(lines[-1][len("OUTCOME ") :])
+    return Outcome(done.returncode, found["refused"], found["seconds"], found["max_rss_mb"],
+                   done.stderr)  # fmt: skip
+
+
+def assert_refused(reader: str, path, match: str | None = None) -> Outcome:
+    """The reader refuses `path` in one line naming it, within the limits."""
+    outcome = read_isolated(reader, path)
+    assert outcome.refused is not None, f"{reader} read {path} without refusing it"
+    assert "\n" not in outcome.refused and str(path) in outcome.refused
+    assert len(outcome.refused) < 1000, outcome.refused[:200]
+    if match is not None:
+        assert match in outcome.refused, outcome.refused
+    return outcome
+
+
+class Asm:
+    """A pickle written opcode by opcode (protocol-2 forms plus what a test needs)."""
+
+    def __init__(self, proto: int = 2):
+        self.data = bytearray(b"\x80" + bytes([proto]))
+        self.memo = 0
+
+    def op(self, code: bytes) -> Asm:
+        self.data += code
+        return self
+
+    def glob(self, module: str, name: str) -> Asm:
+        return self.op(b"c" + f"{module}\n{name}\n".encode())
+
+    def str(self, text: str) -> Asm:
+        raw = text.encode()
+        return self.op(b"X" + struct.pack("<I", len(raw)) + raw)
+
+    def bytes(self, raw: bytes) -> Asm:
+        return self.op(b"B" + struct.pack("<I", len(raw)) + raw)
+
+    def int(self, value: int) -> Asm:
+        if 0 <= value < 1 << 31:
+            return self.op(b"J" + struct.pack("<i", value))
+        raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+        return self.op(b"\x8a" + bytes([len(raw)]) + raw)
+
+    def put(self) -> int:
+        self.op(b"r" + struct.pack("<I", self.memo))
+        self.memo += 1
+        return self.memo - 1
+
+    def get(self, index: int) -> Asm:
+        return self.op(b"j" + struct.pack("<I", index))
+
+    mark = property(lambda self: self.op(b"("))
+    tuple = property(lambda self: self.op(b"t"))
+    empty_tuple = property(lambda self: self.op(b")"))
+    empty_dict = property(lambda self: self.op(b"}"))
+    empty_list = property(lambda self: self.op(b"]"))
+    none = property(lambda self: self.op(b"N"))
+    false = property(lambda self: self.op(b"\x89"))
+    reduce = property(lambda self: self.op(b"R"))
+    build = property(lambda self: self.op(b"b"))
+    setitem = property(lambda self: self.op(b"s"))
+    setitems = property(lambda self: self.op(b"u"))
+    append = property(lambda self: self.op(b"a"))
+    dup = property(lambda self: self.op(b"2"))
+    newobj = property(lambda self: self.op(b"\x81"))
+    binpersid = property(lambda self: self.op(b"Q"))
+
+    def tuple2(self) -> Asm:
+        return self.op(b"\x86")
+
+    def stop(self) -> bytes:
+        return bytes(self.data + b".")
