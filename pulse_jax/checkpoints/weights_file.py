@@ -340,7 +340,7 @@ def save_weights(
 
 # The one header form numpy writes for an array: dtype, order, shape.
 _NPY_HEADER = re.compile(
-    r"\{'descr': '([<>|][a-z]\d{1,2})', 'fortran_order': (True|False), "
+    r"\{'descr': '([<>|][a-zA-Z]\d{1,2})', 'fortran_order': (True|False), "
     r"'shape': \(((?:\d{1,12}, )*\d{0,12},?)\), \} *\n"
 )
 # Plain number types only (an object or string dtype is refused before any data is read).
