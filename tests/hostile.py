@@ -34,6 +34,7 @@ limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.images import ImageError
+{PEAK}
 for name, reader, path in json.loads(sys.argv[2]):
     print("START " + name, flush=True)
     start = time.perf_counter()
@@ -43,9 +44,21 @@ for name, reader, path in json.loads(sys.argv[2]):
     except (CheckpointError, ImageError) as e:
         outcome["refused"] = str(e)
     outcome["seconds"] = time.perf_counter() - start
-    outcome["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    outcome["max_rss_mb"] = peak_mb()
     print("OUTCOME " + json.dumps(outcome), flush=True)
 """
+
+
+# The peak resident memory of this process since it started (VmHWM: unlike ru_maxrss, which
+# Linux carries over from the parent that forked the process, it starts again at exec).
+PEAK = """
+def peak_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+"""
+_CHILD = _CHILD.replace("{PEAK}", PEAK)
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import test_nvidia_pickle as official
-from hostile import MEMORY_LIMIT, ROOT
+from hostile import MEMORY_LIMIT, PEAK, ROOT
 from test_convert import tiny_dcgan_params
 from torch_writer import TensorView, save_torch_legacy, save_torch_zip
 
@@ -32,6 +32,7 @@ from pulse_jax.checkpoints import CheckpointError, weights_file
 from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
 from pulse_jax.checkpoints.torch_format import load_torch_bytes
 
+{PEAK}
 OPCODES = [op.code.encode("latin1") for op in pickletools.opcodes]
 files = json.loads(sys.argv[4])
 scratch = sys.argv[5]
@@ -97,7 +98,7 @@ for fmt, path in files.items():
             report["failures"].append(f"{fmt} case {case}: {traceback.format_exc()[-1500:]}")
         report["worst_seconds"] = max(report["worst_seconds"], time.perf_counter() - start)
         report["cases"] += 1
-report["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+report["max_rss_mb"] = peak_mb()
 print("REPORT " + json.dumps(report))
 """
 
@@ -128,7 +129,14 @@ def _base_files(folder) -> dict[str, str]:
 def test_mutated_files_are_read_or_refused_with_a_checkpoint_error(tmp_path):
     files = _base_files(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    argv = [sys.executable, "-c", _CHILD, str(MEMORY_LIMIT), str(CASES_PER_FILE), str(SEED)]
+    argv = [
+        sys.executable,
+        "-c",
+        _CHILD.replace("{PEAK}", PEAK),
+        str(MEMORY_LIMIT),
+        str(CASES_PER_FILE),
+        str(SEED),
+    ]
     argv += [json.dumps(files), str(tmp_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
