@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 from pulse_jax import cli, load_generator, pipeline
 from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints.dcgan_package import FetchError
 from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
@@ -127,8 +128,13 @@ def execute() -> int:
         if FLAGS.align:
             config, not_aligned = align_inputs(config, generator.resolution)
         summary = pipeline.run_folder(config, generator)
-    except (pipeline.ConfigError, ImageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (pipeline.ConfigError, ImageError, CheckpointError, FetchError) as e:
+        print(f"error: {cli.one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, with its traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     # Photos in which no face was found count as failed inputs too.
     summary.failed[:0] = not_aligned

@@ -26,6 +26,7 @@ from absl import app, flags, logging
 from pulse_jax import cli, distributed, load_generator, pipeline
 from pulse_jax import sweep as sweeps
 from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints.dcgan_package import FetchError
 from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
@@ -132,8 +133,13 @@ def execute() -> int:
             plan_memory(config, generator)
             return 0
         summary = sweeps.run_sweep(config, generator)
-    except (pipeline.ConfigError, ImageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (pipeline.ConfigError, ImageError, CheckpointError, FetchError) as e:
+        print(f"error: {cli.one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, with its traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 1 if summary.failed else 0
 

@@ -79,3 +79,9 @@ def search_config(flag_values: flags.FlagValues = flags.FLAGS, **extra) -> pipel
     """The parsed search flags (plus `extra` fields, e.g. `seed`) as a `SearchConfig`."""
     values = {name: flag_values[name].value for name in SEARCH_FLAGS}
     return pipeline.SearchConfig(**values, **extra)
+
+
+def one_line(error: Exception, width: int = 500) -> str:
+    """An error's message as the one line a launcher prints (cut at `width` characters)."""
+    text = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text if len(text) <= width else text[:width] + "..."

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
+from pulse_jax.checkpoints.safe_pickle import Limits, describe
 from pulse_jax.generators import ops, stylegan
 from pulse_jax.progress import Progress
 
@@ -160,16 +161,27 @@ def write_stylegan_weights(
     )
 
 
-def _read_gaussian_fit(path: str) -> dict[str, np.ndarray]:
-    fit = torch_format.load_torch_checkpoint(path)
+def _read_gaussian_fit(path: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Reads PULSE's `gaussian_fit.pt`: {"mean", "std"}, each a finite float tensor."""
+    fit = torch_format.load_torch_checkpoint(path, limits=limits)
     if not isinstance(fit, dict) or not {"mean", "std"} <= set(fit):
         raise CheckpointError(path, "not a PULSE gaussian fit (expected a dict with mean and std)")
-    return {k: np.asarray(fit[k], np.float32).reshape(-1) for k in ("mean", "std")}
+    result = {}
+    for name in ("mean", "std"):
+        value = fit[name]
+        if not (isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size):
+            raise CheckpointError(
+                path, f"gaussian fit {name} is {describe(value)}, expected a float tensor"
+            )
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(path, f"gaussian fit {name} holds NaN or infinite values")
+        result[name] = value.astype(np.float32).reshape(-1)
+    return result
 
 
-def _state_dict(path: str, what: str) -> dict[str, np.ndarray]:
+def _state_dict(path: str, what: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
     """Reads a PULSE state dict and checks that it is the network it should be."""
-    state_dict = torch_format.load_state_dict(path)
+    state_dict = torch_format.load_state_dict(path, limits=limits)
     check = pulse_format.synthesis_params if what == "synthesis" else pulse_format.mapping_params
     try:
         check(state_dict)
@@ -179,16 +191,17 @@ def _state_dict(path: str, what: str) -> dict[str, np.ndarray]:
 
 
 def convert_pulse(args: argparse.Namespace) -> None:
+    limits = _limits(args)
     provenance = {"source": "PULSE checkpoints", "synthesis": _file_record(args.synthesis)}
-    synthesis_sd = _state_dict(args.synthesis, "synthesis")
+    synthesis_sd = _state_dict(args.synthesis, "synthesis", limits)
     mapping_sd = None
     if args.mapping:
         provenance["mapping"] = _file_record(args.mapping)
-        mapping_sd = _state_dict(args.mapping, "mapping")
+        mapping_sd = _state_dict(args.mapping, "mapping", limits)
     fit = None
     if args.gaussian_fit:
         provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
-        fit = _read_gaussian_fit(args.gaussian_fit)
+        fit = _read_gaussian_fit(args.gaussian_fit, limits)
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.synthesis)
 
 
@@ -200,13 +213,18 @@ def convert_nvidia(args: argparse.Namespace) -> None:
         raise CheckpointError(
             args.pkl, f"sha256 {record['sha256']} does not match the expected {args.sha256}"
         )
-    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(args.pkl)
+    limits = _limits(args)
+    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(args.pkl, limits=limits)
     provenance = {"source": "NVIDIA StyleGAN pickle (Gs)", "pkl": record}
     fit = None
     if args.gaussian_fit:
         provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
-        fit = _read_gaussian_fit(args.gaussian_fit)
+        fit = _read_gaussian_fit(args.gaussian_fit, limits)
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.pkl)
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(expansion=args.max_expansion)
 
 
 def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
@@ -242,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gaussian_fit", help="PULSE gaussian_fit.pt instead of computing it")
         p.add_argument("--fit_seed", type=int, default=0, help="seed of the computed fit")
         p.add_argument("--fit_samples", type=int, default=FIT_SAMPLES, help="samples in the fit")
+        p.add_argument(
+            "--max_expansion",
+            type=float,
+            default=Limits.expansion,
+            help="bytes a reader may allocate per byte of a checkpoint; raise it only for a "
+            "genuine file that is refused as needing more than it could hold",
+        )
     return parser
 
 
@@ -254,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         (convert_pulse if args.source == "pulse" else convert_nvidia)(args)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, with its traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

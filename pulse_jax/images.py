@@ -15,7 +15,9 @@ it, a truncated file decodes silently into an image padded with grey.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -26,8 +28,12 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pulse_jax.downscale import bicubic_downscale
 
-# 8192 x 8192: far above any face PULSE upsamples, far below what exhausts memory.
-DEFAULT_MAX_PIXELS = 1 << 26
+# 4096 x 4096 (16.8 megapixels, above a 12 MP phone photo): far above any face PULSE
+# upsamples. Decoding and converting costs about 50 bytes a pixel at worst (RGBA composited
+# in float32), so the default bounds an input's memory below 1 GB whatever the file's size.
+DEFAULT_MAX_PIXELS = 1 << 24
+# Output folder names an input can never take: the run's own files and folders.
+RESERVED_NAMES = ("results.jsonl", "aligned")
 # A crop smaller than this holds no face worth resizing (the smallest LR input in
 # the paper is 16 x 16); an already valid smaller square is still accepted as is.
 MIN_RESIZE_SIDE = 4
@@ -43,13 +49,74 @@ class ImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def output_names(paths: Sequence[Path]) -> dict[Path, str]:
-    """The name each input's outputs get: its stem, or where two inputs share a stem
-    (a.jpg, a.png) the stem and the extension (a_jpg, a_png)."""
+def output_names(
+    paths: Sequence[Path], reserved: Sequence[str] = RESERVED_NAMES
+) -> dict[Path, str]:
+    """The name each input's outputs get, distinct for distinct inputs by construction.
+
+    An input whose stem no other input shares (ignoring case, as some file systems do)
+    and that is not a reserved name (`results.jsonl`, ...) gets its stem. Every other
+    input gets its stem and extension (a.jpg, a.png -> a_jpg, a_png), with `_2`, `_3`...
+    appended while that name is taken (a_png.bmp already holds a_png) or reserved. Stems
+    are handed out first, so adding a file never renames an input that had its stem.
+
+    Args:
+      paths: the inputs, in their (sorted) order.
+      reserved: names no input may take (compared ignoring case).
+
+    Returns:
+      path -> folder name, for every path.
+    """
+    taken = {name.casefold() for name in reserved}
     counts: dict[str, int] = {}
     for path in paths:
-        counts[path.stem] = counts.get(path.stem, 0) + 1
-    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths}
+        counts[path.stem.casefold()] = counts.get(path.stem.casefold(), 0) + 1
+    names: dict[Path, str] = {}
+    for path in paths:
+        key = path.stem.casefold()
+        if counts[key] == 1 and key not in taken:
+            names[path] = path.stem
+            taken.add(key)
+    for path in paths:
+        if path in names:
+            continue
+        base = f"{path.stem}_{path.suffix.lstrip('.')}"
+        name, n = base, 2
+        while name.casefold() in taken:
+            name, n = f"{base}_{n}", n + 1
+        names[path] = name
+        taken.add(name.casefold())
+    return {path: names[path] for path in paths}
+
+
+def special_files(folder: str | os.PathLike) -> dict[Path, str]:
+    """The visible entries of a folder that are not regular files, and what each is.
+
+    `list_images` leaves them out (a FIFO or a device would block or never end when
+    read); launchers name them in their summaries instead of skipping them in silence.
+
+    Returns:
+      path -> "a folder", "a FIFO", "a socket", "a character device", "a block device"
+      or "a broken link", sorted by name.
+    """
+    found = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or path.is_file():
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            found[path] = "a broken link"
+            continue
+        kinds = {
+            stat.S_ISDIR: "a folder",
+            stat.S_ISFIFO: "a FIFO",
+            stat.S_ISSOCK: "a socket",
+            stat.S_ISCHR: "a character device",
+            stat.S_ISBLK: "a block device",
+        }
+        found[path] = next((k for test, k in kinds.items() if test(mode)), "not a regular file")
+    return found
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -95,14 +162,15 @@ def load_image(
     goes through Pillow's conversion to RGB. The EXIF orientation is applied.
 
     The pixel count is checked against `max_pixels` from the header, before any
-    pixel is decoded. Pillow's own decompression-bomb limit
-    (2 x `Image.MAX_IMAGE_PIXELS`, about 179 megapixels) applies on top.
+    pixel is decoded, so a small file that claims a huge image costs nothing.
+    Pillow's own decompression-bomb limit (2 x `Image.MAX_IMAGE_PIXELS`, about 179
+    megapixels) applies on top.
 
     Args:
       path: the file.
       background: RGB in [0, 1] under transparent pixels; white by default.
-      max_pixels: the largest width x height accepted; 64 megapixels
-        (8192 x 8192) by default.
+      max_pixels: the largest width x height accepted; 16.8 megapixels
+        (4096 x 4096) by default.
 
     Returns:
       The image, float32 `[H, W, 3]` in [0, 1].
@@ -160,11 +228,17 @@ def _to_rgb_array(img: Image.Image, background: tuple[float, float, float]) -> n
         grey = np.clip(grey, 0.0, 1.0)
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if img.has_transparency_data:
-        rgba = np.asarray(img.convert("RGBA"), np.float32) / 255.0  # [H, W, 4]
+        # In place where the result is the same, to keep the peak memory per pixel low.
+        rgba = np.asarray(img.convert("RGBA"), np.float32)  # [H, W, 4]
+        rgba /= 255.0
         alpha = rgba[:, :, 3:]
         bg = np.asarray(background, np.float32).reshape(1, 1, 3)
-        return np.ascontiguousarray(rgba[:, :, :3] * alpha + bg * (1.0 - alpha))
-    return np.asarray(img.convert("RGB"), np.float32) / 255.0
+        rgb = rgba[:, :, :3] * alpha
+        rgb += bg * (1.0 - alpha)
+        return rgb
+    rgb = np.asarray(img.convert("RGB"), np.float32)
+    rgb /= 255.0
+    return rgb
 
 
 def working_sizes(resolution: int) -> list[int]:
@@ -175,7 +249,9 @@ def working_sizes(resolution: int) -> list[int]:
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    return [s for s in range(resolution, 0, -1) if resolution % s == 0]
+    # Divisors come in pairs (d, resolution // d): sqrt(resolution) trials, not resolution.
+    small = [d for d in range(1, math.isqrt(resolution) + 1) if resolution % d == 0]
+    return sorted({resolution // d for d in small} | set(small), reverse=True)
 
 
 def check_size(image: np.ndarray, path: str | os.PathLike, resolution: int) -> int:

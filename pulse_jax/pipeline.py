@@ -76,6 +76,7 @@ from pulse_jax.images import (
     output_names,
     prepare_for_generator,
     save_image,
+    special_files,
     upscale_bicubic,
 )
 from pulse_jax.progress import Progress, format_seconds
@@ -178,6 +179,7 @@ class RunSummary:
     solve_seconds: float = 0.0
     wall_seconds: float = 0.0
     output_dir: str = ""
+    not_files: dict[Path, str] = dataclasses.field(default_factory=dict)  # path -> what it is
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -195,6 +197,9 @@ class RunSummary:
         if self.failed:
             lines.append(f"failed inputs ({len(self.failed)}):")
             lines += [f"  {e}" for e in self.failed]
+        if self.not_files:
+            lines.append(f"skipped, not regular files ({len(self.not_files)}):")
+            lines += [f"  {path}: {what}" for path, what in self.not_files.items()]
         return lines
 
 
@@ -670,8 +675,11 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
 
     inputs, errors = load_inputs(config.input_dir, generator.resolution, resize=search.resize)
     summary = RunSummary(inputs=len(inputs) + len(errors), failed=errors, output_dir=str(out))
+    summary.not_files = special_files(config.input_dir)
     for e in errors:
         say(log, f"error: {e}")
+    for path, what in summary.not_files.items():
+        say(log, f"skipped {path}: {what}, not a regular file")
     manifest = read_manifest(manifest_path)
     check_resume(manifest, inputs, settings, config.batch_size)
     done = {(r["input"], r["sample"]) for r in manifest}

@@ -67,6 +67,7 @@ import numpy as np
 from pulse_jax import distributed, pipeline
 from pulse_jax.checkpoints.weights_file import atomic_write
 from pulse_jax.generators.base import Generator
+from pulse_jax.images import special_files
 from pulse_jax.pipeline import ConfigError, InputImage, SearchConfig
 from pulse_jax.progress import Progress, format_seconds
 from pulse_jax.solve import compiled_memory, solve
@@ -401,6 +402,8 @@ def run_sweep(
     if process == 0:
         for e in errors:
             pipeline.say(log, f"error: {e}")
+        for path, what in special_files(config.input_dir).items():
+            pipeline.say(log, f"skipped {path}: {what}, not a regular file")
     records = read_records(out)
     check_records(records, inputs, settings, config.batch_per_device)
     done = {(r["input"], r["seed"], r["sample"]) for r in records}

@@ -131,15 +131,31 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(golden_dir, tmp_path, 
     assert not marker.exists()
 
 
+def tiny_dcgan_params(latent: int = 4, width: int = 2) -> dict:
+    """A DCGAN-shaped parameter tree with few channels (the schema checks shapes only)."""
+    rng = np.random.default_rng(0)
+    main, channels = {}, latent
+    for conv in (0, 3, 6, 9, 12):
+        out = 3 if conv == 12 else width
+        main[str(conv)] = {"weight": rng.standard_normal((4, 4, channels, out), np.float32)}
+        if conv != 12:
+            main[str(conv + 1)] = {
+                k: np.ones(out, np.float32) for k in ("weight", "bias", "running_mean")
+            } | {"running_var": np.full(out, 2.0, np.float32)}
+        channels = out
+    return {"main": main}
+
+
 def test_weights_file_round_trip_and_no_pickle(tmp_path):
-    params = {"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)}, "c": np.ones(2)}
+    params = tiny_dcgan_params()
     path = tmp_path / "w.npz"
+    config = {"latent_size": 4, "resolution": 64}
     weights_file.save_weights(
-        path, kind="dcgan", params=params, config={"x": 1}, provenance={"src": "t"}
+        path, kind="dcgan", params=params, config=config, provenance={"src": "t"}
     )
     wf = weights_file.load_weights(path)
-    np.testing.assert_array_equal(wf.params["a"]["b"], params["a"]["b"])
-    assert wf.kind == "dcgan" and wf.config == {"x": 1} and wf.gaussian_fit is None
+    np.testing.assert_array_equal(wf.params["main"]["3"]["weight"], params["main"]["3"]["weight"])
+    assert wf.kind == "dcgan" and wf.config == config and wf.gaussian_fit is None
     with np.load(path, allow_pickle=False) as archive:  # readable without pickle
         assert "__meta__" in archive.files
 

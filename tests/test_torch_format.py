@@ -142,7 +142,7 @@ def test_strided_views_of_a_shared_storage(tmp_path, fmt):
     views = {
         "transposed": TensorView(storage, 0, (6, 4), (1, 6)),
         "window": TensorView(storage, 5, (2, 3), (6, 2)),
-        "broadcast": TensorView(storage, 3, (2, 3), (0, 1)),
+        "row": TensorView(storage, 3, (1, 3), (0, 1)),  # a zero stride on a size-1 axis
         "scalar": TensorView(storage, 23, (), ()),
     }
     path = tmp_path / "views.pt"
@@ -151,9 +151,12 @@ def test_strided_views_of_a_shared_storage(tmp_path, fmt):
     table = storage.reshape(4, 6)
     _assert_same(got["transposed"], table.T.copy())
     _assert_same(got["window"], storage[5:17:2].reshape(2, 3))
-    _assert_same(got["broadcast"], np.broadcast_to(storage[3:6], (2, 3)).copy())
+    _assert_same(got["row"], storage[3:6].reshape(1, 3))
     _assert_same(got["scalar"], np.array(23, np.float32))
     assert all(a.flags.c_contiguous and a.flags.writeable for a in got.values())
+    # A zero stride on a longer axis repeats data the file does not hold: refused.
+    WRITERS[fmt]({"broadcast": TensorView(storage, 3, (2, 3), (0, 1))}, path)
+    _assert_checkpoint_error(path, match="zero stride")
 
 
 @pytest.mark.parametrize("fmt", WRITERS)

@@ -8,10 +8,13 @@ as its `__getstate__` dict: `version`, `name`, `static_kwargs`, `components`
 `(scope-relative name, numpy array)` pairs. The weights live in
 `Gs.components['synthesis']` and `Gs.components['mapping']`.
 
-The file is decoded by a restricted unpickler that resolves exactly the
-globals such a file needs (a stub `Network` that only stores its state, and
-numpy's array/dtype/scalar reconstructors); any other global is refused
-before it can be called, and `build_module_src` is never run. The variables
+The file is decoded by the shared bounded interpreter (`safe_pickle`) with an
+allow-list of exactly the globals such a file needs (a stub `Network` that only
+keeps its state, `EasyDict` as a plain dict, numpy's array/dtype/scalar
+reconstructors), each resolved to a function here that builds a fresh value:
+an array's dtype must be a plain number type and its byte count must match its
+shape before it is copied out, and any other global is refused before it can be
+called; `build_module_src` is never run. The variables
 are then renamed and transposed into PULSE's PyTorch state-dict layout (keys
 like `blocks.8x8.conv0_up.weight`, conv `[out, in, kh, kw]`, dense
 `[out, in]`), so the result can go through the same converter as PULSE's own
@@ -20,109 +23,188 @@ like `blocks.8x8.conv0_up.weight`, conv `[out, in, kh, kw]`, dense
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import pickle
-import pickletools
 import re
 
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
-
-try:  # numpy >= 2 keeps the reconstructors in numpy._core; numpy.core is a deprecated shim
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy 1.x
-    from numpy.core import multiarray as _multiarray
+from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
+from pulse_jax.checkpoints.weights_file import MAX_RESOLUTION
 
 
 class _NetworkStub:
     """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state, runs nothing."""
 
-    def __setstate__(self, state):
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError(
-                f"a Network's state is a {type(state).__name__}, expected a dict"
-            )
-        self.state = state
+    def __init__(self):
+        self.state: dict | None = None
 
 
 class _EasyDictStub(dict):
     """Stands in for `dnnlib.util.EasyDict` (a dict with attribute access): a plain dict."""
 
 
-# (module, name) -> object. Both numpy module spellings map to the installed one: a
-# 2019 pickle names `numpy.core.multiarray`, a numpy-2 pickle `numpy._core.multiarray`.
-ALLOWED_GLOBALS = {
-    ("dnnlib.tflib.network", "Network"): _NetworkStub,
-    ("dnnlib.util", "EasyDict"): _EasyDictStub,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+class _PendingArray:
+    """`numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`: an array waiting for BUILD."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _PendingDType:
+    """`numpy.dtype(code, align, copy)`: a dtype waiting for its BUILD state (byte order)."""
+
+    code: str
+
+
+# Element type codes numpy pickles a plain number dtype with.
+_DTYPE_CODE = re.compile(r"(b1|[iu][1248]|f[248]|c(8|16))")
+
+
+def _no_arguments(what: str):
+    def new(*args):
+        if args:
+            raise Refusal(f"creates a {what} with arguments, which NVIDIA's pickles never do")
+        return _NetworkStub() if what == "Network" else _EasyDictStub()
+
+    return new
+
+
+def _dtype(code, align=False, copy=True):
+    if not (isinstance(code, str) and _DTYPE_CODE.fullmatch(code)):
+        raise Refusal(f"has an array element type {describe(code)}, not a plain number type")
+    return _PendingDType(code)
+
+
+def _reconstruct(cls, shape, code):
+    if not (cls is _NDARRAY and shape == (0,) and code in (b"b", "b")):
+        raise Refusal("reconstructs an array in a way numpy never pickles one")
+    return _PendingArray()
+
+
+_NDARRAY = Global("numpy.ndarray")
+_NAMES = {
+    ("dnnlib.tflib.network", "Network"): "Network",
+    ("dnnlib.util", "EasyDict"): "EasyDict",
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+    # Both numpy spellings: a 2019 pickle names numpy.core, a numpy-2 pickle numpy._core.
+    ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy.core.multiarray", "scalar"): "scalar",
+    ("numpy._core.multiarray", "scalar"): "scalar",
 }
-
-# Opcodes that fetch objects without going through `find_class`: EXT* reads
-# copyreg's process-wide extension cache, PERSID/BINPERSID ask `persistent_load`.
-# The official file uses none of them.
-_REFUSED_OPCODES = {"EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"}
+# The globals an NVIDIA StyleGAN pickle may name, (module, name) -> what it stands for.
+ALLOWED_GLOBALS = dict(_NAMES)
 
 
-class _RefusedGlobal(Exception):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.module = module
-        self.name = name
+def _refuse_global(name: str) -> str:
+    allowed = ", ".join(sorted({f"{m}.{n}" for m, n in ALLOWED_GLOBALS}))
+    return f"refused global '{name}' (not called): an NVIDIA StyleGAN pickle needs only {allowed}"
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except (KeyError, TypeError):
-            raise _RefusedGlobal(str(module), str(name)) from None
+def _policy(session: Session) -> Policy:
+    """The allow-list, each global building fresh values within `session`."""
+
+    def final_dtype(dtype, what: str) -> np.dtype:
+        if not isinstance(dtype, np.dtype):
+            raise Refusal(f"{what} has element type {describe(dtype)}, not a numpy dtype")
+        return dtype
+
+    def scalar(dtype, data):
+        dtype = final_dtype(dtype, "a numpy scalar")
+        if isinstance(data, str):
+            data = data.encode("latin1")
+        if not (isinstance(data, bytes) and len(data) == dtype.itemsize):
+            raise Refusal(
+                f"has a numpy scalar of {describe(data)} for a {dtype.itemsize}-byte type"
+            )
+        return np.frombuffer(data, dtype)[0]
+
+    def build(obj, state):
+        if isinstance(obj, _NetworkStub):
+            if not isinstance(state, dict):
+                raise Refusal(f"gives a Network the state {describe(state)}, expected a dict")
+            obj.state = state
+            return obj
+        if isinstance(obj, _EasyDictStub):
+            if state:
+                raise Refusal("gives an EasyDict attributes, which NVIDIA's pickles never do")
+            return obj
+        if isinstance(obj, _PendingDType):
+            # (version, byte order, subarray, names, fields, itemsize, alignment, flags)
+            if not (
+                isinstance(state, tuple)
+                and len(state) == 8
+                and state[0] == 3
+                and state[1] in ("<", ">", "|", "=")
+                and state[2:5] == (None, None, None)
+                and state[5:] == (-1, -1, 0)
+            ):
+                raise Refusal(f"gives a dtype the state {describe(state)}, not a plain number")
+            return np.dtype(obj.code).newbyteorder(state[1])
+        if isinstance(obj, _PendingArray):
+            # (version, shape, dtype, Fortran order, raw bytes)
+            if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+                raise Refusal(f"gives an array the state {describe(state)}")
+            _, shape, dtype, fortran, raw = state
+            dtype = final_dtype(dtype, "an array")
+            if isinstance(raw, str):
+                raw = raw.encode("latin1")
+            if not isinstance(raw, bytes) or not isinstance(fortran, bool):
+                raise Refusal(f"gives an array the data {describe(raw)}, not raw bytes")
+            if not isinstance(shape, tuple):
+                raise Refusal(f"gives an array the shape {describe(shape)}")
+            order = tuple(reversed(shape)) if fortran else shape
+            what = f"an array of shape {describe(shape)}"
+            expected = dtype.itemsize
+            for n in shape:
+                expected *= n if isinstance(n, int) else 1
+            if len(raw) != expected:
+                raise Refusal(f"{what} holds {len(raw)} bytes, not the {expected} it needs")
+            array = session.array(np.frombuffer(raw, np.uint8), dtype, order, what=what)
+            return array.T if fortran else array
+        raise Refusal(f"sets the state of {describe(obj)} (BUILD), which this format never does")
+
+    makers = {
+        "Network": Global("dnnlib.tflib.network.Network", new=_no_arguments("Network")),
+        "EasyDict": Global("dnnlib.util.EasyDict", new=_no_arguments("EasyDict")),
+        "ndarray": _NDARRAY,
+        "dtype": Global("numpy.dtype", call=_dtype),
+        "_reconstruct": Global("numpy.core.multiarray._reconstruct", call=_reconstruct),
+        "scalar": Global("numpy.core.multiarray.scalar", call=scalar),
+    }
+    allowed = {f"{m}.{n}": makers[role] for (m, n), role in ALLOWED_GLOBALS.items()}
+    return Policy(allowed, _refuse_global, build=build, encoding="latin1")
 
 
-def _load(path: str) -> object:
-    """Unpickles `path` with the allow-list; every failure becomes a CheckpointError."""
+def _load(path: str, limits: Limits | None) -> object:
+    """Decodes `path` with the allow-list; every failure becomes a CheckpointError."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
-            if not head:
-                raise CheckpointError(path, "the file is empty, expected a StyleGAN pickle")
-            if head == b"PK\x03\x04":
-                raise CheckpointError(
-                    path,
-                    "this is a zip archive (a PyTorch checkpoint?), not NVIDIA's StyleGAN "
-                    "pickle; convert PULSE's .pt files with `convert pulse`",
-                )
-            f.seek(0)
-            # A first pass over the opcodes, before anything is built: finds truncation
-            # and the opcodes that would bypass `find_class`.
-            for opcode, _, pos in pickletools.genops(f):
-                if opcode.name in _REFUSED_OPCODES:
-                    raise CheckpointError(
-                        path,
-                        f"refused: opcode {opcode.name} at byte {pos} (not in an NVIDIA pickle)",
-                    )
-            f.seek(0)
-            return _RestrictedUnpickler(f, encoding="latin1").load()
-    except CheckpointError:
-        raise
-    except _RefusedGlobal as e:
-        allowed = ", ".join(sorted({f"{m}.{n}" for m, n in ALLOWED_GLOBALS}))
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read the file: {e.strerror or e}") from None
+    if not data:
+        raise CheckpointError(path, "the file is empty, expected a StyleGAN pickle")
+    if data.startswith(b"PK\x03\x04"):
         raise CheckpointError(
             path,
-            f"refused global '{e.module}.{e.name}' (not called): an NVIDIA StyleGAN pickle "
-            f"needs only {allowed}",
-        ) from None
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read the file: {e}") from e
-    except Exception as e:  # whatever the decoder trips on, the file is unusable
-        raise CheckpointError(
-            path, f"not a readable pickle (truncated or corrupt?): {type(e).__name__}: {e}"
-        ) from e
+            "this is a zip archive (a PyTorch checkpoint?), not NVIDIA's StyleGAN "
+            "pickle; convert PULSE's .pt files with `convert pulse`",
+        )
+    session = Session(path, len(data), limits)
+    value, _ = session.unpickle(data, _policy(session))
+    return value
+
+
+def _cut(names: list[str]) -> list[str]:
+    """The first 8 names of a list, each cut at 80 characters, for a message."""
+    return [n[:80] for n in names[:8]]
+
+
+def _short(value) -> str:
+    """A name from the file, quoted and cut, for a message."""
+    return repr(value[:60]) if isinstance(value, str) else describe(value)
 
 
 def _network(path: str, obj: object, where: str) -> dict:
@@ -131,6 +213,8 @@ def _network(path: str, obj: object, where: str) -> dict:
             path, f"{where} is a {type(obj).__name__}, expected a dnnlib.tflib.network.Network"
         )
     state = obj.state
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"{where} is a Network whose state was never set")
     for key, kind in (("name", str), ("variables", list), ("components", dict)):
         if not isinstance(state.get(key), kind):
             raise CheckpointError(path, f"{where}: its state has no {key!r} {kind.__name__}")
@@ -138,7 +222,7 @@ def _network(path: str, obj: object, where: str) -> dict:
     if isinstance(version, int) and version >= 4:
         raise CheckpointError(
             path,
-            f"{where} ({state['name']!r}) is a network of version {version} (StyleGAN2 or "
+            f"{where} ({_short(state['name'])}) is a network of version {version} (StyleGAN2 or "
             "later); only StyleGAN (v1) pickles are supported",
         )
     return state
@@ -148,8 +232,8 @@ def _select_gs(path: str, top: object) -> tuple[dict, list]:
     """Returns the state of `Gs` (index 2 of the `(G, D, Gs)` tuple) and the names in the tuple."""
     expected = "expected the (G, D, Gs) tuple of NVIDIA's StyleGAN pickle, with 'Gs' at index 2"
     if isinstance(top, _NetworkStub):
-        name = top.state.get("name")
-        raise CheckpointError(path, f"holds a single network {name!r}, {expected}")
+        name = top.state.get("name") if isinstance(top.state, dict) else None
+        raise CheckpointError(path, f"holds a single network {_short(name)}, {expected}")
     if not isinstance(top, tuple):
         if isinstance(top, int) and top == 0x1950A86A20F9469CFC6C:
             raise CheckpointError(
@@ -157,17 +241,22 @@ def _select_gs(path: str, top: object) -> tuple[dict, list]:
             )
         raise CheckpointError(path, f"holds a {type(top).__name__}, {expected}")
     names = [
-        item.state.get("name") if isinstance(item, _NetworkStub) else type(item).__name__
-        for item in top
+        item.state.get("name")
+        if isinstance(item, _NetworkStub) and isinstance(item.state, dict)
+        else type(item).__name__
+        for item in top[:4]
     ]
     if len(top) != 3:
-        raise CheckpointError(path, f"holds a tuple of {len(top)} objects {names}, {expected}")
+        shown = ", ".join(_short(n) for n in names)
+        raise CheckpointError(path, f"holds a tuple of {len(top)} objects [{shown}], {expected}")
     gs = _network(path, top[2], "index 2")
     if gs["name"] != "Gs":
         # G has exactly Gs's variable names: taking it would silently give the
         # non-averaged generator.
         raise CheckpointError(
-            path, f"holds {gs['name']!r} at index 2 (networks {names}), expected 'Gs'"
+            path,
+            f"holds {_short(gs['name'])} at index 2 (networks "
+            f"{', '.join(_short(n) for n in names)}), expected 'Gs'",
         )
     return gs, names
 
@@ -180,10 +269,10 @@ def _variables(path: str, state: dict, where: str) -> dict[str, np.ndarray | np.
         name, value = item
         if not isinstance(value, np.ndarray | np.generic) or value.dtype.kind != "f":
             raise CheckpointError(
-                path, f"{where}/{name} is a {type(value).__name__}, expected a float array"
+                path, f"{where}/{name[:80]} is a {type(value).__name__}, expected a float array"
             )
         if name in variables:
-            raise CheckpointError(path, f"{where}: variable {name!r} appears twice")
+            raise CheckpointError(path, f"{where}: variable {_short(name)} appears twice")
         variables[name] = value
     return variables
 
@@ -201,7 +290,7 @@ def _same(w):
     return w
 
 
-_SYNTHESIS_NAME = re.compile(r"(\d+)x(\d+)/(Const|Conv|Conv0_up|Conv1)/.+")
+_SYNTHESIS_NAME = re.compile(r"(\d{1,6})x(\d{1,6})/(Const|Conv|Conv0_up|Conv1)/.+")
 
 
 def _synthesis_table(resolution: int) -> list[tuple[str, str | None, object, int]]:
@@ -259,11 +348,15 @@ def _resolution(path: str, names) -> int:
         if m:
             h, w = int(m.group(1)), int(m.group(2))
             if h != w:
-                raise CheckpointError(path, f"synthesis variable {name!r} is not square")
+                raise CheckpointError(path, f"synthesis variable {_short(name)} is not square")
             sizes.add(h)
     if not sizes:
         raise CheckpointError(path, "Gs's synthesis network has no '<res>x<res>/...' variables")
     resolution = max(sizes)
+    if resolution > MAX_RESOLUTION:
+        raise CheckpointError(
+            path, f"synthesis blocks claim {resolution} px, above the {MAX_RESOLUTION} px limit"
+        )
     expected = {2**k for k in range(2, resolution.bit_length())}
     if resolution & (resolution - 1) or sizes != expected:
         raise CheckpointError(
@@ -277,6 +370,8 @@ def _convert_synthesis(path: str, variables: dict) -> tuple[dict[str, np.ndarray
     resolution = _resolution(path, variables)
     lod = np.ravel(variables.get("lod", 0.0))
     if lod.shape != (1,) or lod[0] != 0.0:
+        if lod.size > 4:
+            raise CheckpointError(path, f"G_synthesis/lod has {lod.size} values, expected one")
         raise CheckpointError(
             path,
             f"G_synthesis/lod is {lod.tolist()}, expected 0.0 (a network caught mid progressive "
@@ -293,7 +388,7 @@ def _convert_synthesis(path: str, variables: dict) -> tuple[dict[str, np.ndarray
         raise CheckpointError(
             path,
             f"Gs's synthesis network does not match StyleGAN (v1) at {resolution} px: "
-            f"missing {missing[:8]}, unexpected {unexpected[:8]}",
+            f"missing {_cut(missing)}, unexpected {_cut(unexpected)}",
         )
     state_dict = {}
     for key, tf, transform, rank in table:
@@ -353,7 +448,7 @@ def _convert_mapping(path: str, variables: dict) -> tuple[dict[str, np.ndarray],
         raise CheckpointError(
             path,
             f"Gs's mapping network is not Dense0..Dense{count - 1}: missing "
-            f"{sorted(wanted - names)[:8]}, unexpected {sorted(names - wanted)[:8]}",
+            f"{_cut(sorted(wanted - names))}, unexpected {_cut(sorted(names - wanted))}",
         )
     state_dict, width = {}, None
     for i in range(count):
@@ -379,11 +474,11 @@ def _plain(value):
         return value.item()
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    return repr(value)
+    return describe(value)
 
 
 def read_nvidia_pickle(
-    path: str | os.PathLike,
+    path: str | os.PathLike, *, limits: Limits | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Reads NVIDIA's StyleGAN (v1) pickle into PULSE-format state dicts, without running it.
 
@@ -398,6 +493,7 @@ def read_nvidia_pickle(
 
     Args:
       path: the `.pkl` file, e.g. `karras2019stylegan-ffhq-1024x1024.pkl`.
+      limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
 
     Returns:
       `(synthesis_state_dict, mapping_state_dict, info)`: float32 numpy arrays
@@ -414,20 +510,23 @@ def read_nvidia_pickle(
         (`ALLOWED_GLOBALS`), in which case nothing from it was executed.
     """
     path = os.fspath(path)
-    top = _load(path)
+    top = _load(path, limits)
     gs, names = _select_gs(path, top)
     components = gs["components"]
     subnets = {}
     for role, func in (("synthesis", "G_synthesis"), ("mapping", "G_mapping")):
         if role not in components:
             raise CheckpointError(
-                path, f"Gs has no {role!r} component (found {sorted(components)})"
+                path,
+                f"Gs has no {role!r} component "
+                f"(found {sorted(_short(k) for k in list(components)[:10])})",
             )
         subnets[role] = _network(path, components[role], f"Gs.components[{role!r}]")
         build = subnets[role].get("build_func_name")
         if build is not None and build != func:
             raise CheckpointError(
-                path, f"Gs's {role} network is built by {build!r}, expected {func!r} (StyleGAN v1)"
+                path,
+                f"Gs's {role} network is built by {_short(build)}, expected {func!r} (StyleGAN v1)",
             )
     synthesis_sd, synthesis_info = _convert_synthesis(
         path, _variables(path, subnets["synthesis"], "G_synthesis")
@@ -449,7 +548,8 @@ def read_nvidia_pickle(
     declared = static_kwargs["synthesis"].get("resolution")
     if isinstance(declared, int) and declared != resolution:
         raise CheckpointError(
-            path, f"static_kwargs say resolution {declared}, the variables say {resolution}"
+            path,
+            f"static_kwargs say resolution {describe(declared)}, the variables say {resolution}",
         )
     info = {
         "source": "nvidia-stylegan-tf-pickle",

@@ -9,12 +9,15 @@ Both of torch's file formats are read:
     pickle, the list of storage keys), then each storage in that order as an
     8-byte little-endian element count and its raw little-endian bytes.
 
-A pickle may name any Python callable and have it called. Unpickling here
-resolves only the few globals that a tensor checkpoint names (`_ALLOWED`), to
-harmless stand-ins defined in this module; any other global is refused before
-anything is called, so neither torch's code nor anyone else's runs. Tensors
-come back as numpy arrays (bfloat16 widened to float32); the device a tensor
-was saved for ('cuda:0', ...) is ignored.
+A pickle may name any Python callable and have it called. These files are
+decoded by the shared bounded interpreter (`safe_pickle`), which resolves only
+the few globals that a tensor checkpoint names (`_GLOBALS`) to pure functions
+defined here that build fresh values; any other global is refused before
+anything is called, so neither torch's code nor anyone else's runs. Every
+tensor's view is checked against its storage before it is copied out, and all
+the bytes a read allocates stay within `safe_pickle.Limits.expansion` times the
+file's size. Tensors come back as numpy arrays (bfloat16 widened to float32);
+the device a tensor was saved for ('cuda:0', ...) is ignored.
 """
 
 from __future__ import annotations
@@ -22,16 +25,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import operator
 import os
-import pickle
 import struct
 import zipfile
-import zlib
 
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -74,38 +75,6 @@ _STORAGE_TYPES = {
     "UntypedStorage": "uint8",
 }
 
-# What a malformed file can make the parsers below raise; each becomes a CheckpointError.
-_PARSE_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    struct.error,
-    zipfile.BadZipFile,
-    zlib.error,
-    NotImplementedError,
-    KeyError,
-    IndexError,
-    ValueError,
-    TypeError,
-    AttributeError,
-    OverflowError,
-    MemoryError,
-    RecursionError,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
-    """Stands in for a torch storage class (`torch.FloatStorage`); never called."""
-
-    dtype: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _DType:
-    """Stands in for a torch dtype (`torch.uint16`), as `_rebuild_tensor_v3` receives it."""
-
-    name: str
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Storage:
@@ -116,116 +85,105 @@ class _Storage:
     byteorder: str  # numpy's '<' or '>'
 
 
-def _ints(values, what: str) -> tuple[int, ...]:
+def _refuse_global(name: str) -> str:
+    return (
+        f"refuses to unpickle global {name!r}: a checkpoint may name only the torch "
+        "globals that rebuild tensors"
+    )
+
+
+def _device(type, index=None) -> str:
+    if not isinstance(type, str) or not (index is None or isinstance(index, int)):
+        raise Refusal(f"names a device {describe(type)}, {describe(index)}")
+    return type[:40] if index is None else f"{type[:40]}:{index}"
+
+
+def _size(values=()) -> tuple:
     if not isinstance(values, tuple):
-        raise ValueError(f"a tensor's {what} is a {type(values).__name__}, not a tuple")
-    return tuple(operator.index(v) for v in values)
+        raise Refusal(f"has a torch.Size of {describe(values)}")
+    return values
 
 
-def _tensor(storage, storage_offset, size, stride, dtype: str) -> np.ndarray | None:
-    """torch's `Tensor.set_(storage, offset, size, stride)`, reading into a new numpy array."""
-    if not isinstance(storage, _Storage):
-        raise ValueError(f"a tensor's storage is a {type(storage).__name__}")
-    if storage.raw is None:
-        return None
-    offset = operator.index(storage_offset)
-    size, stride = _ints(size, "size"), _ints(stride, "stride")
-    if len(size) != len(stride) or min((offset, *size, *stride)) < 0:
-        raise ValueError(f"invalid tensor view: offset {offset}, size {size}, stride {stride}")
-    element = np.dtype(_DTYPES[dtype]).newbyteorder(storage.byteorder)
-    elements = storage.raw[: storage.raw.size - storage.raw.size % element.itemsize].view(element)
-    if 0 in size:
-        array = np.zeros(size, element)
-    else:
-        # as_strided does no bounds checks: a view past the storage would read foreign memory.
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        if last >= elements.size:
-            raise ValueError(
-                f"a tensor of size {size}, stride {stride} at offset {offset} runs past "
-                f"the end of its storage ({elements.size} elements)"
-            )
-        strides = tuple(s * element.itemsize for s in stride)
-        view = np.lib.stride_tricks.as_strided(elements[offset:], size, strides, writeable=False)
-        array = view.copy()
-    array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    if dtype == "bfloat16":
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array
+def _ordered_dict(*args) -> collections.OrderedDict:
+    if args:  # Python pickles an OrderedDict as OrderedDict() followed by its items
+        raise Refusal("builds an OrderedDict from arguments, which torch never writes")
+    return collections.OrderedDict()
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride):
-    return _tensor(storage, storage_offset, size, stride, getattr(storage, "dtype", ""))
+def _build(obj, state):
+    """BUILD: torch gives a state dict's OrderedDict its `_metadata`; that state is dropped."""
+    if isinstance(obj, collections.OrderedDict) and (state is None or isinstance(state, dict)):
+        return obj
+    raise Refusal(f"sets the state of {describe(obj)} (BUILD), which torch never does")
 
 
-def _rebuild_tensor_v2(
-    storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None
-):
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+def _policy(session: Session) -> Policy:
+    """The globals of a tensor checkpoint, each building fresh values within `session`."""
+
+    def tensor(storage, storage_offset, size, stride, dtype: str):
+        """torch's `Tensor.set_(storage, offset, size, stride)`, copied into a new array."""
+        if not isinstance(storage, _Storage):
+            raise Refusal(f"has a tensor whose storage is {describe(storage)}")
+        if storage.raw is None:
+            return None
+        element = np.dtype(_DTYPES[dtype]).newbyteorder(storage.byteorder)
+        what = f"a tensor of size {describe(size)}"
+        array = session.array(storage.raw, element, size, stride, storage_offset, what=what)
+        array = array.astype(array.dtype.newbyteorder("="), copy=False)
+        if dtype == "bfloat16":
+            session.take(2 * array.nbytes, "widening bfloat16")
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        return array
+
+    def rebuild_tensor(storage, storage_offset, size, stride):
+        return tensor(storage, storage_offset, size, stride, getattr(storage, "dtype", ""))
+
+    def rebuild_tensor_v2(
+        storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None
+    ):
+        return rebuild_tensor(storage, storage_offset, size, stride)
+
+    def rebuild_tensor_v3(
+        storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+    ):
+        # torch writes dtypes without a storage class of their own (uint16, ...) this way:
+        # an untyped (byte) storage read as `dtype`, the offset counted in `dtype` elements.
+        if not (isinstance(dtype, Global) and dtype.tag in _DTYPES and dtype.call is None):
+            raise Refusal(f"has a tensor whose dtype is {describe(dtype)}")
+        return tensor(storage, storage_offset, size, stride, dtype.tag)
+
+    def rebuild_parameter(data, requires_grad, backward_hooks, state=None):
+        return data
+
+    functions = {
+        "collections.OrderedDict": _ordered_dict,
+        "torch._utils._rebuild_tensor": rebuild_tensor,
+        "torch._utils._rebuild_tensor_v2": rebuild_tensor_v2,
+        "torch._utils._rebuild_tensor_v3": rebuild_tensor_v3,
+        "torch._utils._rebuild_parameter": rebuild_parameter,
+        "torch._utils._rebuild_parameter_with_state": rebuild_parameter,
+        "torch.Size": _size,
+        "torch.device": _device,
+    }
+    allowed = {name: Global(name, call=call) for name, call in functions.items()}
+    allowed.update(_TOKENS)
+    return Policy(allowed, _refuse_global, build=_build)
 
 
-def _rebuild_tensor_v3(
-    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
-):
-    # torch writes dtypes that have no storage class of their own (uint16, ...) this way:
-    # an untyped (byte) storage read as `dtype`, the offset counted in `dtype` elements.
-    if not isinstance(dtype, _DType):
-        raise ValueError(f"a tensor's dtype is a {type(dtype).__name__}")
-    return _tensor(storage, storage_offset, size, stride, dtype.name)
-
-
-def _rebuild_parameter(data, requires_grad, backward_hooks):
-    return data
-
-
-def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
-    return data
-
-
-def _device(type: str, index: int | None = None) -> str:
-    return str(type) if index is None else f"{type}:{operator.index(index)}"
-
-
-# The only globals a checkpoint may name, each resolved to a stand-in defined above
-# (or to an inert builtin). Anything else is refused.
-_ALLOWED = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,
-    "torch.Size": tuple,
-    "torch.device": _device,
-    "torch.storage.UntypedStorage": _StorageType("uint8"),
-    **{f"torch.{name}": _StorageType(dtype) for name, dtype in _STORAGE_TYPES.items()},
+# Storage classes and dtypes: inert names a persistent id or `_rebuild_tensor_v3` carries.
+_TOKENS = {
+    "torch.storage.UntypedStorage": Global("torch.storage.UntypedStorage", tag="uint8"),
+    **{f"torch.{n}": Global(f"torch.{n}", tag=dtype) for n, dtype in _STORAGE_TYPES.items()},
     # Very old torch named the storage class of a CUDA tensor in torch.cuda.
-    **{f"torch.cuda.{name}": _StorageType(dtype) for name, dtype in _STORAGE_TYPES.items()},
-    **{f"torch.{name}": _DType(name) for name in _DTYPES},
+    **{
+        f"torch.cuda.{n}": Global(f"torch.cuda.{n}", tag=dtype)
+        for n, dtype in _STORAGE_TYPES.items()
+    },
+    **{f"torch.{n}": Global(f"torch.{n}", tag=n) for n in _DTYPES},
 }
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only `_ALLOWED` globals and hands storages to `load_storage`."""
-
-    def __init__(self, file, path, load_storage=None):
-        super().__init__(file, encoding="utf-8")
-        self._path = path
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str):
-        qualified = f"{module}.{name}"
-        if qualified not in _ALLOWED:
-            raise CheckpointError(
-                self._path,
-                f"refuses to unpickle global {qualified!r}: a checkpoint may name only the "
-                "torch globals that rebuild tensors",
-            )
-        return _ALLOWED[qualified]
-
-    def persistent_load(self, pid):
-        if self._load_storage is None:
-            raise CheckpointError(self._path, "a header pickle refers to a storage")
-        return self._load_storage(pid)
+_STORAGE_TOKENS = {id(g) for name, g in _TOKENS.items() if name.endswith("Storage")}
+# The header records of a legacy file (magic number, version, sys_info) name no global.
+_HEADER_POLICY = Policy({}, _refuse_global)
 
 
 def _parse_storage_id(pid) -> tuple[str, str, int, tuple | None]:
@@ -234,32 +192,41 @@ def _parse_storage_id(pid) -> tuple[str, str, int, tuple | None]:
         isinstance(pid, tuple)
         and len(pid) in (5, 6)
         and pid[0] == "storage"
-        and isinstance(pid[1], _StorageType)
+        and id(pid[1]) in _STORAGE_TOKENS
         and isinstance(pid[2], str)
-        and isinstance(pid[4], int)
-        and pid[4] >= 0
+        and len(pid[2]) <= 100
+        and type(pid[4]) is int
+        and 0 <= pid[4] < 1 << 62
     ):
-        raise ValueError(f"unexpected persistent id {pid!r:.100}")
+        raise Refusal(f"has an unexpected persistent id ({describe(pid)})")
     view = pid[5] if len(pid) == 6 else None
-    return pid[2], pid[1].dtype, pid[4], view
+    if view is not None and not (
+        isinstance(view, tuple)
+        and len(view) == 3
+        and all(type(v) is int and 0 <= v < 1 << 62 for v in view[1:])
+    ):
+        raise Refusal(f"has a storage view that is {describe(view)}")
+    return pid[2], pid[1].tag, pid[4], view
 
 
-def _load_zip(path, data: bytes):
+def _load_zip(session: Session, data: bytes):
+    path = session.path
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(path, f"is not a readable zip archive, truncated? ({e})") from None
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    entries = session.zip_entries(archive)
+    pickles = [n for n in entries if n.endswith("/data.pkl") and n.count("/") == 1]
     if not pickles:
         raise CheckpointError(
             path, "is a zip archive without <name>/data.pkl: not a torch checkpoint"
         )
     prefix = pickles[0][: -len("/data.pkl")]
     byteorder = b"little"
-    names = set(names)
-    if f"{prefix}/byteorder" in names:
-        byteorder = archive.read(f"{prefix}/byteorder").strip()
+    if (record := entries.get(f"{prefix}/byteorder")) is not None:
+        if record.file_size > 16:
+            raise CheckpointError(path, f"has a byteorder record of {record.file_size} bytes")
+        byteorder = session.zip_member(archive, record).strip()
     if byteorder not in (b"little", b"big"):
         raise CheckpointError(path, f"has an unknown byteorder record {byteorder[:20]!r}")
     order = "<" if byteorder == b"little" else ">"
@@ -269,40 +236,39 @@ def _load_zip(path, data: bytes):
         key, dtype, numel, _ = _parse_storage_id(pid)
         if key not in raw_storages:
             name = f"{prefix}/data/{key}"
-            if name not in names:
-                raise CheckpointError(path, f"has no record {name} for a storage it refers to")
-            raw_storages[key] = np.frombuffer(archive.read(name), np.uint8)
+            if name not in entries:
+                raise Refusal(f"has no record {name} for a storage it refers to")
+            raw_storages[key] = np.frombuffer(session.zip_member(archive, entries[name]), np.uint8)
         raw = raw_storages[key]
         nbytes = numel * np.dtype(_DTYPES[dtype]).itemsize
         if raw.size < nbytes:
-            raise CheckpointError(
-                path, f"storage {key} holds {raw.size} bytes, fewer than the {nbytes} declared"
-            )
+            raise Refusal(f"storage {key} holds {raw.size} bytes, fewer than the {nbytes} declared")
         return _Storage(raw[:nbytes], dtype, order)
 
-    return _SafeUnpickler(io.BytesIO(archive.read(pickles[0])), path, load_storage).load()
+    pickle_bytes = session.guard(lambda: session.zip_member(archive, entries[pickles[0]]))
+    value, _ = session.unpickle(pickle_bytes, _policy(session), persistent_load=load_storage)
+    return value
 
 
-def _load_legacy(path, data: bytes):
-    stream = io.BytesIO(data)
+def _load_legacy(session: Session, data: bytes):
+    path = session.path
     try:
-        magic = _SafeUnpickler(stream, path).load()
+        magic, position = session.unpickle(data, _HEADER_POLICY)
     except CheckpointError:
-        raise
-    except _PARSE_ERRORS:
         magic = None
-    if magic != MAGIC_NUMBER:
+    if type(magic) is not int or magic != MAGIC_NUMBER:
         raise CheckpointError(path, "is not a torch checkpoint (neither a zip nor a legacy file)")
-    version = _SafeUnpickler(stream, path).load()
-    if version != PROTOCOL_VERSION:
-        raise CheckpointError(path, f"has legacy protocol version {version!r:.40}, not 1001")
-    if not isinstance(_SafeUnpickler(stream, path).load(), dict):
+    version, position = session.unpickle(data, _HEADER_POLICY, start=position)
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise CheckpointError(path, f"has legacy protocol version {describe(version)}, not 1001")
+    sys_info, position = session.unpickle(data, _HEADER_POLICY, start=position)
+    if not isinstance(sys_info, dict):
         raise CheckpointError(path, "has a sys_info record that is not a dict")
 
     # A storage's element size is known only from the object pickle, which comes
     # before the storages: a first pass (tensors left unbuilt) learns every
     # storage's dtype, a second one after reading them builds the tensors.
-    object_start = stream.tell()
+    object_start = position
     dtypes: dict[str, str] = {}
 
     def note_dtype(pid) -> _Storage:
@@ -310,18 +276,19 @@ def _load_legacy(path, data: bytes):
         dtypes.setdefault(key, dtype)
         return _Storage(None, dtype, "<")
 
-    _SafeUnpickler(stream, path, note_dtype).load()
-    keys = _SafeUnpickler(stream, path).load()
+    _, position = session.unpickle(
+        data, _policy(session), start=object_start, persistent_load=note_dtype
+    )
+    keys, position = session.unpickle(data, _HEADER_POLICY, start=position)
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         raise CheckpointError(path, "has a storage key record that is not a list of strings")
 
     raw_storages: dict[str, np.ndarray] = {}
-    position = stream.tell()
     for key in keys:
         if key not in dtypes:
-            raise CheckpointError(path, f"stores storage {key} that no tensor refers to")
+            raise CheckpointError(path, f"stores storage {describe(key)} that no tensor refers to")
         if position + 8 > len(data):
-            raise CheckpointError(path, f"is truncated: it ends before storage {key}")
+            raise CheckpointError(path, f"is truncated: it ends before storage {describe(key)}")
         (numel,) = struct.unpack_from("<q", data, position)
         nbytes = numel * np.dtype(_DTYPES[dtypes[key]]).itemsize
         if numel < 0 or position + 8 + nbytes > len(data):
@@ -334,69 +301,89 @@ def _load_legacy(path, data: bytes):
     def load_storage(pid) -> _Storage:
         key, dtype, numel, view = _parse_storage_id(pid)
         if key not in raw_storages:
-            raise CheckpointError(path, f"lacks the data of storage {key}")
+            raise Refusal(f"lacks the data of storage {key}")
         raw = raw_storages[key]
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
         if raw.size < numel * itemsize:
-            raise CheckpointError(
-                path, f"storage {key} holds {raw.size // itemsize} elements, fewer than {numel}"
+            raise Refusal(
+                f"storage {key} holds {raw.size // itemsize} elements, fewer than {numel}"
             )
         if view is not None:
             # Storage views of torch < 1.0: (view key, offset, numel) inside the root storage.
             _, view_offset, view_numel = view
-            if view_offset < 0 or view_numel < 0 or view_offset + view_numel > numel:
-                raise CheckpointError(
-                    path, f"has a storage view {view!r:.60} outside storage {key}"
-                )
+            if view_offset + view_numel > numel:
+                raise Refusal(f"has a storage view {view[1:]} outside storage {key}")
             raw = raw[view_offset * itemsize : (view_offset + view_numel) * itemsize]
         return _Storage(raw, dtype, "<")
 
-    stream.seek(object_start)
-    return _SafeUnpickler(stream, path, load_storage).load()
+    value, _ = session.unpickle(
+        data, _policy(session), start=object_start, persistent_load=load_storage
+    )
+    return value
 
 
-def load_torch_checkpoint(path: str | os.PathLike) -> object:
+def load_torch_bytes(
+    source: str | os.PathLike, data: bytes, *, limits: Limits | None = None
+) -> object:
+    """Reads a `torch.save` payload held in memory (zip or legacy format), under the same
+    limits as `load_torch_checkpoint`; `source` names it in errors.
+
+    Args:
+      source: what the bytes are (a file, or a file and the place inside it).
+      data: the payload.
+      limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
+
+    Returns:
+      As `load_torch_checkpoint`.
+
+    Raises:
+      CheckpointError: as `load_torch_checkpoint`.
+    """
+    if not data:
+        raise CheckpointError(source, "is empty, not a torch checkpoint")
+    session = Session(source, len(data), limits)
+    data = bytes(data)
+    if data.startswith(_ZIP_MAGIC):
+        return session.guard(lambda: _load_zip(session, data))
+    return session.guard(lambda: _load_legacy(session, data))
+
+
+def load_torch_checkpoint(path: str | os.PathLike, *, limits: Limits | None = None) -> object:
     """Reads a `torch.save` file, zip or legacy format, without torch and without running its code.
 
     Args:
       path: the checkpoint file.
+      limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files, a
+        genuine file that needs more memory than 8 x its size passes a larger `expansion`).
 
     Returns:
       The saved object, with every tensor as a numpy array (C-contiguous; bfloat16
       as float32) and dicts, OrderedDicts, lists, tuples, numbers and strings as
-      they were saved.
+      they were saved (fresh values: nothing is shared between reads).
 
     Raises:
       CheckpointError: the file cannot be read, is not a torch checkpoint, is
-        truncated or corrupt, or its pickle names a global outside the allow-list.
+        truncated or corrupt, exceeds the limits, or its pickle names a global
+        outside the allow-list.
     """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
-    if not data:
-        raise CheckpointError(path, "is empty, not a torch checkpoint")
-    try:
-        if data.startswith(_ZIP_MAGIC):
-            return _load_zip(path, data)
-        return _load_legacy(path, data)
-    except CheckpointError:
-        raise
-    except _PARSE_ERRORS as e:
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(
-            path, f"is truncated or corrupt ({type(e).__name__}: {detail:.200})"
-        ) from None
+    return load_torch_bytes(path, data, limits=limits)
 
 
-def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
+def load_state_dict(
+    path: str | os.PathLike, key: str | None = None, *, limits: Limits | None = None
+) -> dict[str, np.ndarray]:
     """Reads a state dict (parameter name -> array) from a torch checkpoint.
 
     Args:
       path: the checkpoint file.
       key: the entry of a checkpoint dict that holds the state dict (DCGAN's
         'netG_state_dict'), or None when the checkpoint is the state dict itself.
+      limits: as for `load_torch_checkpoint`.
 
     Returns:
       A flat dict from parameter name to numpy array; integer buffers such as
@@ -406,22 +393,27 @@ def load_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
       CheckpointError: the checkpoint cannot be read (see `load_torch_checkpoint`),
         lacks `key`, or is not a flat mapping of names to tensors.
     """
-    checkpoint = load_torch_checkpoint(path)
+    checkpoint = load_torch_checkpoint(path, limits=limits)
     if key is not None:
         if not isinstance(checkpoint, dict):
             raise CheckpointError(
                 path, f"holds a {type(checkpoint).__name__}, not a dict with {key!r}"
             )
         if key not in checkpoint:
-            entries = ", ".join(repr(k) for k in list(checkpoint)[:10])
+            entries = ", ".join(_name(k) for k in list(checkpoint)[:10])
             raise CheckpointError(path, f"has no entry {key!r} (entries: {entries})")
         checkpoint = checkpoint[key]
     if not isinstance(checkpoint, dict):
         raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, not a state dict")
-    for name, value in checkpoint.items():
+    for name, value in dict.items(checkpoint):
         if not (isinstance(name, str) and isinstance(value, np.ndarray)):
             raise CheckpointError(
                 path,
-                f"is not a flat state dict: entry {name!r:.80} is a {type(value).__name__}",
+                f"is not a flat state dict: entry {_name(name)} is a {type(value).__name__}",
             )
     return dict(checkpoint)
+
+
+def _name(key) -> str:
+    """A dict key for a message: a string quoted and cut at 80 characters."""
+    return repr(key[:80]) if isinstance(key, str) else describe(key)

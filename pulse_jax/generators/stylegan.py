@@ -22,6 +22,7 @@ SQRT2 = math.sqrt(2.0)
 MAPPING_LRMUL = 0.01
 INSTANCE_NORM_EPS = 1e-5  # PULSE's nn.InstanceNorm2d default (TF's StyleGAN uses 1e-8)
 FUSED_MIN_RESOLUTION = 128  # blocks with output >= 128 px take the fused upscale path
+MAX_BLOCKS = 12  # 4x4 .. 8192x8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +256,8 @@ def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, preci
 def arch_from_params(synthesis: dict, mapping: dict | None, precision: str = "highest"):
     """Infers the architecture from converted parameter shapes (never assumes 1024 px)."""
     blocks = synthesis["blocks"]
+    if not 1 <= len(blocks) <= MAX_BLOCKS:
+        raise ValueError(f"{len(blocks)} synthesis blocks, expected 1..{MAX_BLOCKS} (4..8192 px)")
     names = sorted(blocks, key=lambda n: int(n.split("x")[0]))
     resolutions = [int(n.split("x")[0]) for n in names]
     expected = [4 * 2**i for i in range(len(names))]

@@ -1,0 +1,662 @@
+"""One bounded, isolated pickle reader for every foreign checkpoint format.
+
+The torch reader, the NVIDIA readers and any future reader decode pickles here. The
+pickle is parsed by a small opcode interpreter of its own, not by `pickle.Unpickler`:
+nothing it names is imported, looked up or called unless the reader allowed it, and no
+value it builds is shared with another read.
+
+How a reader plugs in:
+
+1. Declare a `Policy`: the globals a file may name, each a `Global` whose `call` (for
+   REDUCE) or `new` (for NEWOBJ) is a pure function building a *fresh* value from the
+   already-built arguments (a `Global` with neither is an inert token the reader can
+   recognise by its `tag`, e.g. a storage type); a `build(obj, state)` hook if the
+   format needs the BUILD opcode (it may only ever see objects its own `call`/`new`
+   returned in this read, each once, before they were used anywhere; without a hook
+   BUILD is refused); and how refusals of other globals are worded.
+2. Per file, open a `Session(path, file_size, limits)` and call
+   `session.unpickle(data, policy, start=..., persistent_load=...)`. Materialise arrays
+   with `session.array(...)` and read zip members with `session.zip_member(...)`, so
+   that every byte the read allocates counts against one budget, `limits.expansion`
+   times the file's size (plus `limits.slack`). Pass `Limits(expansion=...)` for a
+   legitimate file that needs more.
+3. Raise `Refusal(message)` in hooks for a value that is not what the format holds; the
+   session turns it, and any decoding failure, into a one-line `CheckpointError` naming
+   the file. Describe attacker values with `describe`, never with `repr`.
+
+What the interpreter bounds: nesting depth, the memo, the number of objects any value
+expands to when walked as a tree (a DAG of shared tuples counts every path, so walking,
+hashing or printing a result is bounded too), the size of integers, and wall time.
+Dict keys are scalars only (hashing them is linear), containers are sealed once placed
+inside another (so sizes are final and cycles impossible), and sets, extension codes,
+old-style instances and out-of-band buffers are refused.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import math
+import struct
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from pulse_jax.checkpoints import CheckpointError
+
+
+class Refusal(ValueError):
+    """Raised by a reader's hooks: the value is not what the format holds (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds on one read. The defaults fit every honest checkpoint the project reads."""
+
+    max_depth: int = 64  # nesting of containers and constructed values
+    max_objects: int = 2_000_000  # nodes of any value walked as a tree
+    max_memo: int = 1_000_000
+    max_int_bytes: int = 64
+    max_seconds: float = 300.0
+    expansion: float = 8.0  # bytes allocated (arrays, zip members) per byte of file
+    slack: int = 16 << 20  # bytes allowed on top of the expansion, for tiny files
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Global:
+    """A global a reader allows, named `module.qualname` in the file.
+
+    `call(*args)` answers REDUCE, `new(*args)` answers NEWOBJ (`cls.__new__(cls, *args)`);
+    both must return fresh values. With neither, the global is an inert token that can
+    only be passed as an argument; `tag` is the reader's own data about it.
+    """
+
+    name: str
+    call: Callable[..., Any] | None = None
+    new: Callable[..., Any] | None = None
+    tag: Any = None
+
+    def __repr__(self) -> str:
+        return f"<global {self.name}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What one file format may contain (see the module docstring)."""
+
+    globals: Mapping[str, Global]
+    refuse_global: Callable[[str], str]  # message for a global outside `globals`
+    build: Callable[[Any, Any], Any] | None = None
+    encoding: str = "utf-8"  # of Python 2 strings (`bytes` keeps them as bytes)
+
+
+def describe(value: Any, width: int = 60) -> str:
+    """A bounded description of any value a file produced, safe for an error message."""
+    if value is None or isinstance(value, bool | int | float):
+        text = str(value) if not isinstance(value, int) or value.bit_length() < 128 else "a big int"
+        return text[:width]
+    if isinstance(value, str | bytes):
+        head = value[:width]
+        cut = "..." if len(value) > width else ""
+        return f"{type(value).__name__} {head!r}{cut}"
+    if isinstance(value, tuple | list | dict):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, np.ndarray):
+        return f"an array {value.dtype.str} of shape {value.shape}"[: width + 40]
+    if isinstance(value, Global):
+        return f"the global {value.name[:width]}"
+    return f"a {type(value).__name__}"
+
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+_MARK = object()
+
+
+class _Unpickler:
+    """The opcode interpreter; one instance per pickle."""
+
+    def __init__(self, session: Session, data, policy: Policy, start: int, persistent_load):
+        self.s = session
+        self.buf = data if isinstance(data, bytes) else bytes(data)
+        self.data = memoryview(self.buf)
+        self.pos = start
+        self.policy = policy
+        self.persistent_load = persistent_load
+        self.stack: list = []
+        self.marks: list[list] = []
+        self.memo: dict[int, Any] = {}
+        self.info: dict[int, tuple[int, int]] = {}  # id -> (tree size, depth)
+        self.sealed: set[int] = set()
+        self.fresh: set[int] = set()  # reader-made values BUILD may still act on
+        self.replaced: dict[int, Any] = {}  # id of a built object -> what BUILD made of it
+        self.keep: list = []  # every tracked object stays alive, so ids stay unique
+
+    # -- reading bytes -----------------------------------------------------------------
+
+    def read(self, n: int) -> memoryview:
+        end = self.pos + n
+        if n < 0 or end > len(self.data):
+            raise Refusal(f"is truncated: a pickle needs {n} bytes at byte {self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.read(n), "little")
+
+    def line(self) -> bytes:
+        end = self.buf.find(b"\n", self.pos, self.pos + (1 << 16))
+        if end < 0:
+            raise Refusal(f"is truncated or corrupt: a pickle text line at byte {self.pos}")
+        text = self.buf[self.pos : end]
+        self.pos = end + 1
+        return text
+
+    # -- tracking values ---------------------------------------------------------------
+
+    def track(self, obj, size: int, depth: int, fresh: bool = False):
+        limits = self.s.limits
+        if depth > limits.max_depth:
+            raise Refusal(f"nests deeper than {limits.max_depth} levels")
+        if size > limits.max_objects:
+            raise Refusal(f"holds a value that expands to more than {limits.max_objects} objects")
+        self.info[id(obj)] = (size, depth)
+        self.keep.append(obj)
+        if fresh:
+            self.fresh.add(id(obj))
+        return obj
+
+    def child(self, value):
+        """A value about to go inside another: resolved, sealed; returns it, size, depth."""
+        value = self.replaced.get(id(value), value)
+        if value is _MARK:
+            raise Refusal("is corrupt: a pickle mark used as a value")
+        key = id(value)
+        self.sealed.add(key)
+        self.fresh.discard(key)
+        size, depth = self.info.get(key, (1, 0))
+        return value, size, depth
+
+    def grow(self, container, added: int, depth: int) -> None:
+        key = id(container)
+        if key in self.sealed:
+            raise Refusal("changes a container after it was used (not a pickle Python writes)")
+        size, old_depth = self.info.get(key, (1, 0))
+        self.track(container, size + added, max(old_depth, depth + 1))
+
+    def pop(self):
+        if not self.stack:
+            raise Refusal("is corrupt: a pickle pops an empty stack")
+        return self.stack.pop()
+
+    def pop_mark(self) -> list:
+        if not self.marks:
+            raise Refusal("is corrupt: a pickle closes a mark it never opened")
+        items = self.stack
+        self.stack = self.marks.pop()
+        return items
+
+    def make_tuple(self, items: list) -> tuple:
+        values, size, depth = [], 1, 0
+        for item in items:
+            v, n, d = self.child(item)
+            values.append(v)
+            size += n
+            depth = max(depth, d)
+        result = tuple(values)
+        if not result:
+            return result
+        return self.track(result, size, depth + 1)
+
+    def set_items(self, target, items: list) -> None:
+        target = self.replaced.get(id(target), target)
+        if not isinstance(target, dict):
+            raise Refusal(f"sets items on {describe(target)}, not a dict")
+        if len(items) % 2:
+            raise Refusal("is corrupt: a pickle sets a key without a value")
+        added, depth = 0, 0
+        for i in range(0, len(items), 2):
+            key, n1, _ = self.child(items[i])
+            value, n2, d = self.child(items[i + 1])
+            if not isinstance(key, _SCALARS):
+                raise Refusal(f"has a dict key that is {describe(key)}, not a string or number")
+            target[key] = value
+            added += n1 + n2
+            depth = max(depth, d)
+        self.grow(target, added, depth)
+
+    def append(self, target, items: list) -> None:
+        target = self.replaced.get(id(target), target)
+        if type(target) is not list:
+            raise Refusal(f"appends to {describe(target)}, not a list")
+        added, depth = 0, 0
+        for item in items:
+            value, n, d = self.child(item)
+            if value is target:
+                raise Refusal("holds a list that contains itself")
+            target.append(value)
+            added += n
+            depth = max(depth, d)
+        self.grow(target, added, depth)
+
+    def construct(self, function, args, how: str):
+        function = self.replaced.get(id(function), function)
+        if not isinstance(function, Global):
+            raise Refusal(f"calls {describe(function)}, which is not an allowed global")
+        maker = function.call if how == "call" else function.new
+        if maker is None:
+            raise Refusal(f"calls {function.name}, which this format never calls that way")
+        if not isinstance(args, tuple):
+            raise Refusal(f"calls {function.name} with {describe(args)}, not a tuple")
+        values, size, depth = [], 1, 0
+        for arg in args:
+            v, n, d = self.child(arg)
+            values.append(v)
+            size += n
+            depth = max(depth, d)
+        self.child(args)
+        result = maker(*values)
+        if isinstance(result, _SCALARS) or isinstance(result, Global):
+            return result
+        return self.track(result, size, depth + 1, fresh=True)
+
+    # -- the interpreter ---------------------------------------------------------------
+
+    def load(self):
+        s, policy = self.s, self.policy
+        data = self.data
+        count = 0
+        while True:
+            count += 1
+            if count & 0xFFF == 0:
+                s.check_time()
+            if self.pos >= len(data):
+                raise Refusal("is truncated: a pickle ends before its STOP opcode")
+            op = data[self.pos]
+            at = self.pos
+            self.pos += 1
+            if op == 0x2E:  # STOP
+                value = self.pop()
+                value = self.child(value)[0]
+                return value, self.pos
+            elif op == 0x80:  # PROTO
+                if self.uint(1) > 5:
+                    raise Refusal("uses a pickle protocol above 5")
+            elif op == 0x95:  # FRAME
+                self.uint(8)
+            elif op == 0x28:  # MARK
+                if len(self.marks) >= s.limits.max_depth:
+                    raise Refusal(f"nests deeper than {s.limits.max_depth} levels")
+                self.marks.append(self.stack)
+                self.stack = []
+            elif op == 0x30:  # POP
+                if self.stack:
+                    self.stack.pop()
+                else:
+                    self.pop_mark()
+            elif op == 0x31:  # POP_MARK
+                self.pop_mark()
+            elif op == 0x32:  # DUP
+                value = self.pop()
+                self.stack.append(value)
+                self.stack.append(value)
+            elif op == 0x4E:  # NONE
+                self.stack.append(None)
+            elif op == 0x88:  # NEWTRUE
+                self.stack.append(True)
+            elif op == 0x89:  # NEWFALSE
+                self.stack.append(False)
+            elif op == 0x4A:  # BININT
+                self.stack.append(int.from_bytes(self.read(4), "little", signed=True))
+            elif op == 0x4B:  # BININT1
+                self.stack.append(self.uint(1))
+            elif op == 0x4D:  # BININT2
+                self.stack.append(self.uint(2))
+            elif op in (0x8A, 0x8B):  # LONG1, LONG4
+                n = self.uint(1 if op == 0x8A else 4)
+                if n > s.limits.max_int_bytes:
+                    raise Refusal(f"holds an integer of {n} bytes")
+                self.stack.append(int.from_bytes(self.read(n), "little", signed=True))
+            elif op in (0x49, 0x4C):  # INT, LONG (text)
+                text = self.line().rstrip(b"L")
+                if len(text) > 3 * s.limits.max_int_bytes:
+                    raise Refusal(f"holds an integer of {len(text)} digits")
+                if op == 0x49 and text in (b"00", b"01"):
+                    self.stack.append(text == b"01")
+                else:
+                    self.stack.append(int(text))
+            elif op == 0x46:  # FLOAT
+                self.stack.append(float(self.line()))
+            elif op == 0x47:  # BINFLOAT
+                self.stack.append(struct.unpack(">d", self.read(8))[0])
+            elif op in (0x8C, 0x58, 0x8D):  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+                n = self.uint({0x8C: 1, 0x58: 4, 0x8D: 8}[op])
+                self.stack.append(str(self.read(n), "utf-8", "surrogatepass"))
+            elif op == 0x56:  # UNICODE
+                self.stack.append(self.line().decode("raw-unicode-escape"))
+            elif op in (0x43, 0x42, 0x8E):  # SHORT_BINBYTES, BINBYTES, BINBYTES8
+                n = self.uint({0x43: 1, 0x42: 4, 0x8E: 8}[op])
+                self.stack.append(bytes(self.read(n)))
+            elif op in (0x55, 0x54):  # SHORT_BINSTRING, BINSTRING (Python 2 str)
+                n = self.uint(1) if op == 0x55 else int.from_bytes(self.read(4), "little")
+                self.stack.append(self.py2_string(bytes(self.read(n))))
+            elif op == 0x53:  # STRING
+                text = self.line()
+                if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
+                    raise Refusal("is corrupt: a pickle STRING is not quoted")
+                self.stack.append(self.py2_string(codecs.escape_decode(text[1:-1])[0]))
+            elif op == 0x5D:  # EMPTY_LIST
+                self.stack.append(self.track([], 1, 1))
+            elif op == 0x7D:  # EMPTY_DICT
+                self.stack.append(self.track({}, 1, 1))
+            elif op == 0x29:  # EMPTY_TUPLE
+                self.stack.append(())
+            elif op == 0x6C:  # LIST
+                items = self.pop_mark()
+                result = self.track([], 1, 1)
+                self.append(result, items)
+                self.stack.append(result)
+            elif op == 0x64:  # DICT
+                items = self.pop_mark()
+                result = self.track({}, 1, 1)
+                self.set_items(result, items)
+                self.stack.append(result)
+            elif op == 0x74:  # TUPLE
+                value = self.make_tuple(self.pop_mark())
+                self.stack.append(value)
+            elif op in (0x85, 0x86, 0x87):  # TUPLE1, TUPLE2, TUPLE3
+                n = op - 0x84
+                if len(self.stack) < n:
+                    raise Refusal("is corrupt: a pickle tuple lacks its items")
+                items = self.stack[-n:]
+                del self.stack[-n:]
+                self.stack.append(self.make_tuple(items))
+            elif op == 0x61:  # APPEND
+                value = self.pop()
+                self.append(self.stack[-1] if self.stack else None, [value])
+            elif op == 0x65:  # APPENDS
+                items = self.pop_mark()
+                self.append(self.stack[-1] if self.stack else None, items)
+            elif op == 0x73:  # SETITEM
+                value, key = self.pop(), self.pop()
+                self.set_items(self.stack[-1] if self.stack else None, [key, value])
+            elif op == 0x75:  # SETITEMS
+                items = self.pop_mark()
+                self.set_items(self.stack[-1] if self.stack else None, items)
+            elif op in (0x70, 0x71, 0x72, 0x94):  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
+                if op == 0x70:
+                    index = int(self.line())
+                elif op == 0x94:
+                    index = len(self.memo)
+                else:
+                    index = self.uint(1 if op == 0x71 else 4)
+                if not self.stack:
+                    raise Refusal("is corrupt: a pickle memoizes an empty stack")
+                if len(self.memo) >= s.limits.max_memo and index not in self.memo:
+                    raise Refusal(f"memoizes more than {s.limits.max_memo} objects")
+                self.memo[index] = self.stack[-1]
+            elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
+                if op == 0x67:
+                    index = int(self.line())
+                else:
+                    index = self.uint(1 if op == 0x68 else 4)
+                if index not in self.memo:
+                    raise Refusal(f"is corrupt: a pickle fetches memo entry {index}, never set")
+                self.stack.append(self.memo[index])
+            elif op in (0x63, 0x93):  # GLOBAL, STACK_GLOBAL
+                if op == 0x63:
+                    module = self.line().decode("utf-8")
+                    name = self.line().decode("utf-8")
+                else:
+                    name, module = self.pop(), self.pop()
+                    if not (isinstance(module, str) and isinstance(name, str)):
+                        raise Refusal("is corrupt: a pickle names a global with non-strings")
+                qualified = f"{module}.{name}"
+                if qualified not in policy.globals:
+                    raise Refusal(policy.refuse_global(qualified[:200]))
+                self.stack.append(policy.globals[qualified])
+            elif op == 0x52:  # REDUCE
+                args, function = self.pop(), self.pop()
+                self.stack.append(self.construct(function, args, "call"))
+            elif op == 0x81:  # NEWOBJ
+                args, cls = self.pop(), self.pop()
+                self.stack.append(self.construct(cls, args, "new"))
+            elif op == 0x62:  # BUILD
+                state, obj = self.pop(), self.pop()
+                self.stack.append(self.build(obj, state))
+            elif op in (0x50, 0x51):  # PERSID, BINPERSID
+                if self.persistent_load is None:
+                    raise Refusal(f"refers to outside data (opcode at byte {at}) where it may not")
+                pid = self.line().decode("ascii") if op == 0x50 else self.pop()
+                pid = self.child(pid)[0]
+                result = self.persistent_load(pid)
+                self.stack.append(result)
+            else:
+                name = _OPCODE_NAMES.get(op, f"0x{op:02x}")
+                raise Refusal(f"refused: pickle opcode {name} at byte {at}")
+
+    def py2_string(self, raw: bytes):
+        if self.policy.encoding == "bytes":
+            return raw
+        return raw.decode(self.policy.encoding)
+
+    def build(self, obj, state):
+        key = id(obj)
+        if self.policy.build is None or key not in self.fresh:
+            raise Refusal(
+                f"sets the state of {describe(obj)} (BUILD), which this format never does"
+            )
+        self.fresh.discard(key)
+        state, size, depth = self.child(state)
+        result = self.policy.build(obj, state)
+        old_size, old_depth = self.info.get(key, (1, 0))
+        self.replaced[key] = result
+        if not isinstance(result, _SCALARS):
+            self.track(result, old_size + size, max(old_depth, depth + 1))
+        return result
+
+
+_OPCODE_NAMES = {
+    0x82: "EXT1",
+    0x83: "EXT2",
+    0x84: "EXT4",
+    0x69: "INST",
+    0x6F: "OBJ",
+    0x8F: "EMPTY_SET",
+    0x90: "ADDITEMS",
+    0x91: "FROZENSET",
+    0x92: "NEWOBJ_EX",
+    0x96: "BYTEARRAY8",
+    0x97: "NEXT_BUFFER",
+    0x98: "READONLY_BUFFER",
+}
+
+# What a malformed file makes decoding raise; each becomes a one-line CheckpointError.
+PARSE_ERRORS = (
+    Refusal,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    EOFError,
+    struct.error,
+    zipfile.BadZipFile,
+    UnicodeError,
+    NotImplementedError,
+)
+
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+
+
+class Session:
+    """One read of one file: its limits, its allocation budget and its deadline."""
+
+    def __init__(self, path, file_size: int, limits: Limits | None = None):
+        self.path = path
+        self.limits = limits or DEFAULT_LIMITS
+        self.budget = int(self.limits.expansion * file_size) + self.limits.slack
+        self.deadline = time.monotonic() + self.limits.max_seconds
+
+    def error(self, message: str) -> CheckpointError:
+        return CheckpointError(self.path, message)
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise Refusal(f"took longer than {self.limits.max_seconds:g} s to read")
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Counts `nbytes` about to be allocated for `what` against the budget."""
+        if nbytes > self.budget:
+            raise Refusal(
+                f"{what} needs {nbytes} bytes, more than the file could honestly hold "
+                f"(at most {self.limits.expansion:g} x its size in all; pass a larger "
+                "expansion limit if the file is genuine)"
+            )
+        self.budget -= nbytes
+
+    def guard(self, action: Callable[[], Any]):
+        """Runs `action`, turning every decoding failure into a one-line CheckpointError."""
+        try:
+            return action()
+        except CheckpointError:
+            raise
+        except Refusal as e:
+            raise self.error(_one_line(str(e))) from None
+        except MemoryError:
+            raise self.error("needs more memory than is available to read") from None
+        except RecursionError:
+            raise self.error("nests too deeply to read") from None
+        except PARSE_ERRORS as e:
+            detail = _one_line(str(e))
+            raise self.error(f"is truncated or corrupt ({type(e).__name__}: {detail})") from None
+
+    def unpickle(
+        self,
+        data,
+        policy: Policy,
+        *,
+        start: int = 0,
+        persistent_load: Callable[[Any], Any] | None = None,
+    ) -> tuple[Any, int]:
+        """Decodes the pickle at `data[start:]`; returns its value and the byte after STOP."""
+        return self.guard(lambda: _Unpickler(self, data, policy, start, persistent_load).load())
+
+    def array(
+        self,
+        storage: np.ndarray,
+        dtype: np.dtype,
+        shape,
+        strides=None,
+        offset: int = 0,
+        *,
+        what: str = "an array",
+    ) -> np.ndarray:
+        """A fresh array viewing the bytes `storage` ([N] uint8) as `dtype` elements.
+
+        `shape`, `strides` (in elements; None for C order) and `offset` (in elements) are
+        checked before any data is touched: integer entries, rank at most 32, no negative
+        entries, no zero stride on a dimension longer than 1, every element inside
+        `storage`, and the copy within the session's budget.
+
+        Raises:
+          Refusal: naming what is wrong.
+        """
+        dtype = check_dtype(dtype, what)
+        if not (
+            isinstance(storage, np.ndarray)
+            and storage.dtype == np.uint8
+            and storage.ndim == 1
+            and storage.flags.c_contiguous
+        ):
+            raise Refusal(f"{what} is backed by {describe(storage)}, not raw bytes")
+        shape = _int_tuple(shape, f"{what}'s shape")
+        if strides is None:
+            strides, step = [], 1
+            for n in reversed(shape):
+                strides.append(step)
+                step *= max(n, 1)
+            strides = tuple(reversed(strides))
+        strides = _int_tuple(strides, f"{what}'s strides")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise Refusal(f"{what} has offset {describe(offset)}, not an integer >= 0")
+        if len(shape) != len(strides) or len(shape) > 32:
+            raise Refusal(f"{what} has {len(shape)} sizes and {len(strides)} strides")
+        count = math.prod(shape)
+        for n, step in zip(shape, strides, strict=True):
+            if step == 0 and n > 1 and count:
+                raise Refusal(f"{what} repeats one element {n} times (a zero stride)")
+        elements = storage.size // dtype.itemsize
+        if count:
+            last = offset + sum((n - 1) * step for n, step in zip(shape, strides, strict=True))
+            if last >= elements:
+                raise Refusal(
+                    f"{what} of size {shape}, stride {strides} at offset {offset} runs past "
+                    f"the end of its storage ({elements} elements)"
+                )
+        self.take(count * dtype.itemsize, what)
+        if not count:
+            return np.zeros(shape, dtype)
+        flat = storage[: elements * dtype.itemsize].view(dtype)
+        byte_strides = tuple(step * dtype.itemsize for step in strides)
+        view = np.lib.stride_tricks.as_strided(flat[offset:], shape, byte_strides, writeable=False)
+        return view.copy()
+
+    def zip_entries(self, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+        """The members of an archive by name, refusing duplicates, encryption and unknown
+        compression before anything is read."""
+        entries: dict[str, zipfile.ZipInfo] = {}
+        for info in archive.infolist():
+            name = info.filename[:200]
+            if info.filename in entries:
+                raise Refusal(f"holds the zip member {name} twice")
+            if info.flag_bits & 0x1:
+                raise Refusal(f"has an encrypted zip member {name}")
+            if info.compress_type not in _ZIP_METHODS:
+                raise Refusal(f"zip member {name} uses compression method {info.compress_type}")
+            entries[info.filename] = info
+        return entries
+
+    def zip_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+        """A member's bytes, its declared size counted against the budget and never exceeded."""
+        name = info.filename[:200]
+        self.take(info.file_size, f"zip member {name}")
+        with archive.open(info) as f:
+            data = f.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise Refusal(f"zip member {name} holds {len(data)} bytes, not {info.file_size}")
+        return data
+
+
+# Element types an array in a checkpoint may have: numbers and booleans only.
+_DTYPE_KINDS = "biufc"
+
+
+def check_dtype(dtype, what: str = "an array") -> np.dtype:
+    """`dtype` if it is a plain number or boolean type (no fields, objects or subarrays)."""
+    if not isinstance(dtype, np.dtype):
+        raise Refusal(f"{what} has element type {describe(dtype)}")
+    if dtype.kind not in _DTYPE_KINDS or dtype.fields or dtype.subdtype or dtype.itemsize > 16:
+        raise Refusal(f"{what} has element type {dtype.str[:20]}, not a plain number type")
+    return dtype
+
+
+def _int_tuple(values, what: str) -> tuple[int, ...]:
+    if not isinstance(values, tuple):
+        raise Refusal(f"{what} is {describe(values)}, not a tuple")
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 62:
+            raise Refusal(f"{what} holds {describe(v)}, not an integer in [0, 2^62)")
+    return values
+
+
+def _one_line(text: str, width: int = 300) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[:width] + "..."

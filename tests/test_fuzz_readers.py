@@ -1,0 +1,152 @@
+"""Seeded fuzzing of every foreign-file reader (issue 16): valid torch checkpoints (legacy
+and zip), an NVIDIA pickle and a weights file, mutated thousands of times (bytes flipped,
+the file cut, pickle opcodes swapped, chunks repeated, length fields overwritten; inside
+a zip the member is mutated and packed again so the mutation reaches the parser). Every
+case must read or be refused with a `CheckpointError`, nothing else, in a child process
+under an address-space limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import test_nvidia_pickle as official
+from hostile import MEMORY_LIMIT, PEAK, ROOT
+from test_convert import tiny_dcgan_params
+from torch_writer import TensorView, save_torch_legacy, save_torch_zip
+
+from pulse_jax.checkpoints import weights_file
+
+CASES_PER_FILE = 800
+SEED = 16
+
+_CHILD = r"""
+import io, json, pickletools, resource, sys, time, traceback, zipfile
+limit, cases, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+import numpy as np
+from pulse_jax.checkpoints import CheckpointError, weights_file
+from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints.torch_format import load_torch_bytes
+
+{PEAK}
+OPCODES = [op.code.encode("latin1") for op in pickletools.opcodes]
+files = json.loads(sys.argv[4])
+scratch = sys.argv[5]
+
+def mutate(data, rng):
+    data = bytearray(data)
+    kind = rng.integers(5)
+    if kind == 0:
+        for _ in range(rng.integers(1, 4)):
+            data[rng.integers(len(data))] = rng.integers(256)
+    elif kind == 1:
+        del data[rng.integers(len(data)):]
+    elif kind == 2:
+        spots = [i for i in rng.integers(len(data), size=64) if bytes([data[i]]) in OPCODES]
+        for i in spots[: rng.integers(1, 4)]:
+            data[i] = OPCODES[rng.integers(len(OPCODES))][0]
+    elif kind == 3:
+        a = rng.integers(len(data)); b = min(len(data), a + rng.integers(1, 64))
+        at = rng.integers(len(data)); data[at:at] = data[a:b] * int(rng.integers(1, 4))
+    else:
+        at = rng.integers(max(1, len(data) - 8))
+        data[at:at + 4] = int(rng.integers(2**31)).to_bytes(4, "little")
+    return bytes(data)
+
+def mutate_member(data, rng, member):
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        records = [(i.filename, archive.read(i)) for i in archive.infolist()]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, raw in records:
+            archive.writestr(name, mutate(raw, rng) if name.endswith(member) else raw)
+    return buffer.getvalue()
+
+def read(fmt, data):
+    if fmt in ("torch_legacy", "torch_zip"):
+        return load_torch_bytes("case", data)
+    path = f"{scratch}/case.{fmt}"
+    with open(path, "wb") as f:
+        f.write(data)
+    if fmt == "nvidia":
+        return read_nvidia_pickle(path)
+    return weights_file.load_weights(path)
+
+members = {"torch_zip": "data.pkl", "weights": ".npy"}
+report = {"cases": 0, "read": 0, "refused": 0, "worst_seconds": 0.0, "failures": []}
+for fmt, path in files.items():
+    base = open(path, "rb").read()
+    read(fmt, base)  # the unmutated file reads
+    for case in range(cases):
+        rng = np.random.default_rng([seed, case, len(fmt)])
+        if fmt in members and case % 2:
+            data = mutate_member(base, rng, members[fmt])
+        else:
+            data = mutate(base, rng)
+        start = time.perf_counter()
+        try:
+            read(fmt, data)
+            report["read"] += 1
+        except CheckpointError as e:
+            assert "\n" not in str(e) and len(str(e)) < 2000, str(e)[:300]
+            report["refused"] += 1
+        except BaseException as e:
+            report["failures"].append(f"{fmt} case {case}: {traceback.format_exc()[-1500:]}")
+        report["worst_seconds"] = max(report["worst_seconds"], time.perf_counter() - start)
+        report["cases"] += 1
+report["max_rss_mb"] = peak_mb()
+print("REPORT " + json.dumps(report))
+"""
+
+
+def _base_files(folder) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    checkpoint = {
+        "w": rng.standard_normal((3, 4)).astype(np.float32),
+        "n": np.array([1, 2], np.int64),
+        "view": TensorView(np.arange(8, dtype=np.float32), 2, (2, 2), (1, 2)),
+        "meta": {"epoch": 3, "name": "tiny", "sizes": (1, 2.5, None, True)},
+    }
+    save_torch_legacy(checkpoint, folder / "legacy.pt")
+    save_torch_zip(checkpoint, folder / "zip.pt")
+    saved, official.DLATENT = official.DLATENT, 8
+    try:
+        nvidia, *_ = official.make_case(folder, 16, fmap_base=16, fmap_max=4)
+    finally:
+        official.DLATENT = saved
+    weights = folder / "w.npz"
+    config = {"latent_size": 4, "resolution": 64}
+    weights_file.save_weights(weights, kind="dcgan", params=tiny_dcgan_params(), config=config)
+    files = {"torch_legacy": "legacy.pt", "torch_zip": "zip.pt", "nvidia": nvidia.name}
+    files["weights"] = "w.npz"
+    return {fmt: str(folder / name) for fmt, name in files.items()}
+
+
+def test_mutated_files_are_read_or_refused_with_a_checkpoint_error(tmp_path):
+    files = _base_files(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    argv = [
+        sys.executable,
+        "-c",
+        _CHILD.replace("{PEAK}", PEAK),
+        str(MEMORY_LIMIT),
+        str(CASES_PER_FILE),
+        str(SEED),
+    ]
+    argv += [json.dumps(files), str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    report = json.loads(lines[-1][len("REPORT ") :])
+    print(
+        f"fuzz: {report['cases']} cases, {report['read']} read, {report['refused']} refused, "
+        f"worst {report['worst_seconds']:.3f} s, peak {report['max_rss_mb']:.0f} MB"
+    )
+    assert not report["failures"], "\n".join(report["failures"][:5])
+    assert report["cases"] == 4 * CASES_PER_FILE
+    assert report["refused"] > report["cases"] // 4  # the mutations do reach the parsers
+    assert report["worst_seconds"] < 5 and report["max_rss_mb"] < 1024
