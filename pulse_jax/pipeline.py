@@ -16,7 +16,8 @@ Output layout, for an input file whose name without extension is `<stem>`:
     <out>/results.jsonl
     <out>/<stem>/sample_<s>_hr.png          the sample's best HR image
     <out>/<stem>/sample_<s>_lr.png          its downscale (what the loss compared)
-    <out>/<stem>/comparison.png             LR input | bicubic | every sample
+    <out>/<stem>/comparison.png             observation | bicubic | every sample
+    <out>/<stem>/l2_curves.png              with plots: every sample's L2 over the steps
     <out>/<stem>/intermediate/sample_<s>_step_<j>.png   with save_intermediate
 
 (two inputs with the same stem, `a.png` and `a.jpg`, get `a_png/` and `a_jpg/`).
@@ -52,7 +53,7 @@ from typing import TextIO
 
 import numpy as np
 
-from pulse_jax import losses, optim
+from pulse_jax import losses, operators, optim, plots
 from pulse_jax.checkpoints.weights_file import atomic_write
 from pulse_jax.generators.base import Generator, SearchOptions
 from pulse_jax.images import (
@@ -69,6 +70,8 @@ from pulse_jax.progress import Progress, format_seconds
 from pulse_jax.solve import SolveResult, solve
 
 MANIFEST = "results.jsonl"
+# With `RunConfig.plots`, beside each comparison.png: every sample's L2 over the steps.
+L2_PLOT = "l2_curves.png"
 # The options that exist only for generators with noise maps and style layers (StyleGAN).
 NOISE_OPTIONS = ("noise_type", "num_trainable_noise_layers", "tile_latent", "bad_noise_layers")
 
@@ -98,14 +101,34 @@ class SearchConfig:
     learning_rate: float = 0.4
     lr_schedule: str = "linear1cycledrop"
     resize: bool = False
+    operator: str = str(operators.DEFAULT_OPERATOR)
+    blur_sigma: float = operators.PARAMETER["blur_sigma"].default
+    noise_std: float = operators.PARAMETER["noise_std"].default
+    mask: str = operators.PARAMETER["mask"].default
 
-    def solve_kwargs(self, generator: Generator) -> dict:
-        """The keyword arguments of `pulse_jax.solve` (noise options only where they apply)."""
+    def degradation(self, side: int, resolution: int) -> operators.Degradation:
+        """The degradation operator for `side` px inputs of a `resolution` px generator.
+
+        Raises:
+          ConfigError: an unknown operator, a bad parameter or an unusable mask.
+        """
+        params = {name: getattr(self, name) for name in operators.PARAMETER_NAMES}
+        try:
+            return operators.make_operator(self.operator, side, resolution // side, **params)
+        except ValueError as e:
+            raise ConfigError(f"--operator {self.operator}: {e}") from None
+
+    def solve_kwargs(self, generator: Generator, side: int) -> dict:
+        """The keyword arguments of `pulse_jax.solve` for `side` px inputs: the operator as
+        `downscale` with its success threshold as `eps` (`operators.Degradation.success_eps`),
+        noise options only where they apply."""
+        operator = self.degradation(side, generator.resolution)
         kwargs = dict(
             seed=self.seed,
             steps=self.steps,
             loss_str=self.loss_str,
-            eps=self.eps,
+            eps=operator.success_eps(self.eps),
+            downscale=operator,
             opt_name=self.opt_name,
             learning_rate=self.learning_rate,
             lr_schedule=self.lr_schedule,
@@ -120,11 +143,13 @@ class SearchConfig:
         return kwargs
 
     def settings(self, generator: Generator) -> dict:
-        """The settings recorded in each manifest line (noise options `None` where they do
-        not apply)."""
+        """The settings recorded in each manifest line (noise options and operator
+        parameters `None` where they do not apply)."""
         settings = dataclasses.asdict(self)
         if not generator.has_noise:
             settings.update(dict.fromkeys(NOISE_OPTIONS))
+        unused = set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
+        settings.update(dict.fromkeys(sorted(unused)))
         return settings
 
 
@@ -138,6 +163,7 @@ class RunConfig:
     duplicates: int = 1
     batch_size: int = 1
     save_intermediate: bool = False
+    plots: bool = False  # also write <out>/<stem>/l2_curves.png (needs the plots extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,12 +338,17 @@ def write_comparison(
     hr_samples: np.ndarray,
     l2: Sequence[float],
     success: Sequence[bool],
+    *,
+    observation: str = "",
 ) -> str:
-    """Writes `<name>/comparison.png`: LR input, its bicubic upscale, then every sample
-    labelled with its L2 and a check mark (reached eps) or a cross.
+    """Writes `<name>/comparison.png`: the observation (the LR input as the loss sees it),
+    its bicubic upscale, then every sample labelled with its L2 and a check mark (reached
+    eps) or a cross.
 
     Args:
-      lr_input: `[h, w, 3]` the LR input.
+      lr_input: `[h, w, 3]` the observation.
+      observation: the operator's label (`Degradation.describe`), shown with the input
+        unless it is PULSE's bicubic.
       hr_samples: `[S, R, R, 3]`.
       l2, success: per sample.
 
@@ -325,8 +356,9 @@ def write_comparison(
       The sheet's path, relative to `out_dir`.
     """
     side = hr_samples.shape[1]
+    shown = "" if observation in ("", "bicubic") else f" {observation}"
     labels = [
-        f"input {lr_input.shape[1]}x{lr_input.shape[0]}",
+        f"input {lr_input.shape[1]}x{lr_input.shape[0]}{shown}",
         f"bicubic x{side // lr_input.shape[0]}",
     ]
     labels += [
@@ -485,6 +517,8 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
         raise ConfigError(f"--opt_name must be one of {optim.OPTIMIZERS}")
     if search.lr_schedule not in optim.SCHEDULES:
         raise ConfigError(f"--lr_schedule must be one of {optim.SCHEDULES}")
+    if search.operator not in set(operators.OperatorName):
+        raise ConfigError(f"--operator must be one of {', '.join(operators.OperatorName)}")
     if generator.has_noise:
         try:
             layers = tuple(int(v) for v in search.bad_noise_layers.split(".") if v.strip())
@@ -500,6 +534,17 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
             generator.arch.check_options(options)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[int]) -> None:
+    """Builds the operator for every input size before any work (a mask of the wrong size
+    is found before the first batch).
+
+    Raises:
+      ConfigError: naming the operator and the problem.
+    """
+    for side in sorted(set(sides)):
+        search.degradation(side, generator.resolution)
 
 
 def check_resume(manifest: Sequence[dict], inputs: Sequence[InputImage], settings: dict) -> None:
@@ -569,6 +614,8 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     if config.duplicates < 1 or config.batch_size < 1:
         raise ConfigError("--duplicates and --batch_size must be >= 1")
     check_search(search, generator)
+    if config.plots and not plots.available():
+        raise ConfigError("--plots needs matplotlib: pip install -e '.[plots]'")
     out = Path(config.output_dir)
     manifest_path = out / MANIFEST
     settings = search.settings(generator)
@@ -577,6 +624,7 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     summary = RunSummary(inputs=len(inputs) + len(errors), failed=errors, output_dir=str(out))
     for e in errors:
         say(log, f"error: {e}")
+    check_operator(search, generator, [item.lr.shape[0] for item in inputs])
     manifest = read_manifest(manifest_path)
     check_resume(manifest, inputs, settings)
     done = {(r["input"], r["sample"]) for r in manifest}
@@ -597,15 +645,17 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
         sizes[side] = max(sizes.get(side, 0), len(batch))
     with Progress(samples_total * search.steps, "pulse", unit="latent-steps", stream=log) as bar:
         for batch in batches:
-            lr, image_ids = pad_batch(batch, sizes[batch[0].lr.shape[0]])
+            side = batch[0].lr.shape[0]
+            lr, image_ids = pad_batch(batch, sizes[side])
+            operator = search.degradation(side, generator.resolution)
             t0 = time.perf_counter()
             result = solve(
-                lr,
+                operator.observed(lr),
                 generator,
                 num_samples=config.duplicates,
                 image_ids=image_ids,
                 keep_intermediate=config.save_intermediate,
-                **search.solve_kwargs(generator),
+                **search.solve_kwargs(generator, side),
             )
             seconds = time.perf_counter() - t0
             records = _write_batch(out, batch, result, search, generator, config, seconds, log)
@@ -648,9 +698,23 @@ def _write_batch(out, batch, result, search, generator, config, seconds, log) ->
                     f"warning: {item.path.name} sample {s} did not reach eps ({why}); "
                     f"written anyway, success=false in {MANIFEST}",
                 )
+        operator = search.degradation(item.lr.shape[0], generator.resolution)
         comparison = write_comparison(
-            out, item.name, item.lr, result.hr[row], result.l2[row], result.success[row]
+            out,
+            item.name,
+            operator.observed(item.lr),
+            result.hr[row],
+            result.l2[row],
+            result.success[row],
+            observation=operator.describe(),
         )
+        if config.plots:
+            plots.write_l2_curves(
+                Path(out) / item.name / L2_PLOT,
+                result.history["L2"][:, row],
+                operator.success_eps(search.eps),
+                title=f"{item.path.name} ({operator.describe()})",
+            )
         for s in range(config.duplicates):
             paths[s]["comparison"] = comparison
             records.append(

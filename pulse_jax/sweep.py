@@ -232,7 +232,7 @@ def plan_batch_size(
     device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     limit = (stats or {}).get("bytes_limit")
-    kwargs = search.solve_kwargs(generator)
+    kwargs = search.solve_kwargs(generator, lr_size)
     kwargs.pop("seed")
     rows, batch = [], 1
     while batch <= largest:
@@ -291,6 +291,7 @@ def run_sweep(
     if process == 0:
         for e in errors:
             pipeline.say(log, f"error: {e}")
+    pipeline.check_operator(search, generator, [item.lr.shape[0] for item in inputs])
     records = read_records(out)
     check_records(records, inputs, settings)
     done = {(r["input"], r["seed"], r["sample"]) for r in records}
@@ -304,8 +305,6 @@ def run_sweep(
     batches = pipeline.make_batches(todo, width, size=lambda w: w.input.lr.shape[0])
     stats = {"done": 0, "skipped": len(mine) - len(todo), "successes": 0, "latent_steps": 0}
     stats["solve_seconds"] = 0.0
-    kwargs = search.solve_kwargs(generator)
-    kwargs.pop("seed")
     desc = f"sweep process {process}/{processes}"
     if stats["skipped"]:
         pipeline.say(log, f"{desc}: {stats['skipped']} of its {len(mine)} results already done")
@@ -320,9 +319,13 @@ def run_sweep(
             # Every call of a size has the same shape (the last batch repeats its last item),
             # so it compiles once.
             rows = list(batch) + [batch[-1]] * (width - len(batch))
+            side = batch[0].input.lr.shape[0]
+            kwargs = search.solve_kwargs(generator, side)
+            kwargs.pop("seed")
+            observed = search.degradation(side, generator.resolution).observed
             t0 = time.perf_counter()
             result = solve(
-                np.stack([w.input.lr for w in rows]),
+                observed(np.stack([w.input.lr for w in rows])),
                 generator,
                 seed=[w.seed for w in rows],
                 image_ids=[w.input.image_id for w in rows],
