@@ -4,9 +4,10 @@
 
 Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
 and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input (with `--plots`
-also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs and seeding: the docstring of
-`pulse_jax/pipeline.py`). Flags and defaults are PULSE's own, plus `--generator`,
-`--operator` (the degradation, with its parameters), `--resize`, `--plots` and `--align`.
+also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs
+and seeding: the docstring of `pulse_jax/pipeline.py`). Flags and defaults are PULSE's
+own, plus `--generator`, `--operator` (the degradation, with its parameters), `--resize`,
+`--plots` and `--align`.
 
 Exit status: 0 when every input was used (whether or not its samples reached
 eps; see the manifest), 1 when some input files could not be used (each is

@@ -98,6 +98,8 @@ def write_l2_grid(
     for b in range(count):
         axes = figure.add_subplot(rows, columns, b + 1)
         _draw_l2(axes, l2[:, b], eps, names[b])
+        if b == 0:
+            axes.legend(fontsize=6)
     _save(figure, path)
 
 
