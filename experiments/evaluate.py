@@ -9,7 +9,9 @@ Degrades HR faces (a folder of them, or --synthetic N faces the generator draws 
 latents) with --operator, runs PULSE with --seeds samples per face and writes
 `<out>/report.json`, `<out>/report.md` and the plots `l2_curves.png`, `success_curve.png`
 (with the `plots` extra) and `grid.png` (what is measured: `pulse_jax/evaluate.py`).
---summarize prints one markdown table of the aggregate rows of existing reports.
+--summarize puts the aggregate rows of existing reports into one markdown table (printed
+and written to `<out>/summary.md`) and their success-rate curves into one plot
+(`<out>/success_curves.png`).
 
 Exit status: 0 on success (whatever the success rate), 2 when the settings or inputs are
 wrong and nothing was run.
@@ -56,7 +58,9 @@ flags.DEFINE_string("output_dir", "results/evaluate", "Folder for the report and
 flags.DEFINE_string(
     "summarize",
     None,
-    "Only print one markdown table of the report.json files matching this glob pattern.",
+    "Instead of evaluating: one markdown table of the report.json files matching this glob "
+    "pattern, printed and written to <output_dir>/summary.md, and their success-rate curves "
+    "in one plot, <output_dir>/success_curves.png.",
 )
 
 
@@ -67,7 +71,10 @@ def execute() -> int:
             paths = sorted(glob.glob(FLAGS.summarize))
             if not paths:
                 raise pipeline.ConfigError(f"--summarize {FLAGS.summarize!r}: no file matches")
-            print(evaluation.summary_table([evaluation.read_report(p) for p in paths]), end="")
+            reports = [evaluation.read_report(p) for p in paths]
+            written = evaluation.write_summary(reports, FLAGS.output_dir)
+            print(evaluation.summary_table(reports), end="")
+            print(f"written to {FLAGS.output_dir}/: {', '.join(written)}")
             return 0
         config = evaluation.EvalConfig(
             search=cli.search_config(seed=FLAGS.seed),

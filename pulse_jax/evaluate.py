@@ -18,7 +18,8 @@ per face and measures, per sample, per face and over all:
 `write_report` writes `report.json`, `report.md` (tables) and the plots: `l2_curves.png`
 (per face, every sample's L2 over the steps with the eps line), `success_curve.png` and
 `grid.png` (per face: the observation, the truth, then the samples). `summary_table`
-puts the aggregate rows of several reports into one markdown table.
+puts the aggregate rows of several reports into one markdown table (`write_summary`: with
+their success curves in one plot).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from pulse_jax.solve import solve
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 L2_PLOT, SUCCESS_PLOT, GRID = "l2_curves.png", "success_curve.png", "grid.png"
+SUMMARY_MD, SUMMARY_PLOT = "summary.md", "success_curves.png"
 # Folded into the data seed for the noise of `denoise` observations, apart from the faces.
 _NOISE_STREAM = 2**31 - 1
 
@@ -149,7 +151,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
       "success_curve": [steps]} (JSON-ready), plus the arrays the plots need under "_arrays".
 
     Raises:
-      ConfigError: bad settings, or neither faces nor a folder.
+      ConfigError: bad settings, or not exactly one of a folder and synthetic faces.
       ImageError: the folder is missing or holds no usable face.
     """
     search = config.search
@@ -160,6 +162,8 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
     if config.samples < 1:
         raise ConfigError("--seeds (samples per face) must be >= 1")
     errors: list[ImageError] = []
+    if config.input_dir is not None and config.synthetic:
+        raise ConfigError("give --input_dir (HR faces) or --synthetic N, not both")
     if config.input_dir is not None:
         names, truth, errors = load_faces(config.input_dir, resolution, resize=search.resize)
     elif config.synthetic > 0:
@@ -389,6 +393,27 @@ def summary_table(reports: Sequence[dict], *, source: bool = True) -> str:
         cells += [_cell(key, agg[key]) for key, _ in AGGREGATE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary(reports: Sequence[dict], output_dir: str | os.PathLike) -> list[str]:
+    """Writes `summary.md` (`summary_table`) and, with matplotlib, `success_curves.png`
+    (every report's success-rate curve, labelled by inputs, operator and factor).
+
+    Returns:
+      The file names written.
+    """
+    out = Path(output_dir)
+    table = summary_table(reports)
+    atomic_write(out / SUMMARY_MD, lambda f: f.write(table.encode("utf-8")))
+    if not plots.available():
+        return [SUMMARY_MD]
+    curves = {}
+    for report in reports:
+        agg = report["aggregate"]
+        label = f"{report['settings']['source']}: {agg['operator']} x{agg['factor']}"
+        curves[label] = np.asarray(report["success_curve"])
+    plots.write_success_curve(out / SUMMARY_PLOT, curves)
+    return [SUMMARY_MD, SUMMARY_PLOT]
 
 
 def markdown_report(report: dict) -> str:

@@ -181,8 +181,14 @@ def test_launcher_end_to_end(dcgan64, tmp_path):
     assert "| colorize | 4 | 2 | 2 |" in done.stdout
     for name in ("report.json", "report.md", "grid.png", "l2_curves.png", "success_curve.png"):
         assert (out / name).is_file()
-    summary = _launch("--summarize", tmp_path / "*" / "report.json")
+    summary = _launch(
+        "--summarize", tmp_path / "*" / "report.json", "--output_dir", tmp_path / "summary"
+    )
     assert summary.returncode == 0 and "| synthetic 2 (data_seed 1) | colorize |" in summary.stdout
+    assert "| colorize |" in (tmp_path / "summary" / "summary.md").read_text()
+    assert (tmp_path / "summary" / "success_curves.png").stat().st_size > 0
     bad = _launch("--synthetic", 2, "--lr_size", 5, "--output_dir", tmp_path / "bad")
     assert bad.returncode == 2 and "--lr_size 5 does not divide 64" in bad.stderr
+    both = _launch("--synthetic", 2, "--input_dir", tmp_path, "--output_dir", tmp_path / "bad")
+    assert both.returncode == 2 and "not both" in both.stderr
     assert not (tmp_path / "bad").exists()
