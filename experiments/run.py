@@ -3,10 +3,11 @@
     python experiments/run.py --input_dir experiments/examples --output_dir results/examples
 
 Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
-and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input, and a line
-per sample in `<out>/results.jsonl` (layout, re-runs and seeding: the docstring of
-`pulse_jax/pipeline.py`). Flags and defaults are PULSE's own, plus `--generator`,
-`--resize` and `--align`.
+and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input (with `--plots`
+also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs
+and seeding: the docstring of `pulse_jax/pipeline.py`). Flags and defaults are PULSE's
+own, plus `--generator`, `--operator` (the degradation, with its parameters), `--resize`,
+`--plots` and `--align`.
 
 Exit status: 0 when every input was used (whether or not its samples reached
 eps; see the manifest), 1 when some input files could not be used (each is
@@ -52,6 +53,12 @@ flags.DEFINE_boolean(
     "Also write every step's image, <out>/<stem>/intermediate/sample_<s>_step_<j>.png.",
 )
 flags.DEFINE_boolean(
+    "plots",
+    False,
+    "Also write <out>/<stem>/l2_curves.png, every sample's L2 over the steps with the eps "
+    "line (needs matplotlib: pip install -e '.[plots]').",
+)
+flags.DEFINE_boolean(
     "align",
     False,
     "First detect, align and crop the faces of --input_dir (needs the optional dlib extra) "
@@ -78,6 +85,7 @@ def config_from_flags() -> pipeline.RunConfig:
         duplicates=FLAGS.duplicates,
         batch_size=FLAGS.batch_size,
         save_intermediate=FLAGS.save_intermediate,
+        plots=FLAGS.plots,
     )
 
 

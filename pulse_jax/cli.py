@@ -10,7 +10,7 @@ import dataclasses
 
 from absl import flags
 
-from pulse_jax import pipeline
+from pulse_jax import operators, pipeline
 from pulse_jax.loading import DEFAULT_GENERATOR
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -66,6 +66,19 @@ def define_search_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum(
         "lr_schedule", d.lr_schedule, list(SCHEDULES), "Learning-rate schedule.", **fv
     )
+    flags.DEFINE_enum(
+        "operator",
+        d.operator,
+        list(operators.OperatorName),
+        "The degradation the loss compares through (PULSE's is bicubic): box (area average), "
+        "gaussian (blur, then one sample per block), nearest (one pixel per block), inpaint "
+        "(bicubic where --mask observes), denoise (bicubic plus noise of --noise_std), "
+        "colorize (grey of the bicubic). The factor is the generator's resolution / input size.",
+        **fv,
+    )
+    defines = {float: flags.DEFINE_float, str: flags.DEFINE_string}
+    for parameter in operators.PARAMETERS:
+        defines[parameter.type](parameter.name, getattr(d, parameter.name), parameter.help, **fv)
     flags.DEFINE_boolean(
         "resize",
         False,

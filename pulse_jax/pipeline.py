@@ -16,7 +16,8 @@ Output layout, for an input file whose name without extension is `<stem>`:
     <out>/results.jsonl
     <out>/<stem>/sample_<s>_hr.png          the sample's best HR image
     <out>/<stem>/sample_<s>_lr.png          its downscale (what the loss compared)
-    <out>/<stem>/comparison.png             LR input | bicubic | every sample
+    <out>/<stem>/comparison.png             observation | bicubic | every sample
+    <out>/<stem>/l2_curves.png              with plots: every sample's L2 over the steps
     <out>/<stem>/intermediate/sample_<s>_step_<j>.png   with save_intermediate
 
 (two inputs with the same stem, `a.png` and `a.jpg`, get `a_png/` and `a_jpg/`).
@@ -65,7 +66,7 @@ import jax
 import jaxlib
 import numpy as np
 
-from pulse_jax import losses, optim
+from pulse_jax import losses, operators, optim, plots
 from pulse_jax.checkpoints.weights_file import atomic_write
 from pulse_jax.generators.base import Generator, SearchOptions
 from pulse_jax.images import (
@@ -83,6 +84,8 @@ from pulse_jax.progress import Progress, format_seconds
 from pulse_jax.solve import SolveResult, solve
 
 MANIFEST = "results.jsonl"
+# With `RunConfig.plots`, beside each comparison.png: every sample's L2 over the steps.
+L2_PLOT = "l2_curves.png"
 # The options that exist only for generators with noise maps and style layers (StyleGAN).
 NOISE_OPTIONS = ("noise_type", "num_trainable_noise_layers", "tile_latent", "bad_noise_layers")
 
@@ -112,14 +115,34 @@ class SearchConfig:
     learning_rate: float = 0.4
     lr_schedule: str = "linear1cycledrop"
     resize: bool = False
+    operator: str = str(operators.DEFAULT_OPERATOR)
+    blur_sigma: float = operators.PARAMETER["blur_sigma"].default
+    noise_std: float = operators.PARAMETER["noise_std"].default
+    mask: str = operators.PARAMETER["mask"].default
 
-    def solve_kwargs(self, generator: Generator) -> dict:
-        """The keyword arguments of `pulse_jax.solve` (noise options only where they apply)."""
+    def degradation(self, side: int, resolution: int) -> operators.Degradation:
+        """The degradation operator for `side` px inputs of a `resolution` px generator.
+
+        Raises:
+          ConfigError: an unknown operator, a bad parameter or an unusable mask.
+        """
+        params = {name: getattr(self, name) for name in operators.PARAMETER_NAMES}
+        try:
+            return operators.make_operator(self.operator, side, resolution // side, **params)
+        except ValueError as e:
+            raise ConfigError(f"--operator {self.operator}: {e}") from None
+
+    def solve_kwargs(self, generator: Generator, side: int) -> dict:
+        """The keyword arguments of `pulse_jax.solve` for `side` px inputs: the operator as
+        `downscale` with its success threshold as `eps` (`operators.Degradation.success_eps`),
+        noise options only where they apply."""
+        operator = self.degradation(side, generator.resolution)
         kwargs = dict(
             seed=self.seed,
             steps=self.steps,
             loss_str=self.loss_str,
-            eps=self.eps,
+            eps=operator.success_eps(self.eps),
+            downscale=operator,
             opt_name=self.opt_name,
             learning_rate=self.learning_rate,
             lr_schedule=self.lr_schedule,
@@ -134,11 +157,13 @@ class SearchConfig:
         return kwargs
 
     def settings(self, generator: Generator) -> dict:
-        """The settings recorded in each manifest line (noise options `None` where they do
-        not apply)."""
+        """The settings recorded in each manifest line (noise options and operator
+        parameters `None` where they do not apply)."""
         settings = dataclasses.asdict(self)
         if not generator.has_noise:
             settings.update(dict.fromkeys(NOISE_OPTIONS))
+        unused = set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
+        settings.update(dict.fromkeys(sorted(unused)))
         return settings
 
 
@@ -152,6 +177,7 @@ class RunConfig:
     duplicates: int = 1
     batch_size: int = 1
     save_intermediate: bool = False
+    plots: bool = False  # also write <out>/<stem>/l2_curves.png (needs the plots extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,12 +356,17 @@ def write_comparison(
     hr_samples: np.ndarray,
     l2: Sequence[float],
     success: Sequence[bool],
+    *,
+    observation: str = "",
 ) -> str:
-    """Writes `<name>/comparison.png`: LR input, its bicubic upscale, then every sample
-    labelled with its L2 and a check mark (reached eps) or a cross.
+    """Writes `<name>/comparison.png`: the observation (the LR input as the loss sees it),
+    its bicubic upscale, then every sample labelled with its L2 and a check mark (reached
+    eps) or a cross.
 
     Args:
-      lr_input: `[h, w, 3]` the LR input.
+      lr_input: `[h, w, 3]` the observation.
+      observation: the operator's label (`Degradation.describe`), shown with the input
+        unless it is PULSE's bicubic.
       hr_samples: `[S, R, R, 3]`.
       l2, success: per sample.
 
@@ -343,8 +374,9 @@ def write_comparison(
       The sheet's path, relative to `out_dir`.
     """
     side = hr_samples.shape[1]
+    shown = "" if observation in ("", "bicubic") else f" {observation}"
     labels = [
-        f"input {lr_input.shape[1]}x{lr_input.shape[0]}",
+        f"input {lr_input.shape[1]}x{lr_input.shape[0]}{shown}",
         f"bicubic x{side // lr_input.shape[0]}",
     ]
     labels += [
@@ -458,15 +490,17 @@ def recompute(record: dict, inputs: Sequence[InputImage], generator: Generator, 
 
 
 def _solve_batch(batch, rows, generator, search, duplicates, keep_intermediate):
-    """One run batch, padded to `rows` images by repeating its last."""
+    """One run batch, padded to `rows` images by repeating its last; the loss compares the
+    inputs as the operator observes them."""
     lr, image_ids = pad_batch(batch, rows)
+    side = lr.shape[1]
     return solve(
-        lr,
+        search.degradation(side, generator.resolution).observed(lr),
         generator,
         num_samples=duplicates,
         image_ids=image_ids,
         keep_intermediate=keep_intermediate,
-        **search.solve_kwargs(generator),
+        **search.solve_kwargs(generator, side),
     )
 
 
@@ -567,6 +601,8 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
         raise ConfigError(f"--opt_name must be one of {optim.OPTIMIZERS}")
     if search.lr_schedule not in optim.SCHEDULES:
         raise ConfigError(f"--lr_schedule must be one of {optim.SCHEDULES}")
+    if search.operator not in set(operators.OperatorName):
+        raise ConfigError(f"--operator must be one of {', '.join(operators.OperatorName)}")
     if generator.has_noise:
         try:
             layers = tuple(int(v) for v in search.bad_noise_layers.split(".") if v.strip())
@@ -582,6 +618,17 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
             generator.arch.check_options(options)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[int]) -> None:
+    """Builds the operator for every input size before any work (a mask of the wrong size
+    is found before the first batch).
+
+    Raises:
+      ConfigError: naming the operator and the problem.
+    """
+    for side in sorted(set(sides)):
+        search.degradation(side, generator.resolution)
 
 
 def check_resume(
@@ -609,8 +656,7 @@ def check_resume(
         item = by_name.get(record["input"])
         if item is None or record["input"] in clashes:
             continue
-        old = record.get("settings")
-        old = old if isinstance(old, dict) else {}
+        old = recorded_settings(record)
         if record.get("input_sha256") != item.sha256:
             clashes[record["input"]] = "made from a different file of that name"
         elif old != settings:
@@ -634,6 +680,16 @@ def group_field(record: dict, name: str, default):
     """A field of a manifest line's `group` (lines of older versions have none)."""
     group = record.get("group")
     return group.get(name, default) if isinstance(group, dict) else default
+
+
+def recorded_settings(record: dict) -> dict:
+    """A manifest line's settings, with the settings added since (the operator and its
+    parameters) filled in as every earlier line implies: PULSE's bicubic downscale."""
+    old = record.get("settings")
+    old = dict(old) if isinstance(old, dict) else {}
+    if "operator" not in old:
+        old.update({"operator": "bicubic", **dict.fromkeys(operators.PARAMETER_NAMES)})
+    return old
 
 
 def settings_diff(old: dict, new: dict) -> str:
@@ -669,6 +725,8 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
     if config.duplicates < 1 or config.batch_size < 1:
         raise ConfigError("--duplicates and --batch_size must be >= 1")
     check_search(search, generator)
+    if config.plots and not plots.available():
+        raise ConfigError("--plots needs matplotlib: pip install -e '.[plots]'")
     out = Path(config.output_dir)
     manifest_path = out / MANIFEST
     settings = search.settings(generator)
@@ -680,6 +738,7 @@ def run_folder(config: RunConfig, generator: Generator, *, log: TextIO | None = 
         say(log, f"error: {e}")
     for path, what in summary.not_files.items():
         say(log, f"skipped {path}: {what}, not a regular file")
+    check_operator(search, generator, [item.lr.shape[0] for item in inputs])
     manifest = read_manifest(manifest_path)
     check_resume(manifest, inputs, settings, config.batch_size)
     done = {(r["input"], r["sample"]) for r in manifest}
@@ -761,9 +820,23 @@ def _write_batch(
                     f"warning: {item.path.name} sample {s} did not reach eps ({why}); "
                     f"written anyway, success=false in {MANIFEST}",
                 )
+        operator = search.degradation(item.lr.shape[0], generator.resolution)
         comparison = write_comparison(
-            out, item.name, item.lr, result.hr[row], result.l2[row], result.success[row]
+            out,
+            item.name,
+            operator.observed(item.lr),
+            result.hr[row],
+            result.l2[row],
+            result.success[row],
+            observation=operator.describe(),
         )
+        if config.plots:
+            plots.write_l2_curves(
+                Path(out) / item.name / L2_PLOT,
+                result.history["L2"][:, row],
+                operator.success_eps(search.eps),
+                title=f"{item.path.name} ({operator.describe()})",
+            )
         for s in range(config.duplicates):
             paths[s]["comparison"] = comparison
             extra = {"group": dict(group, position=row), "machine": machine}

@@ -220,10 +220,12 @@ def _solve_groups(groups: Sequence[Group], generator, search, devices, *, remat:
     """One `solve` call: group j on device j (padded with copies of the last group)."""
     groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
     rows = [w for g in groups for w in g.rows()]
-    kwargs = search.solve_kwargs(generator)
+    side = rows[0].input.lr.shape[0]
+    kwargs = search.solve_kwargs(generator, side)
     kwargs.pop("seed")
+    observed = search.degradation(side, generator.resolution).observed
     return solve(
-        np.stack([w.input.lr for w in rows]),
+        observed(np.stack([w.input.lr for w in rows])),
         generator,
         seed=[w.seed for w in rows],
         image_ids=[w.input.image_id for w in rows],
@@ -298,7 +300,7 @@ def check_records(
         item = by_name.get(record["input"])
         if item is None:
             continue
-        old = dict(record.get("settings") or {})
+        old = pipeline.recorded_settings(record)
         old.pop("seed", None)
         why = None
         if record.get("input_sha256") != item.sha256:
@@ -343,7 +345,7 @@ def plan_batch_size(
     device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     limit = (stats or {}).get("bytes_limit")
-    kwargs = search.solve_kwargs(generator)
+    kwargs = search.solve_kwargs(generator, lr_size)
     kwargs.pop("seed")
     rows, batch = [], 1
     while batch <= largest:
@@ -404,6 +406,7 @@ def run_sweep(
             pipeline.say(log, f"error: {e}")
         for path, what in special_files(config.input_dir).items():
             pipeline.say(log, f"skipped {path}: {what}, not a regular file")
+    pipeline.check_operator(search, generator, [item.lr.shape[0] for item in inputs])
     records = read_records(out)
     check_records(records, inputs, settings, config.batch_per_device)
     done = {(r["input"], r["seed"], r["sample"]) for r in records}

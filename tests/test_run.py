@@ -120,6 +120,22 @@ def test_result_reproducible_from_its_manifest_line(run_py, inputs, tmp_path, dc
     assert int(result.best_step[row, record["sample"]]) == record["best_step"]
 
 
+def test_manifest_from_before_operators_resumes(run_py, inputs, tmp_path, capsys):
+    # Lines written before the operator settings existed imply PULSE's bicubic downscale.
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out) == 0
+    old = _manifest(out)
+    for r in old:
+        for name in ("operator", "blur_sigma", "noise_std", "mask"):
+            del r["settings"][name]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    capsys.readouterr()
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out) == 0
+    assert "3 inputs already done" in capsys.readouterr().err
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--operator", "box") == 2
+    assert "operator 'bicubic' -> 'box'" in capsys.readouterr().err
+
+
 def test_resumed_run_equals_an_uninterrupted_one_byte_for_byte(run_py, inputs, tmp_path, capsys):
     # A batch half recorded (one of its two inputs lost its lines and files): the resumed
     # run recomputes the batch as a whole and writes only what is missing.
@@ -356,3 +372,42 @@ def test_every_bad_kind_named_convertible_ones_processed(run_py, tmp_path, capsy
     assert done == ["good.png", "grey16.png", "rgba.png"]
     for stem in ("good", "grey16", "rgba"):
         assert _size(out / stem / "sample_0_hr.png") == (64, 64)
+
+
+def test_operator_and_plots(run_py, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+                "--operator", "inpaint", "--mask", "random", "--plots") == 0  # fmt: skip
+    records = _manifest(out)
+    assert len(records) == 6
+    settings = records[0]["settings"]
+    assert settings["operator"] == "inpaint" and settings["mask"] == "random"
+    assert settings["blur_sigma"] is None and settings["noise_std"] is None
+    for name in ("dcgan_seed0", "dcgan_seed13", "dcgan_seed18"):
+        assert _size(out / name / pipeline.L2_PLOT)[0] > 0
+        assert _size(out / name / "comparison.png")[0] > 0
+    # The loss compared the masked input: sample_0_lr.png is black where the mask is 0.
+    from pulse_jax import operators
+
+    mask = operators.make_operator("inpaint", 16, 4, mask="random").mask
+    with Image.open(out / "dcgan_seed0" / "sample_0_lr.png") as im:
+        lr = np.asarray(im)
+    assert np.all(lr[mask == 0] == 0) and lr[mask == 1].max() > 0
+    # Other operator settings are other settings: refused into the same folder.
+    capsys.readouterr()
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+                "--operator", "gaussian", "--blur_sigma", 1.5) == 2  # fmt: skip
+    assert "operator 'inpaint' -> 'gaussian'" in capsys.readouterr().err
+
+
+def test_bad_operator_settings_stop_before_anything_is_written(run_py, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(mask)
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out,
+                "--operator", "inpaint", "--mask", mask) == 2  # fmt: skip
+    assert "the mask is 8x8, the observation 16x16" in capsys.readouterr().err
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out,
+                "--operator", "gaussian", "--blur_sigma", 0) == 2  # fmt: skip
+    assert "--blur_sigma must be > 0" in capsys.readouterr().err
+    assert not out.exists()

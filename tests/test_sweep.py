@@ -340,3 +340,20 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
     assert float(again.l2[row, 0]) == record["l2"]
     assert record["group"]["members"] == [[record["image_id"], record["seed"], record["sample"]]]
     assert set(record["machine"]) == {"jax", "jaxlib", "platform", "device_kind", "cpu"}
+
+
+def test_sweep_with_an_operator(inputs, dcgan64, tmp_path):
+    out = tmp_path / "out"
+    config = sweeps.SweepConfig(
+        input_dir=str(inputs),
+        output_dir=str(out),
+        search=pipeline.SearchConfig(steps=2, operator="colorize"),
+        seeds=(0,),
+        samples=1,
+        log_interval=0,
+    )
+    sweeps.run_sweep(config, dcgan64, log=io.StringIO())
+    records = sweeps.read_records(out)
+    assert len(records) == INPUTS and all(r["settings"]["operator"] == "colorize" for r in records)
+    lr = load_image(out / records[0]["lr"])  # the generated face's grey downscale
+    np.testing.assert_allclose(lr[..., 0], lr[..., 2], atol=1 / 255)

@@ -1,0 +1,456 @@
+"""What PULSE achieves on faces whose high-resolution truth is known.
+
+`evaluate` takes HR faces (a folder of them, or `synthetic_faces`: faces the generator
+draws from seeded latents, which it can therefore make exactly), degrades each with the
+search's operator (`SearchConfig.operator`, `operators.py`), runs PULSE with K samples
+per face and measures, per sample, per face and over all:
+
+- success: whether the sample's L2 reached the operator's eps, and when (the success
+  rate as a curve over the steps, from `SolveResult.history["L2"]`);
+- LR consistency: the PSNR (dB) of the returned face, degraded again, against the
+  observation, over the observed pixels (the paper's "downscales correctly");
+- distance to the HR truth: PSNR and SSIM (`metrics.py`), against the bicubic
+  upscale of the observation as a baseline (what is *not* recovered);
+- diversity: the mean pairwise RMS distance between the K samples of a face;
+- time: wall seconds of the solve calls (the first includes compilation) and
+  latent-steps per second.
+
+`write_report` writes `report.json`, `report.md` (tables) and the plots: `l2_curves.png`
+(per face, every sample's L2 over the steps with the eps line), `success_curve.png` and
+`grid.png` (per face: the observation, the truth, then the samples). `summary_table`
+puts the aggregate rows of several reports into one markdown table (`write_summary`: with
+their success curves in one plot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from pulse_jax import metrics, plots
+from pulse_jax.checkpoints.weights_file import atomic_write
+from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax.images import (
+    ImageError,
+    comparison_sheet,
+    list_images,
+    load_image,
+    output_names,
+    save_image,
+    upscale_bicubic,
+)
+from pulse_jax.pipeline import ConfigError, SearchConfig, check_search, is_readme
+from pulse_jax.solve import solve
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+L2_PLOT, SUCCESS_PLOT, GRID = "l2_curves.png", "success_curve.png", "grid.png"
+SUMMARY_MD, SUMMARY_PLOT = "summary.md", "success_curves.png"
+# Folded into the data seed for the noise of `denoise` observations, apart from the faces.
+_NOISE_STREAM = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """An evaluation: which faces, how degraded (`search.operator`), how many samples.
+
+    Attributes:
+      search: the search settings, the operator among them.
+      output_dir: where the report and plots go.
+      input_dir: a folder of HR faces of the generator's resolution (with
+        `search.resize`, centre-cropped and resized to it); or
+      synthetic: that many faces drawn by the generator (used when `input_dir` is None).
+      data_seed: seeds the synthetic faces' latents and the observation noise.
+      samples: K samples per face (starts `fold_in(fold_in(key(seed), i), s)`).
+      lr_size: the observation's side.
+      batch_size: faces per solve call; 0: all at once.
+      plot_faces: faces shown in the L2-curve and image grids.
+    """
+
+    search: SearchConfig
+    output_dir: str
+    input_dir: str | None = None
+    synthetic: int = 0
+    data_seed: int = 1
+    samples: int = 4
+    lr_size: int = 16
+    batch_size: int = 0
+    plot_faces: int = 8
+
+
+def synthetic_faces(generator: Generator, count: int, data_seed: int) -> np.ndarray:
+    """Faces the generator draws itself: face i from `sample_start(fold_in(key(data_seed),
+    i))`, the distribution PULSE's starts come from, so each lies in the search space.
+
+    Returns:
+      `[count, R, R, 3]` float32 in [0, 1].
+    """
+    options = SearchOptions()
+    keys = [jax.random.fold_in(jax.random.key(data_seed), i) for i in range(count)]
+    starts = [generator.arch.sample_start(k, options) for k in keys]
+    batch = jax.tree.map(lambda *xs: np.stack(xs), *starts)
+    images, _ = generator.render(batch, options)
+    return np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+
+
+def load_faces(
+    folder: str | os.PathLike, resolution: int, *, resize: bool = False
+) -> tuple[list[str], np.ndarray, list[ImageError]]:
+    """Reads a folder of HR faces (every file but hidden ones and a README).
+
+    Returns:
+      `(names, faces [B, R, R, 3], errors)`: one `ImageError` per file that is not an image
+      or not `resolution` px square (without `resize`: centre-crop, bicubic resize).
+
+    Raises:
+      ImageError: the folder is missing or holds no usable face.
+    """
+    paths = [p for p in list_images(folder) if not is_readme(p)]
+    names = output_names(paths)
+    kept, faces, errors = [], [], []
+    for path in paths:
+        try:
+            image = load_image(path)
+        except ImageError as e:
+            errors.append(e)
+            continue
+        h, w = image.shape[:2]
+        if (h, w) != (resolution, resolution):
+            if not resize:
+                errors.append(
+                    ImageError(path, f"is {w}x{h}; HR faces must be {resolution}x{resolution}")
+                )
+                continue
+            side = min(h, w)
+            crop = image[(h - side) // 2 :, (w - side) // 2 :][:side, :side]
+            image = upscale_bicubic(crop, resolution)
+        kept.append(names[path])
+        faces.append(image)
+    if not faces:
+        raise ImageError(folder, "holds no usable HR face")
+    return kept, np.stack(faces).astype(np.float32), errors
+
+
+def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
+    """Degrades the faces, runs PULSE and measures (module docstring).
+
+    Args:
+      config: the evaluation.
+      generator: from `pulse_jax.load_generator(config.search.generator)`.
+      log: a text stream for one line per solve call (None: quiet).
+
+    Returns:
+      The report: {"settings", "machine", "aggregate", "faces": [...], "samples": [...],
+      "success_curve": [steps]} (JSON-ready), plus the arrays the plots need under "_arrays".
+
+    Raises:
+      ConfigError: bad settings, or not exactly one of a folder and synthetic faces.
+      ImageError: the folder is missing or holds no usable face.
+    """
+    search = config.search
+    check_search(search, generator)
+    resolution = generator.resolution
+    if config.lr_size < 1 or resolution % config.lr_size:
+        raise ConfigError(f"--lr_size {config.lr_size} does not divide {resolution}")
+    if config.samples < 1:
+        raise ConfigError("--seeds (samples per face) must be >= 1")
+    errors: list[ImageError] = []
+    if config.input_dir is not None and config.synthetic:
+        raise ConfigError("give --input_dir (HR faces) or --synthetic N, not both")
+    if config.input_dir is not None:
+        names, truth, errors = load_faces(config.input_dir, resolution, resize=search.resize)
+    elif config.synthetic > 0:
+        truth = synthetic_faces(generator, config.synthetic, config.data_seed)
+        names = [f"synthetic_{i}" for i in range(config.synthetic)]
+    else:
+        raise ConfigError("give --input_dir (HR faces) or --synthetic N")
+    operator = search.degradation(config.lr_size, resolution)
+    eps = operator.success_eps(search.eps)
+    noise_key = jax.random.fold_in(jax.random.key(config.data_seed), _NOISE_STREAM)
+    observations = operator.observe(truth, noise_key)  # [B, h, h, 3]
+    kwargs = search.solve_kwargs(generator, config.lr_size)
+
+    count, k = truth.shape[0], config.samples
+    step = config.batch_size or count
+    parts, seconds = [], 0.0
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        t0 = time.perf_counter()
+        parts.append(
+            solve(
+                observations[start:stop],
+                generator,
+                num_samples=k,
+                image_ids=np.arange(start, stop),
+                **kwargs,
+            )
+        )
+        took = time.perf_counter() - t0
+        seconds += took
+        if log is not None:
+            log.write(f"faces {start}..{stop - 1}: {took:.1f} s\n")
+            log.flush()
+    hr = np.concatenate([p.hr for p in parts])  # [B, K, R, R, 3]
+    l2 = np.concatenate([p.l2 for p in parts])  # [B, K]
+    success = np.concatenate([p.success for p in parts])
+    best_step = np.concatenate([p.best_step for p in parts])
+    history = np.concatenate([p.history["L2"] for p in parts], axis=1)  # [steps, B, K]
+
+    redegraded = np.asarray(jax.jit(operator)(hr.reshape((-1,) + hr.shape[2:])))
+    redegraded = redegraded.reshape(hr.shape[:2] + redegraded.shape[1:])  # [B, K, h, h, 3]
+    mask = operator.mask
+    lr_psnr = metrics.psnr(redegraded, observations[:, None], mask)  # [B, K]
+    hr_psnr = metrics.psnr(hr, truth[:, None])
+    hr_ssim = metrics.ssim(hr, truth[:, None])
+    baseline = np.stack([upscale_bicubic(o, resolution) for o in observations])
+    baseline_psnr = metrics.psnr(baseline, truth)
+    reached = np.minimum.accumulate(history, axis=0) <= eps  # [steps, B, K]
+    first = np.where(reached.any(axis=0), reached.argmax(axis=0), -1)
+    diversity = [metrics.mean_pairwise_distance(hr[b]) for b in range(count)]
+
+    samples = [
+        {
+            "face": names[b],
+            "sample": s,
+            "success": bool(success[b, s]),
+            "l2": float(l2[b, s]),
+            "best_step": int(best_step[b, s]),
+            "first_step_at_eps": int(first[b, s]) if first[b, s] >= 0 else None,
+            "lr_psnr_db": _round(lr_psnr[b, s]),
+            "hr_psnr_db": _round(hr_psnr[b, s]),
+            "hr_ssim": _round(hr_ssim[b, s], 4),
+        }
+        for b in range(count)
+        for s in range(k)
+    ]
+    faces = [
+        {
+            "face": names[b],
+            "successes": int(success[b].sum()),
+            "samples": k,
+            "best_l2": float(l2[b].min()),
+            "lr_psnr_db": _round(lr_psnr[b].mean()),
+            "hr_psnr_db": _round(hr_psnr[b].mean()),
+            "hr_ssim": _round(hr_ssim[b].mean(), 4),
+            "bicubic_hr_psnr_db": _round(baseline_psnr[b]),
+            "diversity_rms": _round(diversity[b], 4),
+        }
+        for b in range(count)
+    ]
+    latent_steps = count * k * search.steps
+    aggregate = {
+        "operator": operator.describe(),
+        "factor": operator.factor,
+        "lr_size": config.lr_size,
+        "faces": count,
+        "samples_per_face": k,
+        "eps": eps,
+        "success_rate": float(success.mean()),
+        "faces_with_a_success": int(success.any(axis=1).sum()),
+        "lr_psnr_db": _round(lr_psnr.mean()),
+        "hr_psnr_db": _round(hr_psnr.mean()),
+        "hr_ssim": _round(hr_ssim.mean(), 4),
+        "bicubic_hr_psnr_db": _round(baseline_psnr.mean()),
+        "diversity_rms": _round(np.mean(diversity), 4),
+        "solve_seconds": round(seconds, 2),
+        "latent_steps_per_second": round(latent_steps / seconds, 1) if seconds else None,
+    }
+    return {
+        "settings": dict(
+            search.settings(generator),
+            source=config.input_dir
+            or f"synthetic {config.synthetic} (data_seed {config.data_seed})",
+            samples=k,
+            lr_size=config.lr_size,
+        ),
+        "machine": {
+            "processor": _processor(),
+            "backend": jax.default_backend(),
+            "devices": jax.device_count(),
+            "jax": jax.__version__,
+        },
+        "unusable_inputs": [str(e) for e in errors],
+        "aggregate": aggregate,
+        "success_curve": [round(float(v), 4) for v in reached.mean(axis=(1, 2))],
+        "faces": faces,
+        "samples": samples,
+        "_arrays": {
+            "truth": truth,
+            "observations": observations,
+            "hr": hr,
+            "l2_history": history,
+            "names": names,
+            "eps": eps,
+        },
+    }
+
+
+def _round(value, digits: int = 2) -> float:
+    return round(float(value), digits)
+
+
+def _processor() -> str:
+    """The CPU model (Linux: /proc/cpuinfo's "model name"), else the platform's word."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def write_report(report: dict, output_dir: str | os.PathLike, *, plot_faces: int = 8) -> list[str]:
+    """Writes `report.json`, `report.md` and (with matplotlib) the plots into `output_dir`.
+
+    Returns:
+      The file names written.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = report["_arrays"]
+    public = {k: v for k, v in report.items() if k != "_arrays"}
+    text = json.dumps(public, indent=1, ensure_ascii=False) + "\n"
+    atomic_write(out / REPORT_JSON, lambda f: f.write(text.encode("utf-8")))
+    markdown = markdown_report(public)
+    atomic_write(out / REPORT_MD, lambda f: f.write(markdown.encode("utf-8")))
+    written = [REPORT_JSON, REPORT_MD]
+    shown = min(plot_faces, len(arrays["names"]))
+    save_image(out / GRID, image_grid(report, shown))
+    written.append(GRID)
+    if plots.available():
+        label = report["aggregate"]["operator"]
+        plots.write_l2_grid(
+            out / L2_PLOT, arrays["l2_history"][:, :shown], arrays["eps"], arrays["names"][:shown]
+        )
+        plots.write_success_curve(
+            out / SUCCESS_PLOT,
+            {label: np.asarray(report["success_curve"])},
+            title=f"{report['settings']['source']}, x{report['aggregate']['factor']}",
+        )
+        written += [L2_PLOT, SUCCESS_PLOT]
+    return written
+
+
+def image_grid(report: dict, count: int) -> np.ndarray:
+    """One row per face: the observation, the HR truth, then every sample (with ✓/✗)."""
+    arrays = report["_arrays"]
+    rows = []
+    for b in range(count):
+        face = report["faces"][b]
+        samples = [r for r in report["samples"] if r["face"] == face["face"]]
+        labels = [f"{face['face']} observed", "truth"] + [
+            f"{'✓' if r['success'] else '✗'} {r['hr_psnr_db']:.1f} dB" for r in samples
+        ]
+        rows.append(
+            comparison_sheet(
+                arrays["observations"][b], arrays["truth"][b], arrays["hr"][b], labels=labels
+            )
+        )
+    return np.concatenate(rows, axis=0)
+
+
+AGGREGATE_COLUMNS = (
+    ("operator", "operator"),
+    ("factor", "x"),
+    ("faces", "faces"),
+    ("samples_per_face", "K"),
+    ("success_rate", "success"),
+    ("faces_with_a_success", "faces with a success"),
+    ("lr_psnr_db", "LR PSNR dB"),
+    ("hr_psnr_db", "HR PSNR dB"),
+    ("hr_ssim", "HR SSIM"),
+    ("bicubic_hr_psnr_db", "bicubic HR PSNR dB"),
+    ("diversity_rms", "diversity (RMS)"),
+    ("solve_seconds", "solve s"),
+    ("latent_steps_per_second", "latent-steps/s"),
+)
+
+
+def _cell(key: str, value) -> str:
+    if key == "success_rate":
+        return f"{100 * value:.0f}%"
+    return str(value)
+
+
+def summary_table(reports: Sequence[dict], *, source: bool = True) -> str:
+    """The aggregate rows of several reports as one markdown table."""
+    head = (["inputs"] if source else []) + [title for _, title in AGGREGATE_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for report in reports:
+        agg = report["aggregate"]
+        cells = [report["settings"]["source"]] if source else []
+        cells += [_cell(key, agg[key]) for key, _ in AGGREGATE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(reports: Sequence[dict], output_dir: str | os.PathLike) -> list[str]:
+    """Writes `summary.md` (`summary_table`) and, with matplotlib, `success_curves.png`
+    (every report's success-rate curve, labelled by inputs, operator and factor).
+
+    Returns:
+      The file names written.
+    """
+    out = Path(output_dir)
+    table = summary_table(reports)
+    atomic_write(out / SUMMARY_MD, lambda f: f.write(table.encode("utf-8")))
+    if not plots.available():
+        return [SUMMARY_MD]
+    curves = {}
+    for report in reports:
+        agg = report["aggregate"]
+        label = f"{report['settings']['source']}: {agg['operator']} x{agg['factor']}"
+        curves[label] = np.asarray(report["success_curve"])
+    plots.write_success_curve(out / SUMMARY_PLOT, curves)
+    return [SUMMARY_MD, SUMMARY_PLOT]
+
+
+def markdown_report(report: dict) -> str:
+    """The report as markdown: the aggregate row, then one row per face."""
+    agg = report["aggregate"]
+    lines = [
+        f"# PULSE evaluation: {agg['operator']}, x{agg['factor']} ({agg['lr_size']} px inputs)",
+        "",
+        f"Inputs: {report['settings']['source']}; generator {report['settings']['generator']}; "
+        f"{agg['samples_per_face']} samples per face, {report['settings']['steps']} steps, "
+        f"eps {agg['eps']:.3g}; machine: {report['machine']['processor']} "
+        f"({report['machine']['backend']}).",
+        "",
+        summary_table([report], source=False),
+        "| face | successes | best L2 | LR PSNR dB | HR PSNR dB | HR SSIM | bicubic HR PSNR dB "
+        "| diversity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for face in report["faces"]:
+        lines.append(
+            f"| {face['face']} | {face['successes']}/{face['samples']} | {face['best_l2']:.2e} "
+            f"| {face['lr_psnr_db']} | {face['hr_psnr_db']} | {face['hr_ssim']} "
+            f"| {face['bicubic_hr_psnr_db']} | {face['diversity_rms']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read_report(path: str | os.PathLike) -> dict:
+    """A `report.json` written by `write_report`.
+
+    Raises:
+      ConfigError: the file is not such a report.
+    """
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable report ({e})") from None
+    if not isinstance(report, dict) or not {"aggregate", "settings"} <= report.keys():
+        raise ConfigError(f"{path}: not an evaluation report")
+    return report
