@@ -77,25 +77,36 @@ class _RefusedGlobal(Exception):
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves a global only through `allowed`, a (module, name) -> object mapping."""
+
+    def __init__(self, file, allowed, **kwargs):
+        super().__init__(file, **kwargs)
+        self._allowed = allowed
+
     def find_class(self, module, name):
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self._allowed[(module, name)]
         except (KeyError, TypeError):
             raise _RefusedGlobal(str(module), str(name)) from None
 
 
-def _load(path: str) -> object:
-    """Unpickles `path` with the allow-list; every failure becomes a CheckpointError."""
+def _load(
+    path: str,
+    allowed: dict | None = None,
+    kind: str = "an NVIDIA StyleGAN pickle",
+    zip_hint: str = "convert PULSE's .pt files with `convert pulse`",
+) -> object:
+    """Unpickles `path` resolving globals only through `allowed` (default `ALLOWED_GLOBALS`);
+    every failure becomes a one-line CheckpointError that calls the file `kind`."""
+    allowed = ALLOWED_GLOBALS if allowed is None else allowed
     try:
         with open(path, "rb") as f:
             head = f.read(4)
             if not head:
-                raise CheckpointError(path, "the file is empty, expected a StyleGAN pickle")
+                raise CheckpointError(path, f"the file is empty, expected {kind}")
             if head == b"PK\x03\x04":
                 raise CheckpointError(
-                    path,
-                    "this is a zip archive (a PyTorch checkpoint?), not NVIDIA's StyleGAN "
-                    "pickle; convert PULSE's .pt files with `convert pulse`",
+                    path, f"this is a zip archive (a PyTorch checkpoint?), not {kind}; {zip_hint}"
                 )
             f.seek(0)
             # A first pass over the opcodes, before anything is built: finds truncation
@@ -107,21 +118,26 @@ def _load(path: str) -> object:
                         f"refused: opcode {opcode.name} at byte {pos} (not in an NVIDIA pickle)",
                     )
             f.seek(0)
-            return _RestrictedUnpickler(f, encoding="latin1").load()
+            return _RestrictedUnpickler(f, allowed, encoding="latin1").load()
     except CheckpointError:
         raise
     except _RefusedGlobal as e:
-        allowed = ", ".join(sorted({f"{m}.{n}" for m, n in ALLOWED_GLOBALS}))
+        names = sorted({f"{m}.{n}" for m, n in allowed})
+        needs = (
+            ", ".join(names) if len(names) <= 8 else f"the {len(names)} globals it is known to use"
+        )
         raise CheckpointError(
             path,
-            f"refused global '{e.module}.{e.name}' (not called): an NVIDIA StyleGAN pickle "
-            f"needs only {allowed}",
+            f"refused global '{e.module:.100}.{e.name:.100}' (not called): {kind} needs "
+            f"only {needs}",
         ) from None
     except OSError as e:
         raise CheckpointError(path, f"cannot read the file: {e}") from e
     except Exception as e:  # whatever the decoder trips on, the file is unusable
+        detail = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            path, f"not a readable pickle (truncated or corrupt?): {type(e).__name__}: {e}"
+            path,
+            f"not a readable pickle (truncated or corrupt?): {type(e).__name__}: {detail:.200}",
         ) from e
 
 

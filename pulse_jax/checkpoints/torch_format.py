@@ -181,6 +181,21 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     return data
 
 
+class Namespace:
+    """Stands in for `argparse.Namespace` (the `args` of rosinality's training checkpoints).
+
+    Pickled as NEWOBJ + BUILD; the BUILD state is kept as a plain dict of its
+    fields, so the namespace is data and nothing of argparse runs.
+    """
+
+    __slots__ = ("fields",)
+
+    def __setstate__(self, state):
+        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise ValueError(f"an argparse Namespace's state is a {type(state).__name__}")
+        self.fields = dict(state)
+
+
 def _device(type: str, index: int | None = None) -> str:
     return str(type) if index is None else f"{type}:{operator.index(index)}"
 
@@ -189,6 +204,7 @@ def _device(type: str, index: int | None = None) -> str:
 # (or to an inert builtin). Anything else is refused.
 _ALLOWED = {
     "collections.OrderedDict": collections.OrderedDict,
+    "argparse.Namespace": Namespace,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
@@ -362,9 +378,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> object:
       path: the checkpoint file.
 
     Returns:
-      The saved object, with every tensor as a numpy array (C-contiguous; bfloat16
-      as float32) and dicts, OrderedDicts, lists, tuples, numbers and strings as
-      they were saved.
+      The saved object, as `load_torch_bytes` returns it.
 
     Raises:
       CheckpointError: the file cannot be read, is not a torch checkpoint, is
@@ -375,18 +389,40 @@ def load_torch_checkpoint(path: str | os.PathLike) -> object:
             data = f.read()
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    return load_torch_bytes(path, data)
+
+
+def load_torch_bytes(source, data: bytes) -> object:
+    """Reads the bytes of a `torch.save` file (zip or legacy format) without running its code.
+
+    Args:
+      source: what the bytes came from (a path, or a description such as
+        `"file.pkl: a tensor's storage"`), named in errors.
+      data: the whole file's bytes.
+
+    Returns:
+      The saved object, with every tensor as a numpy array (C-contiguous; bfloat16
+      as float32) and dicts, OrderedDicts, lists, tuples, numbers and strings as
+      they were saved. A file holding a bare storage (what torch pickles inside
+      `torch.storage._load_from_bytes`) gives that storage, which
+      `_rebuild_tensor_v2` turns into an array.
+
+    Raises:
+      CheckpointError: the bytes are not a torch checkpoint, are truncated or
+        corrupt, or their pickle names a global outside the allow-list.
+    """
     if not data:
-        raise CheckpointError(path, "is empty, not a torch checkpoint")
+        raise CheckpointError(source, "is empty, not a torch checkpoint")
     try:
         if data.startswith(_ZIP_MAGIC):
-            return _load_zip(path, data)
-        return _load_legacy(path, data)
+            return _load_zip(source, data)
+        return _load_legacy(source, data)
     except CheckpointError:
         raise
     except _PARSE_ERRORS as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            path, f"is truncated or corrupt ({type(e).__name__}: {detail:.200})"
+            source, f"is truncated or corrupt ({type(e).__name__}: {detail:.200})"
         ) from None
 
 
