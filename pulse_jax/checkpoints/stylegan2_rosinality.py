@@ -142,7 +142,7 @@ def convert_state_dict(path, sd: dict, latent_avg: np.ndarray | None) -> dict[st
         state[f"mapping.fc{i}.weight"] = _tensor(path, sd, f"style.{i + 1}.weight", 2)
         state[f"mapping.fc{i}.bias"] = _tensor(path, sd, f"style.{i + 1}.bias", 1)
     if latent_avg is None:
-        latent_avg = _mean_latent(state, n_mlp)
+        latent_avg = mean_latent(state, n_mlp)
     state["mapping.w_avg"] = latent_avg
     known = {
         "input.input",
@@ -167,11 +167,14 @@ def convert_state_dict(path, sd: dict, latent_avg: np.ndarray | None) -> dict[st
     return state
 
 
-def _mean_latent(state: dict, n_mlp: int) -> np.ndarray:
-    """rosinality's `mean_latent`: the mean of the mapping network's output over random z."""
-    z_dim = state["mapping.fc0.weight"].shape[1]
-    x = np.random.default_rng(MEAN_LATENT_SEED).standard_normal((MEAN_LATENT_SAMPLES, z_dim))
-    x = x.astype(np.float32)
+def mean_latent(state: dict, n_mlp: int, z: np.ndarray | None = None) -> np.ndarray:
+    """rosinality's `mean_latent`: the mean of the mapping network's output over z [N, z_dim]
+    (default: `MEAN_LATENT_SAMPLES` draws of N(0, I) with `MEAN_LATENT_SEED`)."""
+    if z is None:
+        z_dim = state["mapping.fc0.weight"].shape[1]
+        rng = np.random.default_rng(MEAN_LATENT_SEED)
+        z = rng.standard_normal((MEAN_LATENT_SAMPLES, z_dim))
+    x = np.asarray(z, np.float32)
     x = x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + 1e-8)
     for i in range(n_mlp):
         w, b = state[f"mapping.fc{i}.weight"], state[f"mapping.fc{i}.bias"]
