@@ -234,10 +234,10 @@ def _refuse_unsupported(path, net: PersistentObject, modules, network: str) -> N
             f"{network} is class-conditional (c_dim = {c_dim}); only unconditional generators "
             "are supported",
         )
-    architecture = _one(path, _attribute(modules, "SynthesisBlock", "architecture"), "", "skip")
-    if architecture != "skip":
+    other = sorted(map(str, _attribute(modules, "SynthesisBlock", "architecture") - {"skip"}))
+    if other:
         raise CheckpointError(
-            path, f"{network} has architecture {architecture!r:.20}; only 'skip' is supported"
+            path, f"{network} has architecture {other[0]!r:.20}; only 'skip' is supported"
         )
     for class_name in ("SynthesisLayer", "FullyConnectedLayer"):
         for activation in _attribute(modules, class_name, "activation"):
