@@ -676,3 +676,14 @@ def test_persistent_objects_are_immutable_data():
         top["G_ema"].class_name = "Other"
     with pytest.raises(ValueError, match="built twice"):
         top["G_ema"].__setstate__({})
+
+
+def test_ada_malformed_attribute_gets_one_line(tmp_path):
+    top = _clamp_tree()
+    b8 = top["G_ema"].state["_modules"]["synthesis"].state["_modules"]["b8"]
+    b8.state["_modules"]["conv1"].state["conv_clamp"] = [1.0, 2.0]
+    path = tmp_path / "malformed.pkl"
+    ada_writer.write_ada_pickle(path, top)
+    with pytest.raises(CheckpointError, match=r"SynthesisLayer.conv_clamp is a list") as e:
+        read_stylegan2(path)
+    one_line(e, path)

@@ -149,7 +149,9 @@ def _flatten(path, obj: PersistentObject, prefix: str, out: dict, modules: list,
         raise CheckpointError(path, f"modules nest deeper than {_MAX_DEPTH} levels at {prefix!r}")
     modules.append((prefix.rstrip("."), obj))
     state = obj.state
-    skip = state.get("_non_persistent_buffers_set") or ()
+    skip = state.get("_non_persistent_buffers_set") or frozenset()
+    if not isinstance(skip, set | frozenset):
+        raise CheckpointError(path, f"{prefix or 'the network'}: _non_persistent_buffers_set")
     for group in ("_parameters", "_buffers"):
         tensors = state.get(group, {})
         if not isinstance(tensors, dict):
@@ -179,13 +181,18 @@ def _flatten(path, obj: PersistentObject, prefix: str, out: dict, modules: list,
         _flatten(path, child, f"{prefix}{name}.", out, modules, depth + 1)
 
 
-def _attribute(modules, class_name: str, attribute: str) -> set:
+def _attribute(path, modules, class_name: str, attribute: str) -> set:
     """The distinct values of `attribute` over the modules of class `class_name` that set it."""
     values = set()
     for _, module in modules:
         if module.class_name == class_name and attribute in module.state:
             value = module.state[attribute]
-            values.add(value.item() if isinstance(value, np.generic) else value)
+            value = value.item() if isinstance(value, np.generic) else value
+            if not (value is None or isinstance(value, bool | int | float | str)):
+                raise CheckpointError(
+                    path, f"{module.class_name}.{attribute} is a {type(value).__name__}"
+                )
+            values.add(value)
     return values
 
 
@@ -234,13 +241,13 @@ def _refuse_unsupported(path, net: PersistentObject, modules, network: str) -> N
             f"{network} is class-conditional (c_dim = {c_dim}); only unconditional generators "
             "are supported",
         )
-    other = sorted(map(str, _attribute(modules, "SynthesisBlock", "architecture") - {"skip"}))
+    other = sorted(map(str, _attribute(path, modules, "SynthesisBlock", "architecture") - {"skip"}))
     if other:
         raise CheckpointError(
             path, f"{network} has architecture {other[0]!r:.20}; only 'skip' is supported"
         )
     for class_name in ("SynthesisLayer", "FullyConnectedLayer"):
-        for activation in _attribute(modules, class_name, "activation"):
+        for activation in _attribute(path, modules, class_name, "activation"):
             if activation not in ("lrelu", "linear"):
                 raise CheckpointError(
                     path, f"{network} uses activation {activation!r:.20}; only 'lrelu' is supported"
@@ -275,11 +282,14 @@ def read_ada_pickle(path: str | os.PathLike, *, network: str = "G_ema"):
     state, modules = {}, []
     _flatten(path, net, "", state, modules, 0)
     _refuse_unsupported(path, net, modules, network)
-    clamps = _attribute(modules, "SynthesisLayer", "conv_clamp")
-    clamps |= _attribute(modules, "ToRGBLayer", "conv_clamp")
+    clamps = _attribute(path, modules, "SynthesisLayer", "conv_clamp")
+    clamps |= _attribute(path, modules, "ToRGBLayer", "conv_clamp")
     conv_clamp = _one(path, clamps, "conv_clamp", None)
     mapping_layers = [m for name, m in modules if name.startswith("mapping.fc")]
-    lr = _one(path, {m.state.get("bias_gain", 0.01) for m in mapping_layers}, "lr_multiplier", 0.01)
+    gains = {m.state.get("bias_gain", 0.01) for m in mapping_layers}
+    if not all(isinstance(g, int | float) and not isinstance(g, bool) for g in gains):
+        raise CheckpointError(path, "a mapping layer's bias_gain is not a number")
+    lr = _one(path, gains, "lr_multiplier", 0.01)
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     source = {

@@ -173,4 +173,12 @@ def read_stylegan2(path: str | os.PathLike, *, network: str = "G_ema") -> StyleG
         format (naming what was found), a refused global, an unsupported
         network (class-conditional, StyleGAN3, not "skip"), inconsistent shapes.
     """
-    return _READERS[detect_format(path)](path, network=network)
+    reader = _READERS[detect_format(path)]
+    try:
+        return reader(path, network=network)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # A structure no check above anticipated: still one line, still nothing executed.
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(path, f"is malformed ({type(e).__name__}: {detail:.200})") from None
