@@ -166,6 +166,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     good = weights_file.sha256_of(files["ada-pickle"])
     assert convert.main(["stylegan2", "--checkpoint", checkpoint, "--out", str(out),
                          "--sha256", good.upper(), "--fit_samples", "20000"]) == 0  # fmt: skip
+    assert "wrote " in capsys.readouterr().err
     out.unlink()
 
     image = tmp_path / "face.png"

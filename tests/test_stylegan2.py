@@ -35,6 +35,7 @@ from pulse_jax.convert import write_stylegan2_weights
 from pulse_jax.downscale import bicubic_downscale
 from pulse_jax.generators import ops, stylegan2
 from pulse_jax.generators.base import SearchOptions
+from pulse_jax.solve import compiled_memory
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
 DATA = Path(__file__).parent / "data"
@@ -295,6 +296,15 @@ def test_search_space_of_stylegan2(tiny_sg2):
     tiled = pulse_jax.solve(targets, tiny_sg2, steps=2, tile_latent=True, noise_type="zero")
     assert tiled.latent.shape == (1, 1, 1, 512)
     assert all(not n.any() for n in tiled.noise)
+
+
+def test_remat_and_memory_plan_work_on_stylegan2(tiny_sg2):
+    targets = np.full((1, 8, 8, 3), 0.5, np.float32)
+    plain = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3)
+    remat = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3, remat=True)
+    np.testing.assert_allclose(remat.history["L2"], plain.history["L2"], rtol=1e-4)
+    memory = compiled_memory(tiny_sg2, 8, 2, steps=2)
+    assert memory["total_bytes"] > memory["argument_bytes"] > 0
 
 
 @pytest.mark.parametrize("layers", ["17", "3.9"])
