@@ -1,6 +1,7 @@
 """Speed of the PULSE search per generator and samples per call (see `pulse_jax.benchmark`).
 
-    python experiments/benchmark.py --generators dcgan64,stylegan256,stylegan1024 \
+    python experiments/benchmark.py \
+        --generators dcgan64,stylegan256,stylegan1024,stylegan2_256,stylegan2_1024 \
         --samples 1,2,4 --steps 3 --out_dir results/benchmark
 
 Writes `<out_dir>/<name>.json` (every measurement, the machine, the matmul peak) and
@@ -20,8 +21,9 @@ from pulse_jax import benchmark
 
 _GENERATORS = flags.DEFINE_list(
     "generators",
-    ["dcgan64", "stylegan256", "stylegan1024"],
-    "dcgan64 (real weights) and/or stylegan<R> (random weights of the FFHQ layout).",
+    ["dcgan64", "stylegan256", "stylegan1024", "stylegan2_256", "stylegan2_1024"],
+    "dcgan64 (real weights), stylegan<R> and/or stylegan2_<R> (random weights of the FFHQ "
+    "layouts: StyleGAN v1's and NVIDIA's StyleGAN2 config F).",
 )
 _SAMPLES = flags.DEFINE_list("samples", ["1", "2", "4"], "Samples per solve call.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Optimizer steps per timed solve call.")

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pulse_jax
-from pulse_jax.generators import stylegan
+from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
 
 _SOLVE = sys.modules["pulse_jax.solve"]  # the module (the package exports the function)
@@ -89,8 +89,10 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
     """A generator by benchmark name.
 
     Args:
-      name: "dcgan64" (the embedded default, real weights) or "stylegan<R>" (StyleGAN at R px
-        with random weights of the real FFHQ layout, `stylegan.random_params`).
+      name: "dcgan64" (the embedded default, real weights), "stylegan<R>" (StyleGAN at R px
+        with random weights of the real FFHQ layout, `stylegan.random_params`) or
+        "stylegan2_<R>" (StyleGAN2 config F at R px, random weights of NVIDIA's FFHQ layout,
+        `stylegan2.random_params`).
       precision: the generator's matmul/conv precision ("highest", "high", "default").
       seed: seed of the random weights.
 
@@ -99,9 +101,19 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
     """
     if name == "dcgan64":
         return pulse_jax.load_generator("dcgan64", precision=precision)
+    match = re.fullmatch(r"stylegan2_(\d+)", name)
+    if match:
+        params = stylegan2.random_params(jax.random.key(seed), int(match.group(1)))
+        arch = stylegan2.arch_from_params(params, conv_clamp=256, precision=precision)
+        return Generator(
+            kind="stylegan2", arch=arch, params=params, provenance={"source": "random (benchmark)"}
+        )
     match = re.fullmatch(r"stylegan(\d+)", name)
     if not match:
-        raise ValueError(f"unknown generator {name!r}: use dcgan64 or stylegan<resolution>")
+        raise ValueError(
+            f"unknown generator {name!r}: use dcgan64, stylegan<resolution> or "
+            "stylegan2_<resolution>"
+        )
     params = stylegan.random_params(jax.random.key(seed), int(match.group(1)))
     arch = stylegan.arch_from_params(params["synthesis"], params["mapping"], precision=precision)
     return Generator(

@@ -57,7 +57,8 @@ def define_search_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "bad_noise_layers",
         d.bad_noise_layers,
-        "StyleGAN only: '.'-separated noise layers that are always zero.",
+        "StyleGAN only: '.'-separated noise layers that are always zero. Default: the "
+        "generator's (PULSE's 17 for a 1024 px StyleGAN v1, none for StyleGAN2).",
         **fv,
     )
     flags.DEFINE_enum("opt_name", d.opt_name, list(OPTIMIZERS), "Optimizer.", **fv)

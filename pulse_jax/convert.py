@@ -4,6 +4,9 @@
     python -m pulse_jax.convert pulse --synthesis synthesis.pt --gaussian_fit gaussian_fit.pt \
         --out OUT.npz
     python -m pulse_jax.convert nvidia --pkl karras2019stylegan-ffhq-1024x1024.pkl --out OUT.npz
+    python -m pulse_jax.convert stylegan2 --checkpoint ffhq.pkl --out OUT.npz
+      (NVIDIA StyleGAN2-ADA .pkl, rosinality .pt or NVIDIA TF StyleGAN2 .pkl; told from
+      the content)
 
 The gaussian fit (PULSE_SPEC section 2) is computed from the mapping network as
 PULSE does: mean and (unbiased) standard deviation of leaky_relu_5(mapping(z))
@@ -17,6 +20,7 @@ import argparse
 import datetime
 import functools
 import sys
+import zipfile
 from pathlib import Path
 
 import jax
@@ -25,7 +29,7 @@ import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
-from pulse_jax.generators import ops, stylegan
+from pulse_jax.generators import ops, stylegan, stylegan2
 from pulse_jax.progress import Progress
 
 FIT_SAMPLES = 1_000_000
@@ -48,7 +52,7 @@ def _fit_chunk_moments(arch, mapping, seed_chunk, count):
 
 
 def compute_gaussian_fit(
-    arch: stylegan.StyleGANArch,
+    arch: stylegan.StyleGANArch | stylegan2.StyleGAN2Arch,
     mapping: dict,
     *,
     num_samples: int = FIT_SAMPLES,
@@ -61,14 +65,16 @@ def compute_gaussian_fit(
     does not lose precision with the sample count.
 
     Args:
-      arch: the StyleGAN architecture (for the mapping's shape).
+      arch: the StyleGAN or StyleGAN2 architecture (its `map` and `latent_size`; for
+        StyleGAN2, whose mapping ends in leaky ReLU times sqrt(2), slope 5 gives sqrt(2)
+        times the pre-activation: STYLEGAN2_SPEC section 3).
       mapping: mapping parameters.
       num_samples: how many z samples (PULSE: 1,000,000).
       seed: the samples are `fit_chunk_latents(seed, i)` for chunks i = 0, 1, ...
       show_progress: print a progress line on stderr.
 
     Returns:
-      {"mean": [512], "std": [512]} float32.
+      {"mean": [D], "std": [D]} float32.
     """
     if num_samples < 2:
         raise ValueError("the gaussian fit needs at least 2 samples")
@@ -162,10 +168,15 @@ def write_stylegan_weights(
 
 
 def _read_gaussian_fit(path: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
-    """Reads PULSE's `gaussian_fit.pt`: {"mean", "std"}, each a finite float tensor."""
-    fit = torch_format.load_torch_checkpoint(path, limits=limits)
+    """Reads a gaussian fit {"mean", "std"}, each a finite float array: a torch file (PULSE's
+    and ILO's `gaussian_fit.pt`) or an `.npz` with those keys, told from the content; both
+    are read by bounded parsers (the `.npz` by the weights file's, never `np.load`)."""
+    if _is_npz(path):
+        fit = weights_file.read_arrays(path, limits)
+    else:
+        fit = torch_format.load_torch_checkpoint(path, limits=limits)
     if not isinstance(fit, dict) or not {"mean", "std"} <= set(fit):
-        raise CheckpointError(path, "not a PULSE gaussian fit (expected a dict with mean and std)")
+        raise CheckpointError(path, "not a gaussian fit (expected a dict with mean and std)")
     result = {}
     for name in ("mean", "std"):
         value = fit[name]
@@ -177,6 +188,18 @@ def _read_gaussian_fit(path: str, limits: Limits | None = None) -> dict[str, np.
             raise CheckpointError(path, f"gaussian fit {name} holds NaN or infinite values")
         result[name] = value.astype(np.float32).reshape(-1)
     return result
+
+
+def _is_npz(path: str) -> bool:
+    """Whether `path` is a zip of `.npy` members only (a torch zip holds `<name>/data.pkl`)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
 
 
 def _state_dict(path: str, what: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
@@ -209,10 +232,8 @@ def convert_nvidia(args: argparse.Namespace) -> None:
     from pulse_jax.checkpoints import nvidia_pickle
 
     record = _file_record(args.pkl)
-    if args.sha256 and record["sha256"] != args.sha256.lower():
-        raise CheckpointError(
-            args.pkl, f"sha256 {record['sha256']} does not match the expected {args.sha256}"
-        )
+    if args.sha256:
+        _check_sha256(args.pkl, args.sha256, record["sha256"])
     limits = _limits(args)
     synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(args.pkl, limits=limits)
     provenance = {"source": "NVIDIA StyleGAN pickle (Gs)", "pkl": record}
@@ -221,6 +242,116 @@ def convert_nvidia(args: argparse.Namespace) -> None:
         provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
         fit = _read_gaussian_fit(args.gaussian_fit, limits)
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.pkl)
+
+
+def write_stylegan2_weights(
+    out: str | Path,
+    checkpoint,
+    *,
+    gaussian_fit: dict[str, np.ndarray] | None = None,
+    provenance: dict | None = None,
+    fit_seed: int = 0,
+    fit_samples: int = FIT_SAMPLES,
+    show_progress: bool = True,
+) -> stylegan2.StyleGAN2Arch:
+    """Converts a StyleGAN2 generator and writes the project's weights file (kind "stylegan2").
+
+    Args:
+      out: the `.npz` to write (atomically).
+      checkpoint: a `StyleGAN2Checkpoint` (`stylegan2_formats.read_stylegan2`).
+      gaussian_fit: {"mean", "std"} [w_dim]; computed from the mapping network when None.
+      provenance: records to store beside the checkpoint's own `source`.
+      fit_seed, fit_samples: the computed fit's seed and sample count.
+      show_progress: print progress on stderr.
+
+    Returns:
+      The architecture written (its config is in the file, with `w_avg` and the noise
+      buffers in the parameters).
+
+    Raises:
+      ValueError: weights this generator cannot run, or a fit of the wrong width.
+    """
+    params = stylegan2.params_from_state(checkpoint.state)
+    config = checkpoint.config
+    arch = stylegan2.arch_from_params(
+        params,
+        conv_clamp=config.get("conv_clamp"),
+        mapping_lr=config.get("lr_multiplier", stylegan2.MAPPING_LR),
+    )
+    provenance = dict(provenance or {}, source=f"StyleGAN2 ({checkpoint.format})")
+    provenance["checkpoint"] = checkpoint.source
+    if gaussian_fit is None:
+        gaussian_fit = compute_gaussian_fit(
+            arch,
+            params["mapping"],
+            num_samples=fit_samples,
+            seed=fit_seed,
+            show_progress=show_progress,
+        )
+        provenance["gaussian_fit_computed"] = {"samples": fit_samples, "seed": fit_seed}
+    for name in ("mean", "std"):
+        if np.shape(gaussian_fit[name]) != (arch.w_dim,):
+            raise ValueError(
+                f"gaussian fit {name} has shape {np.shape(gaussian_fit[name])}, "
+                f"not ({arch.w_dim},) (this generator's w_dim)"
+            )
+    provenance["converted"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    weights_file.save_weights(
+        out,
+        kind="stylegan2",
+        params=params,
+        config={
+            "resolution": arch.resolution,
+            "channels": list(arch.channels),
+            "mapping_layers": arch.mapping_layers,
+            "z_dim": arch.z_dim,
+            "w_dim": arch.w_dim,
+            "num_ws": arch.num_ws,
+            "conv_clamp": arch.conv_clamp,
+            "mapping_lr": arch.mapping_lr,
+        },
+        gaussian_fit=gaussian_fit,
+        provenance=provenance,
+    )
+    return arch
+
+
+def convert_stylegan2(args: argparse.Namespace) -> None:
+    from pulse_jax.checkpoints import stylegan2_formats
+
+    if args.sha256:
+        _check_sha256(args.checkpoint, args.sha256, weights_file.sha256_of(args.checkpoint))
+    limits = _limits(args)
+    checkpoint = stylegan2_formats.read_stylegan2(
+        args.checkpoint, network=args.network, limits=limits
+    )
+    provenance = {}
+    fit = None
+    if args.gaussian_fit:
+        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
+        fit = _read_gaussian_fit(args.gaussian_fit, limits)
+    try:
+        arch = write_stylegan2_weights(
+            args.out,
+            checkpoint,
+            gaussian_fit=fit,
+            provenance=provenance,
+            fit_seed=args.fit_seed,
+            fit_samples=args.fit_samples,
+        )
+    except ValueError as e:
+        raise CheckpointError(args.checkpoint, f"cannot convert: {e}") from None
+    print(
+        f"wrote {args.out}: StyleGAN2 ({checkpoint.format}, {args.network}), "
+        f"{arch.resolution} px, {arch.num_ws} style rows, {arch.num_noise_layers} noise layers",
+        file=sys.stderr,
+    )
+
+
+def _check_sha256(path: str, expected: str, actual: str) -> None:
+    """Refuses `path` unless its sha256 (`actual`) is the `expected` one (any case)."""
+    if actual != expected.lower():
+        raise CheckpointError(path, f"sha256 {actual} does not match the expected {expected}")
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -255,9 +386,27 @@ def build_parser() -> argparse.ArgumentParser:
     nvidia = sub.add_parser("nvidia", help="NVIDIA's official StyleGAN pickle (no TensorFlow)")
     nvidia.add_argument("--pkl", required=True, help="karras2019stylegan-ffhq-1024x1024.pkl")
     nvidia.add_argument("--sha256", help="refuse the file unless its sha256 is this")
-    for p in (pulse, nvidia):
+    sg2 = sub.add_parser(
+        "stylegan2",
+        help="StyleGAN2: NVIDIA's StyleGAN2-ADA .pkl, rosinality's .pt or NVIDIA's TF .pkl",
+    )
+    sg2.add_argument(
+        "--checkpoint", required=True, help="ffhq.pkl, stylegan2-ffhq-config-f.pt or .pkl, ..."
+    )
+    sg2.add_argument(
+        "--network",
+        choices=("G_ema", "G"),
+        default="G_ema",
+        help="the averaged generator (G_ema, default) or the training one (G)",
+    )
+    sg2.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    for p in (pulse, nvidia, sg2):
         p.add_argument("--out", required=True, help="weights file to write (.npz)")
-        p.add_argument("--gaussian_fit", help="PULSE gaussian_fit.pt instead of computing it")
+        p.add_argument(
+            "--gaussian_fit",
+            help="a gaussian fit (torch .pt with mean and std, e.g. PULSE's gaussian_fit.pt, "
+            "or an .npz with them) instead of computing it",
+        )
         p.add_argument("--fit_seed", type=int, default=0, help="seed of the computed fit")
         p.add_argument("--fit_samples", type=int, default=FIT_SAMPLES, help="samples in the fit")
         p.add_argument(
@@ -276,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --mapping, --gaussian_fit, or both", file=sys.stderr)
         return 2
     try:
-        (convert_pulse if args.source == "pulse" else convert_nvidia)(args)
+        convert = {"pulse": convert_pulse, "nvidia": convert_nvidia, "stylegan2": convert_stylegan2}
+        convert[args.source](args)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax.checkpoints import CheckpointError, dcgan_package, weights_file
-from pulse_jax.generators import dcgan, stylegan
+from pulse_jax.generators import dcgan, stylegan, stylegan2
 from pulse_jax.generators.base import Generator
 
 # Registered names -> a function that returns the path of their weights file,
@@ -74,10 +74,21 @@ def from_weights_file(
             arch = stylegan.arch_from_params(
                 params["synthesis"], params.get("mapping"), precision=precision
             )
+        elif wf.kind == "stylegan2":
+            if wf.gaussian_fit is None:
+                raise ValueError("StyleGAN2 weights without a gaussian fit")
+            params = dict(params)
+            params["gaussian_fit"] = {k: jnp.asarray(v) for k, v in wf.gaussian_fit.items()}
+            arch = stylegan2.arch_from_params(
+                params,
+                conv_clamp=wf.config.get("conv_clamp"),
+                mapping_lr=wf.config.get("mapping_lr", stylegan2.MAPPING_LR),
+                precision=precision,
+            )
         elif wf.kind == "dcgan":
             arch = dcgan.arch_from_params(params, precision=precision)
         else:
             raise ValueError(f"unknown generator kind {wf.kind!r}")
-    except (KeyError, ValueError, IndexError) as e:
+    except (KeyError, ValueError, IndexError, TypeError) as e:
         raise CheckpointError(path or "<weights>", f"inconsistent weights file: {e}") from None
     return Generator(kind=wf.kind, arch=arch, params=params, provenance=wf.provenance)

@@ -110,7 +110,7 @@ class SearchConfig:
     noise_type: str = "trainable"
     num_trainable_noise_layers: int = 5
     tile_latent: bool = False
-    bad_noise_layers: str = "17"
+    bad_noise_layers: str | None = None  # None: the generator's (arch.default_bad_noise_layers)
     opt_name: str = "adam"
     learning_rate: float = 0.4
     lr_schedule: str = "linear1cycledrop"
@@ -162,6 +162,9 @@ class SearchConfig:
         settings = dataclasses.asdict(self)
         if not generator.has_noise:
             settings.update(dict.fromkeys(NOISE_OPTIONS))
+        elif self.bad_noise_layers is None:  # recorded as the layers it stands for
+            default = generator.arch.default_bad_noise_layers
+            settings["bad_noise_layers"] = ".".join(map(str, default))
         unused = set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
         settings.update(dict.fromkeys(sorted(unused)))
         return settings
@@ -604,8 +607,13 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
     if search.operator not in set(operators.OperatorName):
         raise ConfigError(f"--operator must be one of {', '.join(operators.OperatorName)}")
     if generator.has_noise:
+        given = search.bad_noise_layers
         try:
-            layers = tuple(int(v) for v in search.bad_noise_layers.split(".") if v.strip())
+            layers = (
+                generator.arch.default_bad_noise_layers
+                if given is None
+                else tuple(int(v) for v in given.split(".") if v.strip())
+            )
         except ValueError:
             raise ConfigError(
                 f"--bad_noise_layers must be '.'-separated layer numbers, "

@@ -125,7 +125,7 @@ def solve(
     noise_type: str = "trainable",
     num_trainable_noise_layers: int = 5,
     tile_latent: bool = False,
-    bad_noise_layers=(17,),
+    bad_noise_layers=None,
     opt_name: str = "adam",
     learning_rate: float = 0.4,
     lr_schedule: str = "linear1cycledrop",
@@ -157,7 +157,9 @@ def solve(
       num_trainable_noise_layers: noise layers 0..n-1 are optimized (StyleGAN, trainable).
       tile_latent: one latent row repeated over every style layer (StyleGAN).
       bad_noise_layers: noise layers that are always zero (StyleGAN); ints or PULSE's
-        '.'-separated string.
+        '.'-separated string. Default (None): the generator's own
+        (`arch.default_bad_noise_layers`: PULSE's 17 for a 1024 px StyleGAN, none for
+        StyleGAN2). A layer the generator does not have is an error naming the range.
       opt_name: "adam", "sgd", "sgdm" or "adamax" (PyTorch semantics).
       learning_rate: base learning rate.
       lr_schedule: "fixed", "linear1cycle" or "linear1cycledrop".
@@ -398,6 +400,8 @@ def _check_images(lr_images, resolution: int) -> np.ndarray:
 
 
 def _search_options(generator, noise_type, num_trainable, tile_latent, bad_layers):
+    if bad_layers is None:
+        bad_layers = getattr(generator.arch, "default_bad_noise_layers", ())
     if isinstance(bad_layers, str):
         bad_layers = [int(v) for v in bad_layers.split(".") if v.strip()]
     options = SearchOptions(

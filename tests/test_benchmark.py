@@ -104,3 +104,14 @@ def test_random_generator_matches_its_arch():
     assert generator.arch.channels == stylegan.channels_for(64)
     assert generator.num_layers == 10
     assert np.all(np.asarray(generator.params["gaussian_fit"]["std"]) > 0)
+
+
+def test_stylegan2_case_runs():
+    """The StyleGAN2 rows' generator (random weights of NVIDIA's layout) through one case."""
+    results = benchmark.run(["stylegan2_16"], [1], steps=1, repeats=1, matmul_sizes=(64,))
+    (case,) = results["cases"]
+    assert case["generator"] == "stylegan2_16" and case["resolution"] == 16
+    assert case["s_per_step"] > 0 and case["flops_per_step"] > 0
+    generator = benchmark.make_generator("stylegan2_1024")
+    assert generator.arch.channels == (512,) * 5 + (256, 128, 64, 32)
+    assert generator.arch.num_ws == 18 and generator.arch.conv_clamp == 256.0

@@ -1,5 +1,6 @@
 """Seeded fuzzing of every foreign-file reader (issue 16): valid torch checkpoints (legacy
-and zip), an NVIDIA pickle and a weights file, mutated thousands of times (bytes flipped,
+and zip), an NVIDIA pickle, a weights file, an NVIDIA StyleGAN2-ADA pickle and a
+rosinality StyleGAN2 `.pt`, mutated thousands of times (bytes flipped,
 the file cut, pickle opcodes swapped, chunks repeated, length fields overwritten; inside
 a zip the member is mutated and packed again so the mutation reaches the parser). Every
 case must read or be refused with a `CheckpointError`, nothing else, in a child process
@@ -11,25 +12,33 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import ada_writer
 import numpy as np
 import test_nvidia_pickle as official
 from hostile import MEMORY_LIMIT, PEAK, ROOT
 from test_convert import tiny_dcgan_params
 from torch_writer import TensorView, save_torch_legacy, save_torch_zip
 
-from pulse_jax.checkpoints import weights_file
+from pulse_jax.checkpoints import torch_format, weights_file
 
-CASES_PER_FILE = 800
+GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
+
+# The StyleGAN2 readers take longer per case (every tensor of an ADA pickle is a torch
+# payload of its own), so their files get fewer cases.
+CASES = {"torch_legacy": 800, "torch_zip": 800, "nvidia": 800, "weights": 800}
+CASES |= {"ada": 300, "rosinality": 300}
 SEED = 16
 
 _CHILD = r"""
 import io, json, pickletools, resource, sys, time, traceback, zipfile
-limit, cases, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+limit, counts, seed = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import numpy as np
 from pulse_jax.checkpoints import CheckpointError, weights_file
 from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.checkpoints.torch_format import load_torch_bytes
 
 {PEAK}
@@ -74,14 +83,16 @@ def read(fmt, data):
         f.write(data)
     if fmt == "nvidia":
         return read_nvidia_pickle(path)
+    if fmt in ("ada", "rosinality"):
+        return read_stylegan2(path)
     return weights_file.load_weights(path)
 
-members = {"torch_zip": "data.pkl", "weights": ".npy"}
+members = {"torch_zip": "data.pkl", "weights": ".npy", "rosinality": "data.pkl"}
 report = {"cases": 0, "read": 0, "refused": 0, "worst_seconds": 0.0, "failures": []}
 for fmt, path in files.items():
     base = open(path, "rb").read()
     read(fmt, base)  # the unmutated file reads
-    for case in range(cases):
+    for case in range(counts[fmt]):
         rng = np.random.default_rng([seed, case, len(fmt)])
         if fmt in members and case % 2:
             data = mutate_member(base, rng, members[fmt])
@@ -121,8 +132,14 @@ def _base_files(folder) -> dict[str, str]:
     weights = folder / "w.npz"
     config = {"latent_size": 4, "resolution": 64}
     weights_file.save_weights(weights, kind="dcgan", params=tiny_dcgan_params(), config=config)
+    ada_writer.write_ada_pickle(
+        folder / "ada.pkl", ada_writer.small_tree(GOLDEN / "sg2ada_clamp.pkl")
+    )
+    golden = torch_format.load_state_dict(GOLDEN / "sg2_rosinality_tiny.pt", "g_ema")
+    rosinality = {"g_ema": ada_writer.small_rosinality_state(golden)}
+    save_torch_zip(rosinality | {"latent_avg": np.ones(8, np.float32)}, folder / "rosinality.pt")
     files = {"torch_legacy": "legacy.pt", "torch_zip": "zip.pt", "nvidia": nvidia.name}
-    files["weights"] = "w.npz"
+    files |= {"weights": "w.npz", "ada": "ada.pkl", "rosinality": "rosinality.pt"}
     return {fmt: str(folder / name) for fmt, name in files.items()}
 
 
@@ -134,7 +151,7 @@ def test_mutated_files_are_read_or_refused_with_a_checkpoint_error(tmp_path):
         "-c",
         _CHILD.replace("{PEAK}", PEAK),
         str(MEMORY_LIMIT),
-        str(CASES_PER_FILE),
+        json.dumps(CASES),
         str(SEED),
     ]
     argv += [json.dumps(files), str(tmp_path)]
@@ -147,6 +164,6 @@ def test_mutated_files_are_read_or_refused_with_a_checkpoint_error(tmp_path):
         f"worst {report['worst_seconds']:.3f} s, peak {report['max_rss_mb']:.0f} MB"
     )
     assert not report["failures"], "\n".join(report["failures"][:5])
-    assert report["cases"] == 4 * CASES_PER_FILE
+    assert report["cases"] == sum(CASES.values())
     assert report["refused"] > report["cases"] // 4  # the mutations do reach the parsers
     assert report["worst_seconds"] < 5 and report["max_rss_mb"] < 1024

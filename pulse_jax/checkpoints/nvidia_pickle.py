@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +36,9 @@ from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, S
 from pulse_jax.checkpoints.weights_file import MAX_RESOLUTION
 
 
-class _NetworkStub:
-    """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state, runs nothing."""
+class NetworkStub:
+    """Stands in for `dnnlib.tflib.network.Network`: keeps the pickled state, runs nothing
+    (made fresh per object; its state is set once, by the BUILD that follows its creation)."""
 
     def __init__(self):
         self.state: dict | None = None
@@ -64,7 +67,7 @@ def _no_arguments(what: str):
     def new(*args):
         if args:
             raise Refusal(f"creates a {what} with arguments, which NVIDIA's pickles never do")
-        return _NetworkStub() if what == "Network" else _EasyDictStub()
+        return NetworkStub() if what == "Network" else _EasyDictStub()
 
     return new
 
@@ -97,13 +100,30 @@ _NAMES = {
 ALLOWED_GLOBALS = dict(_NAMES)
 
 
-def _refuse_global(name: str) -> str:
-    allowed = ", ".join(sorted({f"{m}.{n}" for m, n in ALLOWED_GLOBALS}))
-    return f"refused global '{name}' (not called): an NVIDIA StyleGAN pickle needs only {allowed}"
+def refusal(kind: str, allowed) -> Callable[[str], str]:
+    """The message for a global outside `allowed` (qualified names) in a file of `kind`."""
+    names = sorted(allowed)
+    needs = ", ".join(names) if len(names) <= 8 else f"the {len(names)} globals it is known to use"
+
+    def message(name: str) -> str:
+        return f"refused global '{name}' (not called): {kind} needs only {needs}"
+
+    return message
+
+
+_KIND = "an NVIDIA StyleGAN pickle"
 
 
 def _policy(session: Session) -> Policy:
     """The allow-list, each global building fresh values within `session`."""
+    allowed, build = stand_ins(session)
+    return Policy(allowed, refusal(_KIND, allowed), build=build, encoding="latin1")
+
+
+def stand_ins(session: Session) -> tuple[dict[str, Global], Callable[[Any, Any], Any]]:
+    """The globals of NVIDIA's pickles (qualified name -> `Global` building fresh values
+    within `session`) and the BUILD hook for the values they make; other NVIDIA readers
+    (StyleGAN2) take these as they are or pick from them."""
 
     def final_dtype(dtype, what: str) -> np.dtype:
         if not isinstance(dtype, np.dtype):
@@ -121,7 +141,7 @@ def _policy(session: Session) -> Policy:
         return np.frombuffer(data, dtype)[0]
 
     def build(obj, state):
-        if isinstance(obj, _NetworkStub):
+        if isinstance(obj, NetworkStub):
             if not isinstance(state, dict):
                 raise Refusal(f"gives a Network the state {describe(state)}, expected a dict")
             obj.state = state
@@ -167,33 +187,41 @@ def _policy(session: Session) -> Policy:
 
     makers = {
         "Network": Global("dnnlib.tflib.network.Network", new=_no_arguments("Network")),
-        "EasyDict": Global("dnnlib.util.EasyDict", new=_no_arguments("EasyDict")),
+        "EasyDict": Global(
+            "dnnlib.util.EasyDict", new=_no_arguments("EasyDict"), call=_no_arguments("EasyDict")
+        ),
         "ndarray": _NDARRAY,
         "dtype": Global("numpy.dtype", call=_dtype),
         "_reconstruct": Global("numpy.core.multiarray._reconstruct", call=_reconstruct),
         "scalar": Global("numpy.core.multiarray.scalar", call=scalar),
     }
     allowed = {f"{m}.{n}": makers[role] for (m, n), role in ALLOWED_GLOBALS.items()}
-    return Policy(allowed, _refuse_global, build=build, encoding="latin1")
+    return allowed, build
 
 
-def _load(path: str, limits: Limits | None) -> object:
-    """Decodes `path` with the allow-list; every failure becomes a CheckpointError."""
+def load_pickle(
+    path: str,
+    limits: Limits | None,
+    *,
+    policy: Callable[[Session], Policy] = _policy,
+    kind: str = _KIND,
+    zip_hint: str = "convert PULSE's .pt files with `convert pulse`",
+) -> object:
+    """Decodes the pickle `path` with `policy(session)` (default: StyleGAN v1's allow-list);
+    every failure becomes a one-line CheckpointError that calls the file `kind`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise CheckpointError(path, f"cannot read the file: {e.strerror or e}") from None
     if not data:
-        raise CheckpointError(path, "the file is empty, expected a StyleGAN pickle")
+        raise CheckpointError(path, f"the file is empty, expected {kind}")
     if data.startswith(b"PK\x03\x04"):
         raise CheckpointError(
-            path,
-            "this is a zip archive (a PyTorch checkpoint?), not NVIDIA's StyleGAN "
-            "pickle; convert PULSE's .pt files with `convert pulse`",
+            path, f"this is a zip archive (a PyTorch checkpoint?), not {kind}; {zip_hint}"
         )
     session = Session(path, len(data), limits)
-    value, _ = session.unpickle(data, _policy(session))
+    value, _ = session.unpickle(data, policy(session))
     return value
 
 
@@ -208,7 +236,7 @@ def _short(value) -> str:
 
 
 def _network(path: str, obj: object, where: str) -> dict:
-    if not isinstance(obj, _NetworkStub):
+    if not isinstance(obj, NetworkStub):
         raise CheckpointError(
             path, f"{where} is a {type(obj).__name__}, expected a dnnlib.tflib.network.Network"
         )
@@ -231,7 +259,7 @@ def _network(path: str, obj: object, where: str) -> dict:
 def _select_gs(path: str, top: object) -> tuple[dict, list]:
     """Returns the state of `Gs` (index 2 of the `(G, D, Gs)` tuple) and the names in the tuple."""
     expected = "expected the (G, D, Gs) tuple of NVIDIA's StyleGAN pickle, with 'Gs' at index 2"
-    if isinstance(top, _NetworkStub):
+    if isinstance(top, NetworkStub):
         name = top.state.get("name") if isinstance(top.state, dict) else None
         raise CheckpointError(path, f"holds a single network {_short(name)}, {expected}")
     if not isinstance(top, tuple):
@@ -242,7 +270,7 @@ def _select_gs(path: str, top: object) -> tuple[dict, list]:
         raise CheckpointError(path, f"holds a {type(top).__name__}, {expected}")
     names = [
         item.state.get("name")
-        if isinstance(item, _NetworkStub) and isinstance(item.state, dict)
+        if isinstance(item, NetworkStub) and isinstance(item.state, dict)
         else type(item).__name__
         for item in top[:4]
     ]
@@ -261,7 +289,7 @@ def _select_gs(path: str, top: object) -> tuple[dict, list]:
     return gs, names
 
 
-def _variables(path: str, state: dict, where: str) -> dict[str, np.ndarray | np.generic]:
+def variables(path: str, state: dict, where: str) -> dict[str, np.ndarray | np.generic]:
     variables: dict[str, np.ndarray | np.generic] = {}
     for item in state["variables"]:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
@@ -510,7 +538,7 @@ def read_nvidia_pickle(
         (`ALLOWED_GLOBALS`), in which case nothing from it was executed.
     """
     path = os.fspath(path)
-    top = _load(path, limits)
+    top = load_pickle(path, limits)
     gs, names = _select_gs(path, top)
     components = gs["components"]
     subnets = {}
@@ -529,10 +557,10 @@ def read_nvidia_pickle(
                 f"Gs's {role} network is built by {_short(build)}, expected {func!r} (StyleGAN v1)",
             )
     synthesis_sd, synthesis_info = _convert_synthesis(
-        path, _variables(path, subnets["synthesis"], "G_synthesis")
+        path, variables(path, subnets["synthesis"], "G_synthesis")
     )
     mapping_sd, mapping_info = _convert_mapping(
-        path, _variables(path, subnets["mapping"], "G_mapping")
+        path, variables(path, subnets["mapping"], "G_mapping")
     )
     style_inputs = synthesis_sd["blocks.4x4.epi1.style_mod.lin.weight"].shape[1]
     if mapping_info["dlatent_size"] != style_inputs:

@@ -27,9 +27,10 @@ How a reader plugs in:
 What the interpreter bounds: nesting depth, the memo, the number of objects any value
 expands to when walked as a tree (a DAG of shared tuples counts every path, so walking,
 hashing or printing a result is bounded too), the size of integers, and wall time.
-Dict keys are scalars only (hashing them is linear), containers are sealed once placed
-inside another (so sizes are final and cycles impossible), and sets, extension codes,
-old-style instances and out-of-band buffers are refused.
+Dict keys and set items are scalars only (hashing them is linear), containers are sealed
+once placed inside another (so sizes are final and cycles impossible), sets are refused
+unless the policy allows them (`Policy.sets`), and extension codes, old-style instances
+and out-of-band buffers are always refused.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Policy:
     refuse_global: Callable[[str], str]  # message for a global outside `globals`
     build: Callable[[Any, Any], Any] | None = None
     encoding: str = "utf-8"  # of Python 2 strings (`bytes` keeps them as bytes)
+    sets: bool = False  # whether sets of scalars (EMPTY_SET, ADDITEMS, FROZENSET) may appear
 
 
 def describe(value: Any, width: int = 60) -> str:
@@ -244,6 +246,17 @@ class _Unpickler:
             added += n
             depth = max(depth, d)
         self.grow(target, added, depth)
+
+    def add_items(self, target, items: list) -> None:
+        target = self.replaced.get(id(target), target)
+        if type(target) is not set:
+            raise Refusal(f"adds set items to {describe(target)}, not a set")
+        for item in items:
+            value = self.child(item)[0]
+            if not isinstance(value, _SCALARS):
+                raise Refusal(f"has a set item that is {describe(value)}, not a string or number")
+            target.add(value)
+        self.grow(target, len(items), 0)
 
     def construct(self, function, args, how: str):
         function = self.replaced.get(id(function), function)
@@ -430,6 +443,16 @@ class _Unpickler:
             elif op == 0x62:  # BUILD
                 state, obj = self.pop(), self.pop()
                 self.stack.append(self.build(obj, state))
+            elif op in (0x8F, 0x90, 0x91) and policy.sets:  # EMPTY_SET, ADDITEMS, FROZENSET
+                if op == 0x8F:
+                    self.stack.append(self.track(set(), 1, 1))
+                elif op == 0x90:
+                    items = self.pop_mark()
+                    self.add_items(self.stack[-1] if self.stack else None, items)
+                else:
+                    result = self.track(set(), 1, 1)
+                    self.add_items(result, self.pop_mark())
+                    self.stack.append(self.track(frozenset(result), *self.info[id(result)]))
             elif op in (0x50, 0x51):  # PERSID, BINPERSID
                 if self.persistent_load is None:
                     raise Refusal(f"refers to outside data (opcode at byte {at}) where it may not")

@@ -110,15 +110,44 @@ def _ordered_dict(*args) -> collections.OrderedDict:
     return collections.OrderedDict()
 
 
-def _build(obj, state):
-    """BUILD: torch gives a state dict's OrderedDict its `_metadata`; that state is dropped."""
+@dataclasses.dataclass(frozen=True)
+class Namespace:
+    """`argparse.Namespace` as data (the `args` of rosinality's training checkpoints)."""
+
+    fields: dict
+
+
+class _PendingNamespace:
+    """`argparse.Namespace` made by NEWOBJ, waiting for its fields (BUILD)."""
+
+
+def _namespace(*args) -> _PendingNamespace:
+    if args:
+        raise Refusal("creates an argparse Namespace with arguments, which pickle never does")
+    return _PendingNamespace()
+
+
+def build_state(obj, state):
+    """BUILD in a torch checkpoint: a state dict's OrderedDict gets its `_metadata` (dropped);
+    an argparse Namespace its fields (a fresh `Namespace`). Anything else is refused."""
     if isinstance(obj, collections.OrderedDict) and (state is None or isinstance(state, dict)):
         return obj
+    if isinstance(obj, _PendingNamespace):
+        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise Refusal(f"gives an argparse Namespace the state {describe(state)}")
+        return Namespace(dict(state))
     raise Refusal(f"sets the state of {describe(obj)} (BUILD), which torch never does")
 
 
 def _policy(session: Session) -> Policy:
     """The globals of a tensor checkpoint, each building fresh values within `session`."""
+    return Policy(tensor_globals(session), _refuse_global, build=build_state)
+
+
+def tensor_globals(session: Session) -> dict[str, Global]:
+    """The globals a torch checkpoint may name (qualified name -> `Global`), each building
+    fresh values whose arrays are checked and budgeted by `session`; for readers of formats
+    that embed torch tensors (NVIDIA's StyleGAN2-ADA pickles)."""
 
     def tensor(storage, storage_offset, size, stride, dtype: str):
         """torch's `Tensor.set_(storage, offset, size, stride)`, copied into a new array."""
@@ -166,8 +195,9 @@ def _policy(session: Session) -> Policy:
         "torch.device": _device,
     }
     allowed = {name: Global(name, call=call) for name, call in functions.items()}
+    allowed["argparse.Namespace"] = Global("argparse.Namespace", new=_namespace)
     allowed.update(_TOKENS)
-    return Policy(allowed, _refuse_global, build=_build)
+    return allowed
 
 
 # Storage classes and dtypes: inert names a persistent id or `_rebuild_tensor_v3` carries.
@@ -342,10 +372,25 @@ def load_torch_bytes(
     if not data:
         raise CheckpointError(source, "is empty, not a torch checkpoint")
     session = Session(source, len(data), limits)
+    return session.guard(lambda: read_payload(session, data))
+
+
+def read_payload(session: Session, data: bytes) -> object:
+    """Reads a `torch.save` payload (zip or legacy) inside another read: its arrays count
+    against `session`'s budget and deadline, and its errors name `session.path`.
+
+    Returns:
+      As `load_torch_bytes`; a payload holding a bare storage (what
+      `torch.storage._load_from_bytes` carries) gives that storage, which the
+      `_rebuild_tensor*` globals of `tensor_globals(session)` turn into an array.
+
+    Raises:
+      CheckpointError: as `load_torch_bytes`.
+    """
     data = bytes(data)
     if data.startswith(_ZIP_MAGIC):
-        return session.guard(lambda: _load_zip(session, data))
-    return session.guard(lambda: _load_legacy(session, data))
+        return _load_zip(session, data)
+    return _load_legacy(session, data)
 
 
 def load_torch_checkpoint(path: str | os.PathLike, *, limits: Limits | None = None) -> object:
@@ -358,8 +403,9 @@ def load_torch_checkpoint(path: str | os.PathLike, *, limits: Limits | None = No
 
     Returns:
       The saved object, with every tensor as a numpy array (C-contiguous; bfloat16
-      as float32) and dicts, OrderedDicts, lists, tuples, numbers and strings as
-      they were saved (fresh values: nothing is shared between reads).
+      as float32), dicts, OrderedDicts, lists, tuples, numbers and strings as
+      they were saved and an argparse Namespace as a `Namespace` of its fields
+      (fresh values: nothing is shared between reads).
 
     Raises:
       CheckpointError: the file cannot be read, is not a torch checkpoint, is

@@ -3,7 +3,7 @@
 Layout of the archive (numpy's `.npz`: a zip of `.npy` members, stored uncompressed):
   - `params/<a>/<b>/...`: every leaf of the nested parameter dict, as a float32
     array, path segments joined with '/';
-  - `gaussian_fit/mean`, `gaussian_fit/std` (StyleGAN only);
+  - `gaussian_fit/mean`, `gaussian_fit/std` (StyleGAN and StyleGAN2);
   - `__meta__`: a UTF-8 JSON document stored as a uint8 array with `format`,
     `format_version`, `kind` (the generator's registered kind), `config` (its
     static structure) and `provenance` (source files and their sha256).
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.safe_pickle import Refusal, Session
+from pulse_jax.checkpoints.safe_pickle import Limits, Refusal, Session
 
 FORMAT = "pulse_jax.weights"
 FORMAT_VERSION = 1
@@ -225,12 +225,79 @@ def _dcgan_params(config: dict, shapes: Shapes) -> Shapes:
     return expected
 
 
+def _stylegan2_params(config: dict, shapes: Shapes) -> Shapes:
+    resolution = _int_field(config, "resolution", 4, MAX_RESOLUTION)
+    if resolution & (resolution - 1):
+        raise SchemaError(f"config.resolution is {resolution}, not a power of two")
+    blocks = resolution.bit_length() - 2
+    channels = config.get("channels")
+    if not (
+        isinstance(channels, list)
+        and len(channels) == blocks
+        and all(type(c) is int and 1 <= c <= MAX_CHANNELS for c in channels)
+    ):
+        raise SchemaError(
+            f"config.channels is {_short(channels)}, expected {blocks} integers in "
+            f"1..{MAX_CHANNELS} for {resolution} px"
+        )
+    layers = _int_field(config, "mapping_layers", 1, 64)
+    z_dim = _int_field(config, "z_dim", 1, MAX_CHANNELS)
+    w_dim = _int_field(config, "w_dim", 1, MAX_CHANNELS)
+    num_ws = 2 * blocks
+    if config.get("num_ws") != num_ws:
+        raise SchemaError(
+            f"config.num_ws is {_short(config.get('num_ws'))}, expected {num_ws} at {resolution} px"
+        )
+    for name, optional in (("conv_clamp", True), ("mapping_lr", False)):
+        value = config.get(name)
+        if value is None and optional:
+            continue
+        if type(value) not in (int, float) or not (math.isfinite(value) and value > 0):
+            raise SchemaError(f"config.{name} is {_short(value)}, expected a positive number")
+    expected: Shapes = {}
+    width = z_dim
+    for i in range(layers):
+        expected[f"mapping/fc{i}/weight"] = (width, w_dim)
+        expected[f"mapping/fc{i}/bias"] = (w_dim,)
+        width = w_dim
+    expected["mapping/w_avg"] = (w_dim,)
+
+    def layer(prefix: str, c_in: int, c: int, side: int) -> None:
+        expected[f"{prefix}/weight"] = (3, 3, c_in, c)
+        expected[f"{prefix}/affine/weight"] = (w_dim, c_in)
+        expected[f"{prefix}/affine/bias"] = (c_in,)
+        expected[f"{prefix}/bias"] = (c,)
+        expected[f"{prefix}/noise_strength"] = ()
+        expected[f"{prefix}/noise_const"] = (side, side)  # the noise buffer
+
+    previous = channels[0]
+    for i, c in enumerate(channels):
+        side = 4 * 2**i
+        block = f"synthesis/b{side}"
+        if i == 0:
+            expected[f"{block}/const"] = (1, 4, 4, c)
+        else:
+            layer(f"{block}/conv0", previous, c, side)
+        layer(f"{block}/conv1", c, c, side)
+        expected[f"{block}/torgb/weight"] = (c, 3)
+        expected[f"{block}/torgb/affine/weight"] = (w_dim, c)
+        expected[f"{block}/torgb/affine/bias"] = (c,)
+        expected[f"{block}/torgb/bias"] = (3,)
+        previous = c
+    return expected
+
+
 # The registered generator kinds and their weights files' schemas.
 SCHEMAS: dict[str, Schema] = {
     "stylegan": Schema(
         _stylegan_params,
         gaussian_fit=True,
         fit_size=lambda shapes: shapes["synthesis/blocks/4x4/epi1/style_mod/lin/weight"][0],
+    ),
+    "stylegan2": Schema(
+        _stylegan2_params,
+        gaussian_fit=True,
+        fit_size=lambda shapes: shapes["mapping/w_avg"][0],
     ),
     "dcgan": Schema(_dcgan_params, gaussian_fit=False),
 }
@@ -375,12 +442,20 @@ def _read_npy(name: str, data: bytes) -> np.ndarray:
     return array.reshape(shape, order=order).copy()
 
 
-def _read_archive(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: str | os.PathLike, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` (member name without `.npy` -> array), read by the bounded
+    parser above (never `np.load`): plain number dtypes, the header form numpy writes, the
+    byte count matching the shape, members within `limits`' budget.
+
+    Raises:
+      CheckpointError: one line naming the file and the member.
+    """
+    path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
-    session = Session(path, len(data))
+    session = Session(path, len(data), limits)
 
     def read() -> dict[str, np.ndarray]:
         try:
@@ -444,7 +519,7 @@ def load_weights(path: str | os.PathLike) -> WeightsFile:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file" if not path.exists() else "not a file")
-    arrays = _read_archive(path)
+    arrays = read_arrays(path)
     try:
         meta = _read_meta(arrays)
         fit = None

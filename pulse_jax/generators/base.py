@@ -30,12 +30,16 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
-    """The generator-specific options of a PULSE search (PULSE's own flag names)."""
+    """The generator-specific options of a PULSE search (PULSE's own flag names).
+
+    `bad_noise_layers` defaults to none here; `solve` fills in the generator's own default
+    (`arch.default_bad_noise_layers`: PULSE's 17 for a 1024 px StyleGAN, none for StyleGAN2).
+    """
 
     noise_type: str = "trainable"
     num_trainable_noise_layers: int = 5
     tile_latent: bool = False
-    bad_noise_layers: tuple[int, ...] = (17,)
+    bad_noise_layers: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -43,7 +47,7 @@ class Generator:
     """A loaded generator: its static arch, its parameters and where they came from.
 
     Attributes:
-      kind: registered kind ("stylegan", "dcgan").
+      kind: registered kind ("stylegan", "stylegan2", "dcgan").
       arch: the static structure (hashable), whose methods the solver calls.
       params: pytree of arrays (for StyleGAN: "synthesis", "mapping", "gaussian_fit").
       provenance: source files and checksums recorded by the converter.
@@ -65,7 +69,8 @@ class Generator:
 
     @property
     def has_noise(self) -> bool:
-        return self.kind == "stylegan"
+        """Whether the generator has noise maps and style rows (the arch says so)."""
+        return hasattr(self.arch, "num_noise_layers")
 
     @property
     def gaussian_fit(self) -> dict[str, np.ndarray] | None:
@@ -73,7 +78,7 @@ class Generator:
         return None if fit is None else {k: np.asarray(v) for k, v in fit.items()}
 
     def map(self, z: jax.Array) -> jax.Array:
-        """StyleGAN mapping network z [B, 512] -> w [B, 512]."""
+        """StyleGAN mapping network z [B, 512] -> w [B, 512] (untruncated)."""
         if "mapping" not in self.params:
             raise ValueError(f"this {self.kind} generator has no mapping network")
         return _jit_map(self.arch, self.params["mapping"], z)
@@ -81,9 +86,11 @@ class Generator:
     def synthesize(self, dlatents: jax.Array, noise=None) -> jax.Array:
         """StyleGAN: dlatents [B, L, 512] and L noise maps [B, r, r, 1] -> raw image [B, R, R, 3].
 
-        DCGAN: z [B, 100] -> raw image [B, 64, 64, 3]. Raw output is roughly [-1, 1].
+        StyleGAN2: ws [B, num_ws, w_dim] and its 2 log2(R) - 3 noise maps [B, r, r, 1], or
+        None (no noise) -> raw image. DCGAN: z [B, 100] -> raw image [B, 64, 64, 3]. Raw
+        output is roughly [-1, 1].
         """
-        if self.kind == "stylegan":
+        if self.has_noise:
             return _jit_synthesize(self.arch, self.params["synthesis"], dlatents, noise)
         return _jit_synthesize(self.arch, self.params, dlatents, None)
 

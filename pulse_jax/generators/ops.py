@@ -133,9 +133,10 @@ def conv_transpose2d(x: jax.Array, kernel, stride: int, padding: int, precision:
     )
 
 
-def upsample_conv2x(x: jax.Array, kernel, precision: str) -> jax.Array:
+def upsample_conv2x(x: jax.Array, kernel, precision: str, *, full: bool = False) -> jax.Array:
     """`conv_transpose2d(x, kernel, stride=2, padding=1)` for a 4x4 kernel, at the input
-    resolution and without the zeros of a stride-dilated input.
+    resolution and without the zeros of a stride-dilated input (`full`: padding 0, the
+    2H + 2 rows and columns before the crop, as StyleGAN2's upsampling conv needs them).
 
     Output row 2m + a takes input rows m - 1 + a and m + a with taps 3 - a and 1 - a (the
     same along columns): four sub-pixel 2x2 kernels. Counting output rows from -1
@@ -152,10 +153,10 @@ def upsample_conv2x(x: jax.Array, kernel, precision: str) -> jax.Array:
       precision: see `lax_precision`.
 
     Returns:
-      [B, 2H, 2W, out].
+      [B, 2H, 2W, out], or [B, 2H + 2, 2W + 2, out] with `full`.
     """
     prepared = kernel if isinstance(kernel, dict) else prepare_upsample(kernel)
-    return _upsample(x, prepared["phases"], prepared["adjoint"], precision)
+    return _upsample(x, prepared["phases"], prepared["adjoint"], precision, full)
 
 
 def prepare_upsample(kernel: jax.Array) -> dict:
@@ -167,36 +168,37 @@ def prepare_upsample(kernel: jax.Array) -> dict:
     return {"phases": jnp.concatenate(phases, axis=-1), "adjoint": jnp.swapaxes(kernel, 2, 3)}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _upsample(x: jax.Array, phases: jax.Array, adjoint: jax.Array, precision: str):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _upsample(x: jax.Array, phases: jax.Array, adjoint: jax.Array, precision: str, full: bool):
     del adjoint  # shapes the gradient only (see `_conv`)
-    return _upsample_subpixel(x, phases, precision)
+    return _upsample_subpixel(x, phases, precision, full)
 
 
-def _upsample_subpixel(x: jax.Array, phases: jax.Array, precision: str) -> jax.Array:
+def _upsample_subpixel(x: jax.Array, phases: jax.Array, precision: str, full: bool) -> jax.Array:
     b, h, w, _ = x.shape
     out = phases.shape[-1] // 4
     z = _conv_nhwc(x, phases, ((1, 1), (1, 1)), precision)
     z = z.reshape(b, h + 1, w + 1, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
     z = z.reshape(b, 2 * h + 2, 2 * w + 2, out)  # output rows and columns -1 .. 2H
-    return z[:, 1 : 2 * h + 1, 1 : 2 * w + 1]
+    return z if full else z[:, 1 : 2 * h + 1, 1 : 2 * w + 1]
 
 
-def _upsample_fwd(x, phases, adjoint, precision):
-    return _upsample_subpixel(x, phases, precision), (x, phases, adjoint)
+def _upsample_fwd(x, phases, adjoint, precision, full):
+    return _upsample_subpixel(x, phases, precision, full), (x, phases, adjoint)
 
 
-def _upsample_bwd(precision, residuals, g):
+def _upsample_bwd(precision, full, residuals, g):
     x, phases, adjoint = residuals
+    pad = 0 if full else 1  # the transposed conv's padding
     grad_x = jax.lax.conv_general_dilated(
         g,
         adjoint,  # [4, 4, out, in]
         window_strides=(2, 2),
-        padding=[(1, 1), (1, 1)],
+        padding=[(pad, pad), (pad, pad)],
         dimension_numbers=_NHWC,
         precision=lax_precision(precision),
     )
-    _, phases_vjp = jax.vjp(lambda k: _upsample_subpixel(x, k, precision), phases)
+    _, phases_vjp = jax.vjp(lambda k: _upsample_subpixel(x, k, precision, full), phases)
     return grad_x, phases_vjp(g)[0], jnp.zeros_like(adjoint)
 
 
@@ -223,7 +225,8 @@ def nearest_upsample_kernel(kernel: jax.Array) -> jax.Array:
 
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: str) -> jax.Array:
-    """The same [kh, kw] kernel applied to every channel on its own (the StyleGAN blur).
+    """The same [kh, kw] kernel applied to every channel on its own (the StyleGAN blur), with
+    zero padding `padding` on every side: 'same' (`padding = k // 2`) or 'valid' (0).
 
     Written as a sum of shifted copies of the zero-padded input, which XLA fuses with the
     surrounding elementwise work into one pass (a grouped conv is a slow path on XLA:CPU).
@@ -232,33 +235,33 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, padding: int, precision: s
     the largest activations.
     """
     del precision  # elementwise float32 multiply-adds: no reduced-precision passes here
-    if kernel.shape[0] != kernel.shape[1] or kernel.shape[0] != 2 * padding + 1:
-        raise ValueError("depthwise_conv2d supports 'same' padding of a square odd kernel")
-    return _depthwise(x, kernel.astype(x.dtype))
-
-
-@jax.custom_vjp
-def _depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return _stencil(x, kernel)
-
-
-def _stencil(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k = kernel.shape[0]
-    pad = k // 2
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    if k != kernel.shape[1] or k % 2 == 0 or padding not in (0, k // 2):
+        raise ValueError("depthwise_conv2d supports a square odd kernel, padding k // 2 or 0")
+    return _depthwise(x, kernel.astype(x.dtype), padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    return _stencil(x, kernel, pad)
+
+
+def _stencil(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    k = kernel.shape[0]
+    h, w = x.shape[1] + 2 * pad - k + 1, x.shape[2] + 2 * pad - k + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
     terms = [kernel[i, j] * xp[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)]
     return functools.reduce(jnp.add, terms)
 
 
-def _depthwise_fwd(x, kernel):
-    return _stencil(x, kernel), (x, kernel)
+def _depthwise_fwd(x, kernel, pad):
+    return _stencil(x, kernel, pad), (x, kernel)
 
 
-def _depthwise_bwd(residuals, g):
+def _depthwise_bwd(pad, residuals, g):
     x, kernel = residuals
-    grad_kernel = jax.vjp(lambda k: _stencil(x, k), kernel)[1](g)[0]
-    return _stencil(g, kernel[::-1, ::-1]), grad_kernel
+    grad_kernel = jax.vjp(lambda k: _stencil(x, k, pad), kernel)[1](g)[0]
+    return _stencil(g, kernel[::-1, ::-1], kernel.shape[0] - 1 - pad), grad_kernel
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)

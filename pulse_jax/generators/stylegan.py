@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.generators import ops
-from pulse_jax.generators.base import SearchOptions
+from pulse_jax.generators.style_search import StyleSearchSpace
 
 SQRT2 = math.sqrt(2.0)
 MAPPING_LRMUL = 0.01
@@ -26,8 +26,9 @@ MAX_BLOCKS = 12  # 4x4 .. 8192x8192
 
 
 @dataclasses.dataclass(frozen=True)
-class StyleGANArch:
-    """Static structure of a StyleGAN generator, inferred from its weights."""
+class StyleGANArch(StyleSearchSpace):
+    """Static structure of a StyleGAN generator, inferred from its weights; PULSE's search
+    over it is `StyleSearchSpace`'s."""
 
     resolution: int
     channels: tuple[int, ...]  # per block, 4x4 first
@@ -43,6 +44,15 @@ class StyleGANArch:
     @property
     def block_names(self) -> tuple[str, ...]:
         return tuple(f"{4 * 2**i}x{4 * 2**i}" for i in range(len(self.channels)))
+
+    @property
+    def num_noise_layers(self) -> int:
+        return self.num_layers
+
+    @property
+    def default_bad_noise_layers(self) -> tuple[int, ...]:
+        """PULSE's default 17 (the last noise layer at 1024 px); none where there is no 17."""
+        return (17,) if self.num_noise_layers > 17 else ()
 
     def noise_resolution(self, layer: int) -> int:
         return 2 ** (layer // 2 + 2)
@@ -123,57 +133,6 @@ class StyleGANArch:
             blocks[name] = block
         torgb = _prepare_conv(synthesis["torgb"], 1.0)
         return dict(synthesis, blocks=blocks, torgb=torgb)
-
-    # -- the search space (PULSE_SPEC section 2) -----------------------------------------
-
-    def check_options(self, options: SearchOptions) -> None:
-        if options.noise_type not in ("zero", "fixed", "trainable"):
-            raise ValueError(
-                f"noise_type must be 'zero', 'fixed' or 'trainable', got {options.noise_type!r}"
-            )
-        if options.num_trainable_noise_layers < 0:
-            raise ValueError("num_trainable_noise_layers must be >= 0")
-
-    def latent_rows(self, options: SearchOptions) -> int:
-        return 1 if options.tile_latent else self.num_layers
-
-    def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
-        """One sample's starting point: {"latent": [L or 1, 512], "noise": L maps [r, r, 1]}."""
-        keys = jax.random.split(key, self.num_layers + 1)
-        latent = jax.random.normal(keys[0], (self.latent_rows(options), self.dlatent_size))
-        noise = []
-        for i in range(self.num_layers):
-            r = self.noise_resolution(i)
-            if options.noise_type == "zero" or i in options.bad_noise_layers:
-                noise.append(jnp.zeros((r, r, 1), jnp.float32))
-            else:
-                noise.append(jax.random.normal(keys[i + 1], (r, r, 1)))
-        return {"latent": latent, "noise": noise}
-
-    def trainable(self, options: SearchOptions) -> dict:
-        """Which leaves of a start are optimized (the rest stay fixed)."""
-        noise = [
-            options.noise_type == "trainable"
-            and i < options.num_trainable_noise_layers
-            and i not in options.bad_noise_layers
-            for i in range(self.num_layers)
-        ]
-        return {"latent": True, "noise": noise}
-
-    def sphere_axes(self, options: SearchOptions) -> dict:
-        """Axes of a batched leaf [N, ...] over which each row's radius is taken (section 3):
-        one row per (sample, style layer) for the latent, per (sample, channel) for noise."""
-        return {"latent": (2,), "noise": [(1, 2)] * self.num_layers}
-
-    def render(self, params: dict, variables: dict, options: SearchOptions):
-        """Batched variables -> (images [N, R, R, 3] in [0, 1], dlatents [N, L, 512])."""
-        fit = params["gaussian_fit"]
-        latent = variables["latent"]  # [N, L or 1, 512]
-        if options.tile_latent:
-            latent = jnp.broadcast_to(latent, (latent.shape[0], self.num_layers, latent.shape[2]))
-        dlatents = ops.leaky_relu(latent * fit["std"] + fit["mean"], 0.2)
-        images = self.synthesize(params["synthesis"], dlatents, variables["noise"])
-        return (images + 1.0) / 2.0, dlatents
 
 
 # The synthesis layers take their parameters as `StyleGANArch.prepare` leaves them: each
