@@ -22,12 +22,10 @@ from __future__ import annotations
 import glob
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pulse_jax import cli, load_generator, pipeline
 from pulse_jax import evaluate as evaluation
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
 _DEFAULTS = evaluation.EvalConfig(search=pipeline.SearchConfig(), output_dir="")
@@ -92,9 +90,8 @@ def execute() -> int:
             generator, [n for n in pipeline.NOISE_OPTIONS if FLAGS[n].present]
         )
         report = evaluation.evaluate(config, generator, log=sys.stderr)
-    except (pipeline.ConfigError, ImageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
+        return cli.exit_status(e, 2)
     for e in report["unusable_inputs"]:
         print(f"skipped: {e}", file=sys.stderr)
     written = evaluation.write_report(report, config.output_dir, plot_faces=config.plot_faces)
@@ -103,20 +100,7 @@ def execute() -> int:
     return 0
 
 
-def run(argv: list[str]) -> int:
-    """Parses `argv` (program name first) and runs; for tests and other in-process callers."""
-    FLAGS.unparse_flags()
-    FLAGS(argv)
-    return execute()
-
-
-def main(argv: list[str]) -> int:
-    """The `app.run` entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    return execute()
+run, main = cli.entry_points(execute)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pulse_jax import cli, load_generator, pipeline
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.dcgan_package import FetchError
 from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
@@ -136,14 +134,8 @@ def execute() -> int:
         if FLAGS.align:
             config, not_aligned = align_inputs(config, generator.resolution)
         summary = pipeline.run_folder(config, generator)
-    except (pipeline.ConfigError, ImageError, CheckpointError, FetchError) as e:
-        print(f"error: {cli.one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.filename is None:  # not about a file the user named: a bug, with its traceback
-            raise
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
+        return cli.exit_status(e, 2)
     # Photos in which no face was found count as failed inputs too.
     summary.failed[:0] = not_aligned
     summary.inputs += len(not_aligned)
@@ -158,23 +150,7 @@ def execute() -> int:
     return 0
 
 
-def run(argv: list[str]) -> int:
-    """Parses `argv` (program name first) and runs; for tests and other in-process callers.
-
-    Flags from an earlier call are reset first.
-    """
-    FLAGS.unparse_flags()
-    FLAGS(argv)
-    return execute()
-
-
-def main(argv: list[str]) -> int:
-    """The `app.run` entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep JAX's start-up notes out of the output
-    return execute()
+run, main = cli.entry_points(execute)
 
 
 if __name__ == "__main__":

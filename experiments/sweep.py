@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pulse_jax import cli, distributed, load_generator, pipeline
 from pulse_jax import sweep as sweeps
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.dcgan_package import FetchError
-from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
 cli.define_search_flags()
@@ -133,24 +130,12 @@ def execute() -> int:
             plan_memory(config, generator)
             return 0
         summary = sweeps.run_sweep(config, generator)
-    except (pipeline.ConfigError, ImageError, CheckpointError, FetchError) as e:
-        print(f"error: {cli.one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.filename is None:  # not about a file the user named: a bug, with its traceback
-            raise
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
+        return cli.exit_status(e, 2)
     return 1 if summary.failed else 0
 
 
-def main(argv: list[str]) -> int:
-    """The `app.run` entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    return execute()
+run, main = cli.entry_points(execute)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,15 @@ parsed values into the `pipeline.SearchConfig` the library takes.
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags, logging
 
 from pulse_jax import operators, pipeline
+from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints.dcgan_package import FetchError
+from pulse_jax.images import ImageError
 from pulse_jax.loading import DEFAULT_GENERATOR
 from pulse_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -99,3 +104,43 @@ def one_line(error: Exception, width: int = 500) -> str:
     """An error's message as the one line a launcher prints (cut at `width` characters)."""
     text = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return text if len(text) <= width else text[:width] + "..."
+
+
+# Errors a user can cause: bad settings, inputs, weights files or checkpoints, a failed fetch.
+USER_ERRORS = (pipeline.ConfigError, ImageError, CheckpointError, FetchError)
+
+
+def exit_status(error: Exception, status: int) -> int:
+    """What a launcher does with an error raised by its work: an error the user caused
+    (`USER_ERRORS`, or an `OSError` naming a file) is printed as one line on stderr and
+    ends the run with `status`; anything else is a bug and is raised again, traceback and all.
+
+    Call it from an `except Exception` block: `return cli.exit_status(e, 2)`.
+    """
+    if isinstance(error, USER_ERRORS):
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return status
+    if isinstance(error, OSError) and error.filename is not None:
+        print(f"error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+        return status
+    raise error
+
+
+def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
+    """A launcher's `run(argv)` (for tests and in-process callers: flags of an earlier call
+    are reset first) and `main(argv)` (the `app.run` entry point, JAX's start-up notes kept
+    out of the output), both around `execute()`, which runs with the parsed flags."""
+
+    def run(argv: list[str]) -> int:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(argv)
+        return execute()
+
+    def main(argv: list[str]) -> int:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        return execute()
+
+    return run, main

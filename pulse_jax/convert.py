@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pulse_jax import cli
 from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 from pulse_jax.generators import ops, stylegan, stylegan2
@@ -427,14 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         convert = {"pulse": convert_pulse, "nvidia": convert_nvidia, "stylegan2": convert_stylegan2}
         convert[args.source](args)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        if e.filename is None:  # not about a file the user named: a bug, with its traceback
-            raise
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
+        return cli.exit_status(e, 1)
     return 0
 
 
