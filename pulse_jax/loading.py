@@ -66,19 +66,16 @@ def from_weights_file(
 ) -> Generator:
     params = jax.tree.map(jnp.asarray, wf.params)
     try:
-        if wf.kind == "stylegan":
+        if wf.kind in ("stylegan", "stylegan2"):  # searched through their gaussian fit
             if wf.gaussian_fit is None:
-                raise ValueError("StyleGAN weights without a gaussian fit")
+                raise ValueError(f"{wf.kind} weights without a gaussian fit")
             params = dict(params)
             params["gaussian_fit"] = {k: jnp.asarray(v) for k, v in wf.gaussian_fit.items()}
+        if wf.kind == "stylegan":
             arch = stylegan.arch_from_params(
                 params["synthesis"], params.get("mapping"), precision=precision
             )
         elif wf.kind == "stylegan2":
-            if wf.gaussian_fit is None:
-                raise ValueError("StyleGAN2 weights without a gaussian fit")
-            params = dict(params)
-            params["gaussian_fit"] = {k: jnp.asarray(v) for k, v in wf.gaussian_fit.items()}
             arch = stylegan2.arch_from_params(
                 params,
                 conv_clamp=wf.config.get("conv_clamp"),

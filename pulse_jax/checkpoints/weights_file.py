@@ -150,7 +150,9 @@ def _channels(shapes: Shapes, path: str, axis: int, field: str) -> int:
     return value
 
 
-def _stylegan_params(config: dict, shapes: Shapes) -> Shapes:
+def _resolution_and_channels(config: dict) -> tuple[int, list[int]]:
+    """A style generator's config.resolution (a power of two) and config.channels (one count
+    per block, 4 px up)."""
     resolution = _int_field(config, "resolution", 4, MAX_RESOLUTION)
     if resolution & (resolution - 1):
         raise SchemaError(f"config.resolution is {resolution}, not a power of two")
@@ -165,6 +167,11 @@ def _stylegan_params(config: dict, shapes: Shapes) -> Shapes:
             f"config.channels is {_short(channels)}, expected {blocks} integers in "
             f"1..{MAX_CHANNELS} for {resolution} px"
         )
+    return resolution, channels
+
+
+def _stylegan_params(config: dict, shapes: Shapes) -> Shapes:
+    resolution, channels = _resolution_and_channels(config)
     first = "synthesis/blocks/4x4/epi1/style_mod/lin/weight"
     dlatent = _channels(shapes, first, 0, "the dlatent size")
     expected: Shapes = {}
@@ -226,20 +233,8 @@ def _dcgan_params(config: dict, shapes: Shapes) -> Shapes:
 
 
 def _stylegan2_params(config: dict, shapes: Shapes) -> Shapes:
-    resolution = _int_field(config, "resolution", 4, MAX_RESOLUTION)
-    if resolution & (resolution - 1):
-        raise SchemaError(f"config.resolution is {resolution}, not a power of two")
-    blocks = resolution.bit_length() - 2
-    channels = config.get("channels")
-    if not (
-        isinstance(channels, list)
-        and len(channels) == blocks
-        and all(type(c) is int and 1 <= c <= MAX_CHANNELS for c in channels)
-    ):
-        raise SchemaError(
-            f"config.channels is {_short(channels)}, expected {blocks} integers in "
-            f"1..{MAX_CHANNELS} for {resolution} px"
-        )
+    resolution, channels = _resolution_and_channels(config)
+    blocks = len(channels)
     layers = _int_field(config, "mapping_layers", 1, 64)
     z_dim = _int_field(config, "z_dim", 1, MAX_CHANNELS)
     w_dim = _int_field(config, "w_dim", 1, MAX_CHANNELS)
