@@ -30,7 +30,13 @@ import os
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, nvidia_pickle, stylegan2_layout, torch_format
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    nvidia_pickle,
+    stylegan2_layout,
+    torch_format,
+    weights_file,
+)
 from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
 
 KIND = "an NVIDIA StyleGAN2-ADA pickle"
@@ -297,8 +303,7 @@ def read_ada_pickle(
         raise CheckpointError(path, "a mapping layer's bias_gain is not a number")
     gains = set(gains)
     lr = _one(path, gains, "lr_multiplier", 0.01)
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    sha256 = weights_file.sha256_of(path)
     source = {
         "file": os.path.basename(path),
         "sha256": sha256,

@@ -24,13 +24,12 @@ rosinality's `Generator` computes NVIDIA's function with other conventions
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, stylegan2_layout, torch_format
+from pulse_jax.checkpoints import CheckpointError, stylegan2_layout, torch_format, weights_file
 from pulse_jax.checkpoints.safe_pickle import Limits
 
 # rosinality's `Generator(lr_mlp=0.01)`: the mapping's learning-rate multiplier is not stored.
@@ -224,8 +223,7 @@ def read_rosinality(
             raise CheckpointError(path, f"latent_avg is a {type(latent_avg).__name__}")
         latent_avg = latent_avg.astype(np.float32).reshape(-1)
     state = convert_state_dict(path, sd, latent_avg)
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    sha256 = weights_file.sha256_of(path)
     args = checkpoint.get("args")
     source = {
         "file": os.path.basename(path),

@@ -17,13 +17,12 @@ StyleGAN2-ADA's state-dict layout with the rules of NVIDIA's `legacy.py`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, nvidia_pickle, stylegan2_layout
+from pulse_jax.checkpoints import CheckpointError, nvidia_pickle, stylegan2_layout, weights_file
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 
 KIND = "NVIDIA's TensorFlow StyleGAN2 pickle"
@@ -227,8 +226,7 @@ def read_tf_pickle(
     ):
         raise CheckpointError(path, f"resample_kernel is {describe(resample_kernel)}")
     ada_state, dropped = convert_variables(path, params, tuple(resample_kernel))
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    sha256 = weights_file.sha256_of(path)
     source = {
         "file": os.path.basename(path),
         "sha256": sha256,
