@@ -18,7 +18,6 @@ import functools
 import math
 import os
 import stat
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.files import atomic_write
 
 # 4096 x 4096 (16.8 megapixels, above a 12 MP phone photo): far above any face PULSE
 # upsamples. Decoding and converting costs about 50 bytes a pixel at worst (RGBA composited
@@ -403,20 +403,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: save_image writes PNG files; name it *.png")
     pil = Image.fromarray(to_uint8(image))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); a result is an ordinary file.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 @functools.lru_cache(maxsize=8)

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.checkpoints.safe_pickle import Limits, Refusal, Session
+from pulse_jax.files import atomic_write  # noqa: F401 - also imported from here by plots, evaluate
 
 FORMAT = "pulse_jax.weights"
 FORMAT_VERSION = 1
@@ -90,27 +90,6 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Calls `write(file_object)` on a temporary file beside `path`, then renames it.
-
-    A crash midway leaves either the old file or none, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a weights file is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class SchemaError(Refusal):
