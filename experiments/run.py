@@ -5,9 +5,9 @@
 Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
 and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input (with `--plots`
 also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs
-and seeding: the docstring of `pulse_jax/pipeline.py`). Flags and defaults are PULSE's
-own, plus `--generator`, `--operator` (the degradation, with its parameters), `--resize`,
-`--plots` and `--align`.
+and seeding: the docstrings of `pulse_jax/pipeline.py` and `pulse_jax/engine.py`). Flags
+and defaults are PULSE's own, plus `--generator`, `--operator` (the degradation, with
+its parameters), `--resize`, `--plots` and `--align`.
 
 Exit status: 0 when every input was used (whether or not its samples reached
 eps; see the manifest), 1 when some input files could not be used (each is
@@ -24,10 +24,11 @@ from pathlib import Path
 from absl import app, flags
 
 from pulse_jax import cli, load_generator, pipeline
+from pulse_jax.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
 from pulse_jax.images import ImageError
 
 FLAGS = flags.FLAGS
-_DEFAULTS = pipeline.SearchConfig()
+_DEFAULTS = SearchConfig()
 cli.define_search_flags()
 flags.adopt_module_key_flags(cli)
 
@@ -70,8 +71,6 @@ flags.DEFINE_integer(
     lower_bound=0,
 )
 
-NOISE_FLAGS = pipeline.NOISE_OPTIONS
-
 
 def config_from_flags() -> pipeline.RunConfig:
     """The run described by the parsed flags."""
@@ -96,13 +95,13 @@ def align_inputs(
       The run on the aligned LR faces, and one `ImageError` per photo that gave no face.
 
     Raises:
-      pipeline.ConfigError: face alignment (the optional dlib extra) is not installed, or
+      ConfigError: face alignment (the optional dlib extra) is not installed, or
         --align_size does not divide the generator's resolution.
     """
     try:
         from pulse_jax import align  # optional extra: imported only when asked for
     except ImportError as e:
-        raise pipeline.ConfigError(
+        raise ConfigError(
             f"--align needs the face-alignment module pulse_jax.align and its extra ({e})"
         ) from None
     size = FLAGS.align_size or min(32, resolution // 4)
@@ -112,11 +111,11 @@ def align_inputs(
             config.input_dir, aligned, output_size=size, resolution=resolution
         )
     except align.AlignmentUnavailable as e:
-        raise pipeline.ConfigError(f"--align: {e}") from None
+        raise ConfigError(f"--align: {e}") from None
     except ValueError as e:
         if isinstance(e, ImageError):
             raise
-        raise pipeline.ConfigError(f"--align: {e}") from None
+        raise ConfigError(f"--align: {e}") from None
     failed = [ImageError(path, reason) for path, reason in faces.skipped.items()]
     return dataclasses.replace(config, input_dir=str(aligned)), failed
 
@@ -130,7 +129,7 @@ def execute() -> int:
     not_aligned = []
     try:
         generator = load_generator(config.search.generator)
-        pipeline.check_applicable(generator, [n for n in NOISE_FLAGS if FLAGS[n].present])
+        check_applicable(generator, [n for n in NOISE_OPTIONS if FLAGS[n].present])
         if FLAGS.align:
             config, not_aligned = align_inputs(config, generator.resolution)
         summary = pipeline.run_folder(config, generator)

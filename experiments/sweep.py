@@ -10,7 +10,7 @@ Elsewhere pass --coordinator_address, --num_processes and --process_id (or set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Run it again after
 an interruption: finished results are kept and the rest is done. Choose
 --batch_per_device with --plan_memory. Layout and guarantees: the docstring of
-`pulse_jax/sweep.py`.
+`pulse_jax/sweep.py` and `pulse_jax/engine.py`.
 
 Exit status: 0 when every input was used, 1 when some input files could not be
 used (each is named, the others are processed), 2 when the settings or folders
@@ -23,8 +23,10 @@ import sys
 
 from absl import app, flags
 
-from pulse_jax import cli, distributed, load_generator, pipeline
+from pulse_jax import cli, distributed, load_generator
 from pulse_jax import sweep as sweeps
+from pulse_jax.config import NOISE_OPTIONS, ConfigError, check_applicable
+from pulse_jax.inputs import load_inputs
 
 FLAGS = flags.FLAGS
 cli.define_search_flags()
@@ -80,7 +82,7 @@ def parse_seeds(values: list[str]) -> tuple[int, ...]:
         try:
             seeds += range(int(first), int(last or first) + 1)
         except ValueError:
-            raise pipeline.ConfigError(f"--seeds: {value!r} is not a seed or a-b") from None
+            raise ConfigError(f"--seeds: {value!r} is not a seed or a-b") from None
     return tuple(seeds)
 
 
@@ -101,10 +103,8 @@ def config_from_flags() -> sweeps.SweepConfig:
 
 def plan_memory(config: sweeps.SweepConfig, generator) -> None:
     """Prints the device memory per --batch_per_device for the inputs' largest size."""
-    inputs, _ = pipeline.load_inputs(
-        config.input_dir, generator.resolution, resize=config.search.resize
-    )
-    side = max(item.lr.shape[0] for item in inputs)
+    inputs, _ = load_inputs(config.input_dir, generator.resolution, resize=config.search.resize)
+    side = max(item.side for item in inputs)
     rows = sweeps.plan_batch_size(
         generator, side, config.search, remat=config.remat, largest=config.batch_per_device
     )
@@ -123,9 +123,7 @@ def execute() -> int:
     try:
         config = config_from_flags()
         generator = load_generator(config.search.generator)
-        pipeline.check_applicable(
-            generator, [n for n in pipeline.NOISE_OPTIONS if FLAGS[n].present]
-        )
+        check_applicable(generator, [n for n in NOISE_OPTIONS if FLAGS[n].present])
         if FLAGS.plan_memory:
             plan_memory(config, generator)
             return 0

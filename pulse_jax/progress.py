@@ -79,6 +79,14 @@ class Progress:
             self.stream.flush()
 
 
+def say(log: TextIO, text: str) -> None:
+    """Writes one line of a log. On a terminal the progress line has no newline yet: it is
+    cleared first, and redrawn at the next update."""
+    prefix = "\r\x1b[K" if hasattr(log, "isatty") and log.isatty() else ""
+    log.write(prefix + text + "\n")
+    log.flush()
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

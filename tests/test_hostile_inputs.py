@@ -13,7 +13,8 @@ import pytest
 from hostile import assert_refused, read_isolated
 from PIL import Image
 
-from pulse_jax import images, pipeline
+from pulse_jax import engine, images
+from pulse_jax.inputs import load_inputs
 
 COLLIDING = [
     "a.png", "a.bmp", "a_png.bmp", "A.PNG", "a_png_2.gif", "results.jsonl.png",
@@ -48,7 +49,7 @@ def test_random_folders_get_distinct_folders(seed):
 def test_manifest_points_each_input_at_its_own_folder(tmp_path):
     for name in COLLIDING:
         Image.new("RGB", (4, 4), (len(name) * 9 % 255, 0, 0)).save(tmp_path / name, "PNG")
-    inputs, errors = pipeline.load_inputs(tmp_path, 64)
+    inputs, errors = load_inputs(tmp_path, 64)
     assert not errors and len(inputs) == len(COLLIDING)
     folders = [item.name.casefold() for item in inputs]
     assert len(set(folders)) == len(folders) and "results.jsonl" not in folders
@@ -67,9 +68,9 @@ def test_special_files_are_named_and_never_opened(tmp_path):
         "fifo.png": "a FIFO",
         "folder.png": "a folder",
     }
-    inputs, errors = pipeline.load_inputs(tmp_path, 64)
+    inputs, errors = load_inputs(tmp_path, 64)
     assert [i.path.name for i in inputs] == ["good.png"] and not errors
-    summary = pipeline.RunSummary(inputs=1, not_files=found, output_dir="out")
+    summary = engine.Summary(inputs=1, not_files=found, output_dir="out")
     text = "\n".join(summary.lines())
     for path, what in found.items():
         assert f"{path}: {what}" in text

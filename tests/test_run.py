@@ -1,4 +1,4 @@
-"""experiments/run.py and the pipeline it calls (pulse_jax/pipeline.py), with a few steps.
+"""experiments/run.py and the run it calls (pulse_jax/pipeline.py over pulse_jax/engine.py).
 
 Most runs are in-process through `run.run(argv)` so the compiled search is shared;
 the refusal of flags is also checked through the real command line.
@@ -7,17 +7,22 @@ the refusal of flags is also checked through the real command line.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 from PIL import Image
 
-from pulse_jax import pipeline
+from pulse_jax import engine, layout, store
+from pulse_jax import sweep as sweeps
+from pulse_jax.config import ConfigError, SearchConfig
+from pulse_jax.inputs import InputImage, load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_PY = ROOT / "experiments" / "run.py"
@@ -26,7 +31,7 @@ STEPS = "3"
 FIELDS = {
     "input", "input_sha256", "image_id", "sample", "seed", "l2", "success", "failed",
     "best_step", "steps", "seconds", "generator", "factor", "hr", "lr", "comparison",
-    "intermediate", "settings", "group", "machine",
+    "intermediate", "settings", "group", "machine", "process",
 }  # fmt: skip
 
 
@@ -79,11 +84,14 @@ def test_outputs_and_manifest(run_py, inputs, tmp_path, capsys):
     ]  # fmt: skip
     for r in records:
         assert set(r) == FIELDS
-        # Batches of two inputs, fixed by the input list: (seed0, seed13), (seed18 + padding).
+        # Groups of two inputs with both samples, fixed by the input list: (seed0, seed13),
+        # (seed18 + padding); an input's samples side by side.
         row = ["dcgan_seed0.png", "dcgan_seed13.png", "dcgan_seed18.jpg"].index(r["input"])
-        ids = [[0, 1], [2]][row // 2]
-        assert r["group"] == {"index": row // 2, "batch_size": 2, "rows": 2, "samples": 2,
-                              "image_ids": ids, "position": row % 2}  # fmt: skip
+        members = [[i, 0, s] for i in [[0, 1], [2]][row // 2] for s in (0, 1)]
+        assert r["group"] == {"index": row // 2, "position": 2 * (row % 2) + r["sample"],
+                              "batch_per_device": 4, "batch_size": 2,
+                              "members": members}  # fmt: skip
+        assert r["process"] == 0
         assert set(r["machine"]) == {"jax", "jaxlib", "platform", "device_kind", "cpu"}
         assert r["seed"] == 0 and r["steps"] == 3 and r["generator"] == "dcgan64"
         assert r["factor"] == 4 and r["intermediate"] is None
@@ -113,11 +121,11 @@ def test_result_reproducible_from_its_manifest_line(run_py, inputs, tmp_path, dc
     # Alone, in another batch: equal up to rounding (measured relative 0 on Intel Xeon).
     np.testing.assert_allclose(again.l2[0, record["sample"]], record["l2"], rtol=1e-4)
     # Its own batch again: bitwise, by construction (the same program on the same rows).
-    search = pipeline.SearchConfig(seed=7, steps=3)
-    loaded, _ = pipeline.load_inputs(inputs, 64)
-    result, row = pipeline.recompute(record, loaded, dcgan64, search)
-    assert float(result.l2[row, record["sample"]]) == record["l2"]
-    assert int(result.best_step[row, record["sample"]]) == record["best_step"]
+    search = SearchConfig(seed=7, steps=3)
+    loaded, _ = load_inputs(inputs, 64)
+    result, row = engine.recompute(record, loaded, dcgan64, search)
+    assert float(result.l2[row, 0]) == record["l2"]
+    assert int(result.best_step[row, 0]) == record["best_step"]
 
 
 def test_manifest_from_before_operators_resumes(run_py, inputs, tmp_path, capsys):
@@ -289,31 +297,74 @@ def test_align_without_the_extra_is_a_clear_error(run_py, inputs, tmp_path, caps
     assert "--align" in err and ("dlib" in err or "pulse_jax.align" in err)
 
 
-def test_update_manifest_replaces_by_key_and_refuses_garbage(tmp_path):
+def test_manifest_appends_cuts_a_torn_line_and_refuses_garbage(tmp_path):
     path = tmp_path / "results.jsonl"
-    pipeline.update_manifest(path, [{"input": "a", "sample": 0, "l2": 1.0},
-                                    {"input": "b", "sample": 0, "l2": 2.0}])  # fmt: skip
-    pipeline.update_manifest(path, [{"input": "a", "sample": 0, "l2": 3.0},
-                                    {"input": "a", "sample": 1, "l2": 4.0}])  # fmt: skip
-    assert [(r["input"], r["sample"], r["l2"]) for r in pipeline.read_manifest(path)] == [
-        ("a", 0, 3.0), ("b", 0, 2.0), ("a", 1, 4.0)
+    store.append_records(path, [{"input": "a", "seed": 0, "sample": 0, "l2": 1.0},
+                                {"input": "b", "seed": 0, "sample": 0, "l2": 2.0}])  # fmt: skip
+    store.append_records(path, [{"input": "a", "seed": 0, "sample": 1, "l2": 4.0}])
+    assert [(r["input"], r["sample"], r["l2"]) for r in store.read_manifest(path)] == [
+        ("a", 0, 1.0), ("b", 0, 2.0), ("a", 1, 4.0)
     ]  # fmt: skip
+    with open(path, "a") as f:
+        f.write('{"input": "c", "se')  # a kill while appending: not a record
+    assert len(store.read_manifest(path)) == 3
+    store.cut_torn_line(path)
+    assert path.read_text().endswith('"l2": 4.0}\n')
     path.write_text(path.read_text() + "{half a line\n")
-    before = path.read_bytes()
-    with pytest.raises(pipeline.ConfigError, match="line 4: not JSON"):
-        pipeline.update_manifest(path, [{"input": "c", "sample": 0}])
-    assert path.read_bytes() == before
+    with pytest.raises(ConfigError, match="line 4: not JSON"):
+        store.read_records(tmp_path, store.RUN_MANIFEST)
 
 
-def test_batches_group_sizes_and_pad():
+def test_groups_hold_whole_inputs_of_one_size_and_pad():
     def item(i, side):
-        return pipeline.InputImage(i, Path(f"{i}.png"), str(i), np.zeros((side, side, 3)), 1)
+        return InputImage(i, Path(f"{i}.png"), str(i), np.zeros((side, side, 3)), 1)
 
-    items = [item(0, 16), item(1, 32), item(2, 16), item(3, 16)]
-    batches = pipeline.make_batches(items, 2)
-    assert [[b.image_id for b in batch] for batch in batches] == [[0, 2], [3], [1]]
-    lr, ids = pipeline.pad_batch(batches[1], 2)
-    assert lr.shape == (2, 16, 16, 3) and ids.tolist() == [3, 3]
+    items = engine.work_list([item(0, 16), item(1, 32), item(2, 16), item(3, 16)], (5,), 2)
+    groups = engine.work_groups(items, 4, fit=True)  # --batch_size 2 --duplicates 2
+    assert [[(w.input.image_id, w.sample) for w in g.items] for g in groups] == [
+        [(0, 0), (0, 1), (2, 0), (2, 1)], [(3, 0), (3, 1)], [(1, 0), (1, 1)]
+    ]  # fmt: skip
+    assert [g.size for g in groups] == [4, 4, 2]  # one 32 px input: no padding
+    last = groups[1].items[-1]
+    assert groups[1].rows() == [*groups[1].items, last, last]  # padded by repeating the last
+
+
+def test_a_run_is_a_sweep_with_one_seed(run_py, inputs, tmp_path, dcgan64):
+    # The same groups by construction (two inputs with both samples = four results per
+    # device), so the same results bit for bit, in the run's and the sweep's layouts.
+    run_out, sweep_out = tmp_path / "run", tmp_path / "sweep"
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", run_out, "--duplicates", 2,
+                "--batch_size", 2, "--seed", 3) == 0  # fmt: skip
+    config = sweeps.SweepConfig(
+        input_dir=str(inputs),
+        output_dir=str(sweep_out),
+        search=SearchConfig(steps=int(STEPS)),
+        seeds=(3,),
+        samples=2,
+        batch_per_device=4,
+        log_interval=0,
+    )
+    sweeps.run_sweep(config, dcgan64, log=io.StringIO())
+
+    def results(out, pattern):
+        records = store.read_records(out, pattern)
+        return {
+            store.key(r): {
+                "figures": np.array([r["l2"], r["best_step"], r["success"]], np.float64),
+                "hr": np.frombuffer((out / r["hr"]).read_bytes(), np.uint8),
+                "lr": np.frombuffer((out / r["lr"]).read_bytes(), np.uint8),
+                "members": np.array(r["group"]["members"]),
+            }
+            for r in records
+        }
+
+    ran = results(run_out, store.RUN_MANIFEST)
+    swept = results(sweep_out, store.SWEEP_MANIFEST)
+    assert sorted(ran) == sorted(swept) and len(ran) == 6
+    chex.assert_trees_all_equal(ran, swept)
+    record = store.read_records(sweep_out, store.SWEEP_MANIFEST)[0]
+    assert record["hr"] == "seed_3/dcgan_seed0/sample_0_hr.png"
+    assert record["comparison"] is None and (run_out / "dcgan_seed0" / "comparison.png").exists()
 
 
 def _huge_png(path: Path, side: int = 100_000) -> None:
@@ -384,7 +435,7 @@ def test_operator_and_plots(run_py, inputs, tmp_path, capsys):
     assert settings["operator"] == "inpaint" and settings["mask"] == "random"
     assert settings["blur_sigma"] is None and settings["noise_std"] is None
     for name in ("dcgan_seed0", "dcgan_seed13", "dcgan_seed18"):
-        assert _size(out / name / pipeline.L2_PLOT)[0] > 0
+        assert _size(out / name / layout.L2_PLOT)[0] > 0
         assert _size(out / name / "comparison.png")[0] > 0
     # The loss compared the masked input: sample_0_lr.png is black where the mask is 0.
     from pulse_jax import operators

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from two_processes import run_two_processes
 
-from pulse_jax import distributed, pipeline, solve
+from pulse_jax import distributed, engine, layout, solve, store
 from pulse_jax import sweep as sweeps
+from pulse_jax.config import ConfigError, SearchConfig
 from pulse_jax.images import load_image, save_image
+from pulse_jax.inputs import load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)
@@ -57,7 +59,7 @@ def reference(inputs, dcgan64, tmp_path_factory) -> Path:
     config = sweeps.SweepConfig(
         input_dir=str(inputs),
         output_dir=str(out),
-        search=pipeline.SearchConfig(steps=STEPS),
+        search=SearchConfig(steps=STEPS),
         seeds=SEEDS,
         samples=SAMPLES,
         batch_per_device=1,
@@ -66,6 +68,11 @@ def reference(inputs, dcgan64, tmp_path_factory) -> Path:
     summary = sweeps.run_sweep(config, dcgan64, log=io.StringIO())
     assert summary.total("done") == INPUTS * len(SEEDS) * SAMPLES
     return out
+
+
+def read_records(out: Path) -> list[dict]:
+    """Every record of every process's shard."""
+    return store.read_records(out, store.SWEEP_MANIFEST)
 
 
 def sweep_command(inputs: Path, out: Path, *extra: str) -> list[str]:
@@ -82,7 +89,7 @@ def sweep_command(inputs: Path, out: Path, *extra: str) -> list[str]:
 def results(out: Path) -> dict:
     """(input, seed, sample) -> (l2, best_step, hr bytes, lr bytes); asserts each is
     recorded once."""
-    records = sweeps.read_records(out)
+    records = read_records(out)
     keys = [(r["input"], r["seed"], r["sample"]) for r in records]
     assert len(keys) == len(set(keys)), "a result is recorded twice"
     return {
@@ -111,7 +118,7 @@ def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
         )
     )
     # Each process wrote its own shard, half of the results, and nothing twice.
-    records = sweeps.read_records(out)
+    records = read_records(out)
     half = INPUTS * len(SEEDS) * SAMPLES // 2
     assert [sum(r["process"] == i for r in records) for i in range(2)] == [half, half]
     assert sorted(p.name for p in out.glob("manifest.*.jsonl")) == [
@@ -148,7 +155,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_results(inputs, refere
         proc.kill()
         proc.wait()
     total = INPUTS * len(SEEDS) * SAMPLES
-    done = sweeps.read_records(out)
+    done = read_records(out)
     assert 1 <= len(done) < total, f"killed after {len(done)} of {total}: not midway"
     # Every visible file is whole (temporary files are hidden until renamed).
     for png in out.rglob("*.png"):
@@ -188,7 +195,7 @@ def reference_groups_of_two(inputs, dcgan64, tmp_path_factory) -> Path:
     config = sweeps.SweepConfig(
         input_dir=str(inputs),
         output_dir=str(out),
-        search=pipeline.SearchConfig(steps=STEPS),
+        search=SearchConfig(steps=STEPS),
         seeds=EIGHT_SEEDS,
         samples=SAMPLES,
         batch_per_device=2,
@@ -246,9 +253,9 @@ def test_killed_and_resumed_on_eight_devices_equals_one_device_byte_for_byte(
 
 
 def test_groups_are_fixed_chunks_of_the_work_list(inputs):
-    loaded, _ = pipeline.load_inputs(inputs, 64)
-    items = sweeps.work_list(loaded, (3, 5), 2)
-    groups = sweeps.work_groups(items, 3)
+    loaded, _ = load_inputs(inputs, 64)
+    items = engine.work_list(loaded, (3, 5), 2)
+    groups = engine.work_groups(items, 3)
     assert [len(g.items) for g in groups] == [3, 3, 3, 3, 3, 1]
     assert [w for g in groups for w in g.items] == items
     assert groups[-1].rows() == [items[-1]] * 3  # padded by repeating the last result
@@ -260,24 +267,26 @@ def test_groups_are_fixed_chunks_of_the_work_list(inputs):
 
 def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
     out = tmp_path / "out"
-    first = sweeps.read_records(reference)[0]
+    first = read_records(reference)[0]
     out.mkdir()
     (out / "manifest.0.jsonl").write_text(json.dumps(first) + "\n")
     config = sweeps.SweepConfig(
         input_dir=str(inputs),
         output_dir=str(out),
-        search=pipeline.SearchConfig(steps=STEPS + 1),
+        search=SearchConfig(steps=STEPS + 1),
         seeds=SEEDS,
         samples=SAMPLES,
     )
-    with pytest.raises(pipeline.ConfigError, match="steps 4 -> 5"):
+    with pytest.raises(ConfigError, match="steps 4 -> 5"):
         sweeps.run_sweep(config, dcgan64)
     # More seeds or samples with the same settings extend the sweep instead.
-    sweeps.check_records([first], pipeline.load_inputs(inputs, 64)[0], _settings(dcgan64))
+    loaded = load_inputs(inputs, 64)[0]
+    folders = {f"seed_{s}/{i.name}": i.path.name for i in loaded for s in (*SEEDS, 7)}
+    store.check_records([first], loaded, _settings(dcgan64), ("batch_per_device", 1), folders)
 
 
 def _settings(generator) -> dict:
-    settings = pipeline.SearchConfig(steps=STEPS).settings(generator)
+    settings = SearchConfig(steps=STEPS).settings(generator)
     settings.pop("seed")
     return settings
 
@@ -295,8 +304,8 @@ def test_a_torn_last_line_is_not_a_record(tmp_path):
     shard = tmp_path / "manifest.3.jsonl"
     record = {"input": "a.png", "seed": 1, "sample": 0}
     shard.write_text(json.dumps(record) + "\n" + '{"input": "b.png", "se')
-    assert sweeps.read_records(tmp_path) == [record]
-    sweeps.cut_torn_line(shard)
+    assert read_records(tmp_path) == [record]
+    store.cut_torn_line(shard)
     assert shard.read_text() == json.dumps(record) + "\n"
 
 
@@ -305,8 +314,8 @@ def test_gather_on_one_process_is_the_row_itself():
 
 
 def test_work_list_order_and_paths(inputs):
-    items, _ = pipeline.load_inputs(inputs, 64)
-    work = sweeps.work_list(items, (3, 5), 2)
+    items, _ = load_inputs(inputs, 64)
+    work = engine.work_list(items, (3, 5), 2)
     assert [(w.input.image_id, w.seed, w.sample) for w in work[:5]] == [
         (0, 3, 0),
         (0, 3, 1),
@@ -314,12 +323,13 @@ def test_work_list_order_and_paths(inputs):
         (0, 5, 1),
         (1, 3, 0),
     ]
-    assert sweeps.result_paths(work[3])["hr"] == "seed_5/face0/sample_1_hr.png"
+    folder = layout.result_folder(work[3].input.name, work[3].seed, seed_folders=True)
+    assert layout.sample_paths(folder, work[3].sample)["hr"] == "seed_5/face0/sample_1_hr.png"
     assert dataclasses.replace(work[0], sample=1).key == ("face0.png", 3, 1)
 
 
 def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
-    record = sweeps.read_records(reference)[5]
+    record = read_records(reference)[5]
     lr = load_image(inputs / record["input"])
     result = solve(
         lr[None],
@@ -334,9 +344,9 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
     assert float(result.l2[0, 0]) == record["l2"]
     assert int(result.best_step[0, 0]) == record["best_step"]
     # The same through the line's own group (here a group of one), as the sweep ran it.
-    loaded, _ = pipeline.load_inputs(inputs, 64)
-    search = pipeline.SearchConfig(steps=STEPS)
-    again, row = sweeps.recompute(record, loaded, dcgan64, search)
+    loaded, _ = load_inputs(inputs, 64)
+    search = SearchConfig(steps=STEPS)
+    again, row = engine.recompute(record, loaded, dcgan64, search)
     assert float(again.l2[row, 0]) == record["l2"]
     assert record["group"]["members"] == [[record["image_id"], record["seed"], record["sample"]]]
     assert set(record["machine"]) == {"jax", "jaxlib", "platform", "device_kind", "cpu"}
@@ -347,13 +357,13 @@ def test_sweep_with_an_operator(inputs, dcgan64, tmp_path):
     config = sweeps.SweepConfig(
         input_dir=str(inputs),
         output_dir=str(out),
-        search=pipeline.SearchConfig(steps=2, operator="colorize"),
+        search=SearchConfig(steps=2, operator="colorize"),
         seeds=(0,),
         samples=1,
         log_interval=0,
     )
     sweeps.run_sweep(config, dcgan64, log=io.StringIO())
-    records = sweeps.read_records(out)
+    records = read_records(out)
     assert len(records) == INPUTS and all(r["settings"]["operator"] == "colorize" for r in records)
     lr = load_image(out / records[0]["lr"])  # the generated face's grey downscale
     np.testing.assert_allclose(lr[..., 0], lr[..., 2], atol=1 / 255)

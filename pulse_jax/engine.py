@@ -1,0 +1,492 @@
+"""The one work loop of runs and sweeps: a fixed work list in fixed groups, resumable.
+
+A unit of work is one result, an (input, seed, sample) triple (`WorkItem`). Its start
+depends on nothing else: `fold_in(fold_in(key(seed), image_id), sample)`, with
+`image_id` the input's index among the input files (`inputs.load_inputs`). A run is
+this engine with one seed on one process; a sweep with many seeds on many.
+
+Groups (`work_groups`): the work list (inputs x seeds x samples, in that order) is cut
+into fixed chunks of `group_size` results of one input size, the last chunk of a size
+padded by repeating its last result. A group is what one device optimizes at once, so
+its composition decides a result at the rounding level: XLA:CPU picks kernels whose
+rounding depends on a row's position in the batch on some machines (AMD EPYC) and not
+on others (AVX-512 Xeon). Groups are a function of the work list alone, never of what
+is left to do: a resumed run recomputes every group that is not wholly recorded, as a
+whole, and writes only what is missing, so it equals an uninterrupted one byte for byte
+on the same machine kind, whatever the number of devices. (A run's `fit_groups`: a size
+with fewer results than `group_size` gets groups of its own count, not padding.)
+
+Processes (`distributed.process_share`): the groups are dealt out to the processes in
+turn; each skips the groups already recorded and runs the rest, one group per local
+device per `solve` call. Results need no communication; only the summary is gathered.
+
+Exactly once, whole or not at all: a result's images are written atomically, then its
+line is appended to the process's manifest file and flushed (`store`). A restart reads
+every manifest file of the folder and skips recorded results; images without a line
+(killed in between) are computed again and replaced. A restart with other settings,
+other files or another group size is refused before anything is written.
+`recompute(record, ...)` runs a line's group again: bitwise equal on the same machine kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import jax
+import numpy as np
+
+from pulse_jax import distributed, layout, plots, store
+from pulse_jax.config import ConfigError, SearchConfig, check_operator, check_search
+from pulse_jax.generators.base import Generator
+from pulse_jax.images import ImageError, special_files
+from pulse_jax.inputs import InputImage, load_inputs
+from pulse_jax.progress import Progress, format_seconds, say
+from pulse_jax.solve import SolveResult, solve
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """One result to compute."""
+
+    input: InputImage
+    seed: int
+    sample: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.input.path.name, self.seed, self.sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Results one device optimizes together: a fixed chunk of the work list.
+
+    `items` are the real results; `rows()` pads them to `size` by repeating the last.
+    """
+
+    index: int
+    items: tuple[WorkItem, ...]
+    size: int
+
+    def rows(self) -> list[WorkItem]:
+        return list(self.items) + [self.items[-1]] * (self.size - len(self.items))
+
+    def record(self, position: int) -> dict:
+        """The manifest's `group` field for the result at `position`."""
+        return {
+            "index": self.index,
+            "position": position,
+            "batch_per_device": self.size,
+            "members": [[w.input.image_id, w.seed, w.sample] for w in self.items],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """What the engine runs (`pipeline.RunConfig.work`, `sweep.SweepConfig.work`).
+
+    Attributes:
+      seeds, samples: the work list is inputs x seeds x range(samples).
+      group_size: results per group (what one device optimizes at once).
+      knob: (flag, value) that set `group_size`, recorded in each line's `group` and
+        checked on resume (`batch_size` for a run, `batch_per_device` for a sweep).
+      manifest: the manifest file name, `{process}` standing for the process index.
+      fit_groups: groups of a size with fewer results than `group_size` are not padded.
+      seed_folders: results under `seed_<k>/` (`layout`); without, one seed only.
+      sheets, plots, intermediate: also write comparison.png per (input, seed),
+        l2_curves.png beside it, every step's image.
+      desc: the progress line's name.
+    """
+
+    input_dir: str
+    output_dir: str
+    search: SearchConfig
+    seeds: tuple[int, ...]
+    samples: int
+    group_size: int
+    knob: tuple[str, int]
+    manifest: str
+    fit_groups: bool = False
+    seed_folders: bool = True
+    sheets: bool = False
+    plots: bool = False
+    intermediate: bool = False
+    remat: bool = False
+    desc: str = "pulse"
+    log_interval: float = 10.0
+
+    def folder(self, input_name: str, seed: int) -> str:
+        """A result's folder relative to the output folder."""
+        return layout.result_folder(input_name, seed, seed_folders=self.seed_folders)
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run or a sweep did, over every process; `lines()` is the printed report.
+
+    Attributes:
+      per_process: one dict per process: `done` (results computed now), `skipped`
+        (already recorded), `successes`, `latent_steps`, `solve_seconds`, `wall_seconds`.
+    """
+
+    items: int = 0
+    inputs: int = 0  # input files, usable or not
+    inputs_done: int = 0  # inputs all of whose results were recorded before
+    failed: list[ImageError] = dataclasses.field(default_factory=list)
+    not_files: dict[Path, str] = dataclasses.field(default_factory=dict)  # path -> what it is
+    per_process: list[dict] = dataclasses.field(default_factory=list)
+    output_dir: str = ""
+    manifest: str = store.RUN_MANIFEST
+
+    def total(self, name: str) -> float:
+        return sum(p[name] for p in self.per_process)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        done, successes = int(self.total("done")), int(self.total("successes"))
+        wall = max((p["wall_seconds"] for p in self.per_process), default=0.0)
+        rates = [
+            p["latent_steps"] / p["solve_seconds"] if p["solve_seconds"] else 0.0
+            for p in self.per_process
+        ]
+        count = len(self.per_process)
+        lines = [
+            f"inputs: {self.inputs} files, {len(self.failed)} failed, "
+            f"{self.inputs_done} already done (skipped)",
+            f"samples: {done} written, {successes} reached eps, {done - successes} did not "
+            f"({int(self.total('skipped'))} of {self.items} already done)",
+            f"time: {format_seconds(wall)} wall, {self.total('solve_seconds'):.1f} s solving "
+            "(the first solve of a shape compiles)",
+            f"throughput: {sum(rates):.1f} latent-steps/s ({int(self.total('latent_steps'))} "
+            f"latent-steps) on {count} process{'es' if count != 1 else ''}",
+        ]
+        if count > 1:
+            lines += [
+                f"  process {i}: {int(p['done'])} computed, {int(p['skipped'])} skipped, "
+                f"{rate:.1f} latent-steps/s while solving"
+                for i, (p, rate) in enumerate(zip(self.per_process, rates, strict=True))
+            ]
+        lines.append(f"results: {self.output_dir}/ (manifest {self.manifest.format(process='*')})")
+        if self.failed:
+            lines.append(f"failed inputs ({len(self.failed)}):")
+            lines += [f"  {e}" for e in self.failed]
+        if self.not_files:
+            lines.append(f"skipped, not regular files ({len(self.not_files)}):")
+            lines += [f"  {path}: {what}" for path, what in self.not_files.items()]
+        return lines
+
+    def as_json(self) -> dict:
+        """The sweep's summary.json: `items`, `inputs` (usable), `unreadable_inputs`,
+        `per_process`."""
+        return {
+            "items": self.items,
+            "inputs": self.inputs - len(self.failed),
+            "unreadable_inputs": [str(e) for e in self.failed],
+            "per_process": self.per_process,
+        }
+
+
+def work_list(inputs: Sequence[InputImage], seeds: Sequence[int], samples: int) -> list:
+    """Every result, inputs x seeds x samples, in that (fixed) order."""
+    return [WorkItem(item, s, k) for item in inputs for s in seeds for k in range(samples)]
+
+
+def fixed_chunks(items: Sequence, size: int, side: Callable) -> list[list]:
+    """Chunks of at most `size` items of equal `side(item)`, in order (sides in order of
+    first appearance): every solve call of one side has the same shape and compiles once."""
+    by_side: dict[int, list] = {}
+    for item in items:
+        by_side.setdefault(side(item), []).append(item)
+    return [g[i : i + size] for g in by_side.values() for i in range(0, len(g), size)]
+
+
+def work_groups(items: Sequence[WorkItem], size: int, *, fit: bool = False) -> list[Group]:
+    """The work list cut into fixed groups of `size` results of one input size (with
+    `fit`, a size's groups hold at most as many rows as it has results).
+
+    Depends on the work list alone, so a resumed run forms the same groups.
+    """
+    chunks = fixed_chunks(items, size, lambda w: w.input.side)
+    rows: dict[int, int] = {}
+    for chunk in chunks:
+        side = chunk[0].input.side
+        rows[side] = max(rows.get(side, 0), len(chunk))
+    return [
+        Group(i, tuple(chunk), rows[chunk[0].input.side] if fit else size)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def run(
+    work: Work,
+    generator: Generator,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    process: tuple[int, int] | None = None,
+    log: TextIO | None = None,
+) -> Summary:
+    """Runs this process's share of `work` and gathers the summary of every process.
+
+    With more than one process, every process calls it with the same work (the summary
+    gather at the end is a collective).
+
+    Args:
+      work: what to run.
+      generator: from `pulse_jax.load_generator(work.search.generator)`.
+      devices: where this process solves, one group per device per call; default its
+        local devices.
+      process: (index, count); default `jax.process_index()`, `jax.process_count()`.
+      log: progress, warnings and (process 0) input errors; default stderr.
+
+    Returns:
+      The `Summary` of every process.
+
+    Raises:
+      ImageError: the input folder is missing or holds no file.
+      ConfigError: bad settings, or an output folder with results this work would mix
+        with or overwrite (`store.check_records`).
+    """
+    log = sys.stderr if log is None else log
+    wall = time.perf_counter()
+    index, count = process or (jax.process_index(), jax.process_count())
+    devices = list(devices or jax.local_devices())
+    inputs, summary = _start(work, generator, index, log)
+    out = Path(work.output_dir)
+    settings = work.search.settings(generator)
+    if work.seed_folders:
+        settings.pop("seed")
+    folders = {work.folder(i.name, s): i.path.name for i in inputs for s in work.seeds}
+    records = store.read_records(out, work.manifest)
+    store.check_records(records, inputs, settings, work.knob, folders)
+    done = {store.key(r) for r in records}
+    items = work_list(inputs, work.seeds, work.samples)
+    groups = work_groups(items, work.group_size, fit=work.fit_groups)
+    mine = distributed.process_share(groups, index, count)
+    todo = [g for g in mine if any(w.key not in done for w in g.items)]
+    missing = sum(w.key not in done for g in todo for w in g.items)
+    stats = {"done": 0, "skipped": sum(len(g.items) for g in mine) - missing, "successes": 0}
+    stats.update(latent_steps=0, solve_seconds=0.0)
+    summary.items = len(items)
+    summary.inputs_done = sum(
+        all((i.path.name, s, k) in done for s in work.seeds for k in range(work.samples))
+        for i in inputs
+    )
+    desc = work.desc if count == 1 else f"{work.desc} process {index}/{count}"
+    if stats["skipped"]:
+        say(
+            log,
+            f"{desc}: {stats['skipped']} of its {stats['skipped'] + missing} results "
+            f"already done ({summary.inputs_done} inputs already done in {out})",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    shard = out / work.manifest.format(process=index)
+    store.cut_torn_line(shard)
+    steps = work.search.steps
+    bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
+    with bar:
+        for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
+            t0 = time.perf_counter()
+            result = _solve_groups(
+                call,
+                generator,
+                work.search,
+                devices,
+                remat=work.remat,
+                keep_intermediate=work.intermediate,
+            )
+            seconds = time.perf_counter() - t0
+            new = _write_call(work, generator, call, result, done, seconds, index, log)
+            store.append_records(shard, new)  # after the images: a line means whole files
+            stats["done"] += len(new)
+            stats["successes"] += sum(r["success"] for r in new)
+            stats["latent_steps"] += len(new) * steps
+            stats["solve_seconds"] += seconds
+            bar.update(
+                len(new) * steps,
+                l2=float(np.mean([r["l2"] for r in new])) if new else 0.0,
+                reached_eps=f"{stats['successes']}/{stats['done']}",
+            )
+    stats["wall_seconds"] = time.perf_counter() - wall
+    names = list(stats)
+    rows = distributed.gather([stats[k] for k in names])
+    summary.per_process = [dict(zip(names, map(float, row), strict=True)) for row in rows]
+    return summary
+
+
+def _start(work: Work, generator: Generator, index: int, log: TextIO):
+    """Checks the work and reads its inputs (process 0 names the bad ones on `log`);
+    returns `(inputs, summary)`, the summary's input fields filled in."""
+    check_search(work.search, generator)
+    if work.plots and not plots.available():
+        raise ConfigError("--plots needs matplotlib: pip install -e '.[plots]'")
+    if not work.seed_folders and len(work.seeds) != 1:
+        raise ConfigError("results without seed folders hold one seed")
+    inputs, errors = load_inputs(work.input_dir, generator.resolution, resize=work.search.resize)
+    summary = Summary(
+        inputs=len(inputs) + len(errors),
+        failed=errors,
+        not_files=special_files(work.input_dir),
+        output_dir=str(Path(work.output_dir)),
+        manifest=work.manifest,
+    )
+    if index == 0:
+        for e in errors:
+            say(log, f"error: {e}")
+        for path, what in summary.not_files.items():
+            say(log, f"skipped {path}: {what}, not a regular file")
+    check_operator(work.search, generator, [item.side for item in inputs])
+    return inputs, summary
+
+
+def _solve_groups(
+    groups: Sequence[Group], generator, search, devices, *, remat=False, keep_intermediate=False
+):
+    """One `solve` call: group j on device j (padded with copies of the last group)."""
+    groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
+    rows = [w for g in groups for w in g.rows()]
+    side = rows[0].input.side
+    kwargs = search.solve_kwargs(generator, side)
+    kwargs.pop("seed")
+    observed = search.degradation(side, generator.resolution).observed
+    return solve(
+        observed(np.stack([w.input.lr for w in rows])),
+        generator,
+        seed=[w.seed for w in rows],
+        image_ids=[w.input.image_id for w in rows],
+        sample_ids=[[w.sample] for w in rows],
+        devices=devices,
+        batch_per_device=groups[0].size,
+        remat=remat,
+        keep_intermediate=keep_intermediate,
+        **kwargs,
+    )
+
+
+def _write_call(
+    work: Work, generator, groups, result: SolveResult, done, seconds, process, log
+) -> list[dict]:
+    """Writes the files of a call's results that are not `done` (images first, so a line
+    only names complete files) and returns their manifest lines."""
+    out, search = Path(work.output_dir), work.search
+    flag, value = work.knob
+    rows = [
+        (j * g.size + p, w, dict(g.record(p), **{flag: value}))
+        for j, g in enumerate(groups)
+        for p, w in enumerate(g.items)
+    ]
+    new = [(row, w, group) for row, w, group in rows if w.key not in done]
+    sheets = _write_sheets(work, generator, rows, new, result) if work.sheets else {}
+    settings = {s: dataclasses.replace(search, seed=s).settings(generator) for s in work.seeds}
+    records = []
+    for row, w, group in new:
+        folder = work.folder(w.input.name, w.seed)
+        paths = layout.write_sample(out, folder, w.sample, result.hr[row, 0], result.lr[row, 0])
+        paths["comparison"] = sheets.get((w.input.path.name, w.seed))
+        paths["intermediate"] = (
+            layout.write_intermediate(out, folder, w.sample, result.intermediate[:, row, 0])
+            if work.intermediate
+            else None
+        )
+        if not result.success[row, 0]:
+            _warn_missed(log, work, w, result, row, process)
+        figures = {
+            "l2": float(result.l2[row, 0]),
+            "success": bool(result.success[row, 0]),
+            "failed": bool(result.failed[row, 0]),
+            "best_step": int(result.best_step[row, 0]),
+        }
+        records.append(
+            store.result_record(
+                w.input,
+                w.seed,
+                w.sample,
+                figures,
+                steps=search.steps,
+                generator=search.generator,
+                seconds=seconds,
+                paths=paths,
+                process=process,
+                group=group,
+                settings=settings[w.seed],
+            )
+        )
+    return records
+
+
+def _warn_missed(log: TextIO, work: Work, w: WorkItem, result, row: int, process: int) -> None:
+    """Names on `log` a result that did not reach eps (it is written anyway)."""
+    why = (
+        "its loss turned NaN"
+        if result.failed[row, 0]
+        else (f"L2 {result.l2[row, 0]:.3g} > eps {work.search.eps:g}")
+    )
+    seed = f" seed {w.seed}" if work.seed_folders else ""
+    say(
+        log,
+        f"warning: {w.input.path.name}{seed} sample {w.sample} did not reach eps ({why}); "
+        f"written anyway, success=false in {work.manifest.format(process=process)}",
+    )
+
+
+def _write_sheets(work: Work, generator, rows, new, result: SolveResult) -> dict:
+    """Writes comparison.png (and with plots l2_curves.png) of every (input, seed) that has
+    a new result and all its samples in this call; returns (input, seed) -> sheet path."""
+    by_result: dict[tuple, dict[int, tuple]] = {}
+    for row, w, _ in rows:
+        by_result.setdefault((w.input.path.name, w.seed), {})[w.sample] = (row, w)
+    sheets = {}
+    for key in dict.fromkeys((w.input.path.name, w.seed) for _, w, _ in new):
+        samples = by_result[key]
+        if len(samples) != work.samples:
+            continue  # split over calls: no sheet
+        picked = [samples[s][0] for s in range(work.samples)]
+        item, folder = samples[0][1].input, work.folder(samples[0][1].input.name, key[1])
+        operator = work.search.degradation(item.side, generator.resolution)
+        sheets[key] = layout.write_comparison(
+            work.output_dir,
+            folder,
+            operator.observed(item.lr),
+            result.hr[picked, 0],
+            result.l2[picked, 0],
+            result.success[picked, 0],
+            observation=operator.describe(),
+        )
+        if work.plots:
+            plots.write_l2_curves(
+                Path(work.output_dir) / folder / layout.L2_PLOT,
+                result.history["L2"][:, picked, 0],
+                operator.success_eps(work.search.eps),
+                title=f"{item.path.name} ({operator.describe()})",
+            )
+    return sheets
+
+
+def recompute(
+    record: dict, inputs: Sequence[InputImage], generator: Generator, search: SearchConfig
+) -> tuple[SolveResult, int]:
+    """Runs a manifest line's group again, as the run or sweep ran it, on one local device.
+
+    Args:
+      record: a line of `store.read_manifest` (also of a run before the one engine).
+      inputs: `inputs.load_inputs` of the input folder.
+      generator: the work's generator.
+      search: the work's search settings (the seeds are the line's group's).
+
+    Returns:
+      `(result, row)`: the group's `SolveResult` and the row that holds the line's result
+      (its figures in column 0); bitwise equal to the line on the same machine kind.
+    """
+    by_id = {item.image_id: item for item in inputs}
+    group = store.group_rows(record)
+    try:
+        members = tuple(WorkItem(by_id[i], s, k) for i, s, k in group.members)
+    except KeyError as e:
+        raise ConfigError(f"the record's group names image_id {e}, which is not an input") from None
+    one = [Group(group.index, members, group.size)]
+    result = _solve_groups(one, generator, search, jax.local_devices()[:1])
+    return result, group.position
