@@ -255,15 +255,8 @@ def run(
     wall = time.perf_counter()
     index, count = process or (jax.process_index(), jax.process_count())
     devices = list(devices or jax.local_devices())
-    inputs, summary = _start(work, generator, index, log)
+    inputs, summary, done = _start(work, generator, index, log)
     out = Path(work.output_dir)
-    settings = work.search.settings(generator)
-    if work.seed_folders:
-        settings.pop("seed")
-    folders = {work.folder(i.name, s): i.path.name for i in inputs for s in work.seeds}
-    records = store.read_records(out, work.manifest)
-    store.check_records(records, inputs, settings, work.knob, folders)
-    done = {store.key(r) for r in records}
     items = work_list(inputs, work.seeds, work.samples)
     groups = work_groups(items, work.group_size, fit=work.fit_groups)
     mine = distributed.process_share(groups, index, count)
@@ -271,11 +264,6 @@ def run(
     missing = sum(w.key not in done for g in todo for w in g.items)
     stats = {"done": 0, "skipped": sum(len(g.items) for g in mine) - missing, "successes": 0}
     stats.update(latent_steps=0, solve_seconds=0.0)
-    summary.items = len(items)
-    summary.inputs_done = sum(
-        all((i.path.name, s, k) in done for s in work.seeds for k in range(work.samples))
-        for i in inputs
-    )
     desc = work.desc if count == 1 else f"{work.desc} process {index}/{count}"
     if stats["skipped"]:
         say(
@@ -287,18 +275,12 @@ def run(
     shard = out / work.manifest.format(process=index)
     store.cut_torn_line(shard)
     steps = work.search.steps
+    options = {"remat": work.remat, "keep_intermediate": work.intermediate}
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
             t0 = time.perf_counter()
-            result = _solve_groups(
-                call,
-                generator,
-                work.search,
-                devices,
-                remat=work.remat,
-                keep_intermediate=work.intermediate,
-            )
+            result = _solve_groups(call, generator, work.search, devices, **options)
             seconds = time.perf_counter() - t0
             new = _write_call(work, generator, call, result, done, seconds, index, log)
             store.append_records(shard, new)  # after the images: a line means whole files
@@ -319,15 +301,21 @@ def run(
 
 
 def _start(work: Work, generator: Generator, index: int, log: TextIO):
-    """Checks the work and reads its inputs (process 0 names the bad ones on `log`);
-    returns `(inputs, summary)`, the summary's input fields filled in."""
-    check_search(work.search, generator)
+    """Checks the work, reads its inputs (process 0 names the bad ones on `log`) and the
+    folder's manifest, and refuses results this work would mix with.
+
+    Returns:
+      `(inputs, summary, done)`: the summary's input fields filled in; the recorded keys.
+    """
+    search = work.search
+    check_search(search, generator)
     if work.plots and not plots.available():
         raise ConfigError("--plots needs matplotlib: pip install -e '.[plots]'")
     if not work.seed_folders and len(work.seeds) != 1:
         raise ConfigError("results without seed folders hold one seed")
-    inputs, errors = load_inputs(work.input_dir, generator.resolution, resize=work.search.resize)
+    inputs, errors = load_inputs(work.input_dir, generator.resolution, resize=search.resize)
     summary = Summary(
+        items=len(inputs) * len(work.seeds) * work.samples,
         inputs=len(inputs) + len(errors),
         failed=errors,
         not_files=special_files(work.input_dir),
@@ -339,8 +327,19 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
             say(log, f"error: {e}")
         for path, what in summary.not_files.items():
             say(log, f"skipped {path}: {what}, not a regular file")
-    check_operator(work.search, generator, [item.side for item in inputs])
-    return inputs, summary
+    check_operator(search, generator, [item.side for item in inputs])
+    settings = search.settings(generator)
+    if work.seed_folders:  # then another seed is another result, not a clash
+        settings.pop("seed")
+    folders = {work.folder(i.name, s): i.path.name for i in inputs for s in work.seeds}
+    records = store.read_records(work.output_dir, work.manifest)
+    store.check_records(records, inputs, settings, work.knob, folders)
+    done = {store.key(r) for r in records}
+    summary.inputs_done = sum(
+        all((i.path.name, s, k) in done for s in work.seeds for k in range(work.samples))
+        for i in inputs
+    )
+    return inputs, summary, done
 
 
 def _solve_groups(
@@ -394,22 +393,17 @@ def _write_call(
         )
         if not result.success[row, 0]:
             _warn_missed(log, work, w, result, row, process)
-        figures = {
-            "l2": float(result.l2[row, 0]),
-            "success": bool(result.success[row, 0]),
-            "failed": bool(result.failed[row, 0]),
-            "best_step": int(result.best_step[row, 0]),
-        }
         records.append(
             store.result_record(
                 w.input,
                 w.seed,
                 w.sample,
-                figures,
+                result,
+                row,
                 steps=search.steps,
-                generator=search.generator,
                 seconds=seconds,
-                paths=paths,
+                generator=search.generator,
+                **paths,
                 process=process,
                 group=group,
                 settings=settings[w.seed],

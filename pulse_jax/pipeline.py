@@ -1,28 +1,17 @@
 """PULSE over a folder of images: the engine with one seed on one process.
 
-`experiments/run.py` is `run_folder` plus flag parsing. The work is
-`engine.run`'s (fixed groups, resume, refusals, `engine.recompute`); what makes it a
-run:
-
-- one seed, so results need no seed folder (`layout`):
-
-      <out>/results.jsonl                     one line per (input, sample) (`store`)
-      <out>/<stem>/sample_<s>_hr.png          the sample's best HR image
-      <out>/<stem>/sample_<s>_lr.png          its downscale (what the loss compared)
-      <out>/<stem>/comparison.png             observation | bicubic | every sample
-      <out>/<stem>/l2_curves.png              with plots: every sample's L2 over the steps
-      <out>/<stem>/intermediate/sample_<s>_step_<j>.png   with save_intermediate
-
-  (two inputs with the same stem, `a.png` and `a.jpg`, get `a_png/` and `a_jpg/`);
-- a group is `batch_size` inputs with all their samples (`batch_size x duplicates`
-  rows, an input's samples side by side), the last of a size padded; a size with fewer
-  inputs than `batch_size` gets one group of them all, not padding.
+`experiments/run.py` is `run_folder` plus flag parsing; `engine` does the work (fixed
+groups, resume, refusals, `engine.recompute`). What makes it a run: one seed, so its
+results need no seed folder (`<out>/<stem>/sample_<s>_hr.png`, `layout`) and
+`<out>/results.jsonl` is its manifest (`store`); a comparison sheet per input; groups of
+`batch_size` inputs with all their samples side by side (a size with fewer inputs gets
+one group of them all, not padding).
 
 Sample s of the input with `image_id` i starts from `fold_in(fold_in(key(seed), i), s)`,
-exactly as `solve` seeds it: `solve(lr[None], generator, seed=seed, image_ids=[i],
-sample_ids=[[s]])` starts from the same latent. Its result equals the line's up to
-float32 rounding, which Adam amplifies over the steps; bit for bit when the call is the
-line's own group (`engine.recompute`), on the same machine kind.
+exactly as `solve(lr[None], generator, seed=seed, image_ids=[i], sample_ids=[[s]])`
+seeds it: equal to the line up to float32 rounding, which Adam amplifies over the
+steps; bit for bit through the line's own group (`engine.recompute`), on the same
+machine kind.
 """
 
 from __future__ import annotations

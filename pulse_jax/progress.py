@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+_CLEAR = "\r\x1b[K"  # back to the line's start, erase it
+
 
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -36,7 +38,7 @@ class Progress:
         self.count = 0
         self.values: dict[str, object] = {}
         self.start = time.perf_counter()
-        self._interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._interactive = _on_terminal(self.stream)
         self._interval = 0.2 if self._interactive else log_interval
         self._last = -float("inf")
 
@@ -69,8 +71,7 @@ class Progress:
 
     def _write(self, now: float) -> None:
         end = "" if self._interactive else "\n"
-        prefix = "\r\x1b[K" if self._interactive else ""
-        self.stream.write(prefix + self.line(now) + end)
+        self.stream.write((_CLEAR if self._interactive else "") + self.line(now) + end)
         self.stream.flush()
 
     def close(self) -> None:
@@ -82,9 +83,12 @@ class Progress:
 def say(log: TextIO, text: str) -> None:
     """Writes one line of a log. On a terminal the progress line has no newline yet: it is
     cleared first, and redrawn at the next update."""
-    prefix = "\r\x1b[K" if hasattr(log, "isatty") and log.isatty() else ""
-    log.write(prefix + text + "\n")
+    log.write((_CLEAR if _on_terminal(log) else "") + text + "\n")
     log.flush()
+
+
+def _on_terminal(stream: TextIO) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
 
 
 def _fmt(value: object) -> str:

@@ -107,44 +107,27 @@ def append_records(path: Path, records: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def result_record(
-    item: InputImage,
-    seed: int,
-    sample: int,
-    figures: dict,
-    *,
-    steps: int,
-    generator: str,
-    seconds: float,
-    paths: dict,
-    process: int,
-    group: dict,
-    settings: dict,
-) -> dict:
-    """One manifest line (its fields: the module docstring).
+def result_record(item: InputImage, seed: int, sample: int, result, row: int, **fields) -> dict:
+    """The manifest line of the result in row `row` (column 0) of a `SolveResult`.
 
-    Args:
-      item, seed, sample: the result.
-      figures: its `l2`, `success`, `failed` and `best_step`.
-      steps, generator: the search's step count and generator name.
-      seconds: the wall time of the solve call that made it.
-      paths: `hr`, `lr`, `comparison`, `intermediate` (relative, or None).
-      process, group, settings: as recorded.
+    `fields`: `steps`, `seconds`, `generator`, the paths, `process`, `group`, `settings`
+    (their meaning: the module docstring).
     """
+    seconds = round(float(fields.pop("seconds")), 3)
+    settings = fields.pop("settings")
     return {
         "input": item.path.name,
         "input_sha256": item.sha256,
         "image_id": item.image_id,
         "sample": sample,
         "seed": seed,
-        **figures,
-        "steps": steps,
-        "seconds": round(float(seconds), 3),
-        "generator": generator,
+        "l2": float(result.l2[row, 0]),
+        "success": bool(result.success[row, 0]),
+        "failed": bool(result.failed[row, 0]),
+        "best_step": int(result.best_step[row, 0]),
+        "seconds": seconds,
         "factor": item.factor,
-        **paths,
-        "process": process,
-        "group": group,
+        **fields,
         "machine": machine_record(),
         "settings": settings,
     }

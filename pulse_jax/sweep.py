@@ -1,23 +1,13 @@
 """Sweeps: inputs x seeds x samples, shared by every device of every host, resumable.
 
-`experiments/sweep.py` is `run_sweep` plus flag parsing. The work is `engine.run`'s
-(fixed groups of `batch_per_device` results, the process split, resume, refusals,
-`engine.recompute`); what makes it a sweep:
-
-- every seed has its own folder, and every process its own manifest shard (hosts need
-  not share the output folder; keep the number of processes when they do not):
-
-      <out>/seed_<seed>/<stem>/sample_<s>_hr.png    the result's best HR image
-      <out>/seed_<seed>/<stem>/sample_<s>_lr.png    its downscale
-      <out>/manifest.<process>.jsonl                one line per result, by that process
-      <out>/summary.json                            written by process 0 at the end
-
-- a group is `batch_per_device` results, always (the program one device runs is the
-  one `plan_batch_size` measured), so results do not depend on how many devices or
-  hosts there were.
-
-More seeds or samples with the same settings extend a sweep: the results already
-recorded are kept.
+`experiments/sweep.py` is `run_sweep` plus flag parsing; `engine` does the work (fixed
+groups, the process split, resume, refusals, `engine.recompute`). What makes it a sweep:
+every seed has its own folder (`<out>/seed_<k>/<stem>/`, `layout`) and every process its
+own manifest shard (`<out>/manifest.<process>.jsonl`: hosts need not share the output
+folder; keep the number of processes when they do not); process 0 writes
+`<out>/summary.json`; a group is always `batch_per_device` results (the program
+`plan_batch_size` measured), so results do not depend on how many devices or hosts
+there were. More seeds or samples with the same settings extend a sweep.
 """
 
 from __future__ import annotations

@@ -52,20 +52,18 @@ def inputs(tmp_path_factory) -> Path:
     return folder
 
 
+def sweep_config(inputs: Path, out: Path, **changes) -> sweeps.SweepConfig:
+    """The sweep of `FLAGS` over `inputs` into `out`, with `changes`."""
+    fields = dict(search=SearchConfig(steps=STEPS), seeds=SEEDS, samples=SAMPLES,
+                  batch_per_device=1, log_interval=0)  # fmt: skip
+    return sweeps.SweepConfig(input_dir=str(inputs), output_dir=str(out), **fields | changes)
+
+
 @pytest.fixture(scope="module")
 def reference(inputs, dcgan64, tmp_path_factory) -> Path:
     """One uninterrupted single-process sweep."""
     out = tmp_path_factory.mktemp("reference")
-    config = sweeps.SweepConfig(
-        input_dir=str(inputs),
-        output_dir=str(out),
-        search=SearchConfig(steps=STEPS),
-        seeds=SEEDS,
-        samples=SAMPLES,
-        batch_per_device=1,
-        log_interval=0,
-    )
-    summary = sweeps.run_sweep(config, dcgan64, log=io.StringIO())
+    summary = sweeps.run_sweep(sweep_config(inputs, out), dcgan64, log=io.StringIO())
     assert summary.total("done") == INPUTS * len(SEEDS) * SAMPLES
     return out
 
@@ -106,6 +104,23 @@ def assert_same_results(out: Path, reference: Path) -> None:
         assert got[key] == want[key], f"{key} differs"
 
 
+def kill_after_lines(command: list[str], env: dict, shard: Path, lines: int) -> None:
+    """Runs `command` and kills it (SIGKILL) once `shard` holds `lines` complete lines."""
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (shard.exists() and shard.read_bytes().count(b"\n") >= lines):
+            assert proc.poll() is None, "the sweep ended before the kill"
+            assert time.monotonic() < deadline, f"not {lines} results within 300 s"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
     out = tmp_path / "out"
     logs = run_two_processes(
@@ -137,23 +152,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_results(inputs, refere
     shard = out / "manifest.0.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen(
-        sweep_command(inputs, out),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (shard.exists() and shard.read_bytes().count(b"\n") >= 1):
-            assert proc.poll() is None, "the sweep ended before any result"
-            assert time.monotonic() < deadline, "no result within 300 s"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_after_lines(sweep_command(inputs, out), env, shard, 1)
     total = INPUTS * len(SEEDS) * SAMPLES
     done = read_records(out)
     assert 1 <= len(done) < total, f"killed after {len(done)} of {total}: not midway"
@@ -192,15 +191,7 @@ EIGHT_SEEDS = (0, 1, 2, 3, 4, 5)  # 48 results: 24 groups of 2, three calls on 8
 def reference_groups_of_two(inputs, dcgan64, tmp_path_factory) -> Path:
     """One uninterrupted sweep on one device, `batch_per_device` 2."""
     out = tmp_path_factory.mktemp("reference2")
-    config = sweeps.SweepConfig(
-        input_dir=str(inputs),
-        output_dir=str(out),
-        search=SearchConfig(steps=STEPS),
-        seeds=EIGHT_SEEDS,
-        samples=SAMPLES,
-        batch_per_device=2,
-        log_interval=0,
-    )
+    config = sweep_config(inputs, out, seeds=EIGHT_SEEDS, batch_per_device=2)
     sweeps.run_sweep(config, dcgan64, devices=jax.local_devices()[:1], log=io.StringIO())
     return out
 
@@ -221,19 +212,7 @@ def test_killed_and_resumed_on_eight_devices_equals_one_device_byte_for_byte(
     )
     total = INPUTS * len(EIGHT_SEEDS) * SAMPLES
     kill_after = int(np.random.default_rng(int(time.time())).integers(1, total - 16))
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (shard.exists() and shard.read_bytes().count(b"\n") >= kill_after):
-            assert proc.poll() is None, "the sweep ended before the kill"
-            assert time.monotonic() < deadline, "no result within 300 s"
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_after_lines(command, env, shard, kill_after)
     lines = shard.read_bytes().split(b"\n")[:-1]
     assert 16 <= len(lines) < total, f"killed after {len(lines)} of {total}: not midway"
     shard.write_bytes(b"\n".join(lines[:-1]) + b"\n")  # the last group now half recorded
@@ -270,13 +249,7 @@ def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
     first = read_records(reference)[0]
     out.mkdir()
     (out / "manifest.0.jsonl").write_text(json.dumps(first) + "\n")
-    config = sweeps.SweepConfig(
-        input_dir=str(inputs),
-        output_dir=str(out),
-        search=SearchConfig(steps=STEPS + 1),
-        seeds=SEEDS,
-        samples=SAMPLES,
-    )
+    config = sweep_config(inputs, out, search=SearchConfig(steps=STEPS + 1))
     with pytest.raises(ConfigError, match="steps 4 -> 5"):
         sweeps.run_sweep(config, dcgan64)
     # More seeds or samples with the same settings extend the sweep instead.
@@ -354,14 +327,8 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
 
 def test_sweep_with_an_operator(inputs, dcgan64, tmp_path):
     out = tmp_path / "out"
-    config = sweeps.SweepConfig(
-        input_dir=str(inputs),
-        output_dir=str(out),
-        search=SearchConfig(steps=2, operator="colorize"),
-        seeds=(0,),
-        samples=1,
-        log_interval=0,
-    )
+    config = sweep_config(inputs, out, search=SearchConfig(steps=2, operator="colorize"),
+                          seeds=(0,), samples=1)  # fmt: skip
     sweeps.run_sweep(config, dcgan64, log=io.StringIO())
     records = read_records(out)
     assert len(records) == INPUTS and all(r["settings"]["operator"] == "colorize" for r in records)
