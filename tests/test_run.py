@@ -173,6 +173,50 @@ def test_resumed_run_equals_an_uninterrupted_one_byte_for_byte(run_py, inputs, t
     assert (resumed / "results.jsonl").read_bytes() == before
 
 
+def _as_before_the_engine(record: dict) -> dict:
+    """A line as runs wrote it before the one engine: no `process`, its group images x
+    samples (`image_ids`, `rows`, `samples`, the image's `position`)."""
+    old = {k: v for k, v in record.items() if k != "process"}
+    group = record["group"]
+    image_ids = list(dict.fromkeys(i for i, _, _ in group["members"]))
+    old["group"] = {
+        "index": group["index"],
+        "batch_size": group["batch_size"],
+        "rows": group["batch_per_device"] // 2,
+        "samples": 2,
+        "image_ids": image_ids,
+        "position": image_ids.index(record["image_id"]),
+    }
+    return old  # fmt: skip
+
+
+def test_manifest_of_runs_before_the_engine_resumes(run_py, inputs, tmp_path, capsys, dcgan64):
+    # Old lines are read (group, settings), recomputed bit for bit, and resumed into.
+    args = ("--duplicates", 2, "--batch_size", 2)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for out in (whole, resumed):
+        assert _run(run_py, "--input_dir", inputs, "--output_dir", out, *args) == 0
+    old = [_as_before_the_engine(r) for r in _manifest(resumed)]
+    record = old[1]  # dcgan_seed0.png, sample 1
+    result, row = engine.recompute(
+        record, load_inputs(inputs, 64)[0], dcgan64, SearchConfig(steps=3)
+    )
+    assert (float(result.l2[row, 0]), int(result.best_step[row, 0])) == (
+        record["l2"], record["best_step"]
+    )  # fmt: skip
+    kept = [r for r in old if r["input"] != "dcgan_seed13.png"]
+    (resumed / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    shutil.rmtree(resumed / "dcgan_seed13")
+    capsys.readouterr()
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, *args) == 0
+    assert "2 inputs already done" in capsys.readouterr().err
+    for f in sorted(p.relative_to(whole) for p in whole.rglob("*.png")):
+        assert (whole / f).read_bytes() == (resumed / f).read_bytes(), f
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, "--duplicates", 2,
+                "--batch_size", 1) == 2  # fmt: skip
+    assert "made with --batch_size 2, not 1" in capsys.readouterr().err
+
+
 def test_rerun_skips_done_and_refuses_other_settings(run_py, inputs, tmp_path, capsys):
     out = tmp_path / "out"
     args = ("--input_dir", inputs, "--output_dir", out, "--duplicates", 2, "--batch_size", 2)
