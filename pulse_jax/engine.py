@@ -417,7 +417,7 @@ def _warn_missed(log: TextIO, work: Work, w: WorkItem, result, row: int, process
     why = (
         "its loss turned NaN"
         if result.failed[row, 0]
-        else (f"L2 {result.l2[row, 0]:.3g} > eps {work.search.eps:g}")
+        else f"L2 {result.l2[row, 0]:.3g} > eps {work.search.eps:g}"
     )
     seed = f" seed {w.seed}" if work.seed_folders else ""
     say(
@@ -434,14 +434,15 @@ def _write_sheets(work: Work, generator, rows, new, result: SolveResult) -> dict
     for row, w, _ in rows:
         by_result.setdefault((w.input.path.name, w.seed), {})[w.sample] = (row, w)
     sheets = {}
-    for key in dict.fromkeys((w.input.path.name, w.seed) for _, w, _ in new):
-        samples = by_result[key]
+    for name, seed in dict.fromkeys((w.input.path.name, w.seed) for _, w, _ in new):
+        samples = by_result[(name, seed)]
         if len(samples) != work.samples:
-            continue  # split over calls: no sheet
+            continue  # an input's samples split over calls: no sheet
         picked = [samples[s][0] for s in range(work.samples)]
-        item, folder = samples[0][1].input, work.folder(samples[0][1].input.name, key[1])
+        item = samples[0][1].input
+        folder = work.folder(item.name, seed)
         operator = work.search.degradation(item.side, generator.resolution)
-        sheets[key] = layout.write_comparison(
+        sheets[(name, seed)] = layout.write_comparison(
             work.output_dir,
             folder,
             operator.observed(item.lr),
