@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import pulse_jax
-from pulse_jax import losses
+from pulse_jax import losses, testing
 from pulse_jax.checkpoints import stylegan2_layout
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.convert import main as convert_main
@@ -371,7 +371,7 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     assert generator.arch.conv_clamp == 256.0
     _check_ffhq_1024(generator)
     # The benchmark's random weights have exactly this layout.
-    layout = jax.tree.map(np.shape, stylegan2.random_params(jax.random.key(0), 1024))
+    layout = jax.tree.map(np.shape, testing.random_stylegan2_params(jax.random.key(0), 1024))
     converted = jax.tree.map(np.shape, {k: generator.params[k] for k in ("mapping", "synthesis")})
     assert {k: layout[k] for k in ("mapping", "synthesis")} == converted
 
