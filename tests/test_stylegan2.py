@@ -23,6 +23,7 @@ import json
 import re
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,8 +184,7 @@ def test_full_upsample_conv_and_valid_blur_match_lax_with_gradients():
     g = jax.random.normal(jax.random.key(2), (2, 10, 10, 2))
     got = jax.vjp(ours, x, kernel)[1](g)
     want = jax.vjp(reference, x, kernel)[1](g)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    chex.assert_trees_all_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_skip_upsample_is_nvidias_upsample2d():
@@ -371,9 +371,11 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     assert generator.arch.conv_clamp == 256.0
     _check_ffhq_1024(generator)
     # The benchmark's random weights have exactly this layout.
-    layout = jax.tree.map(np.shape, testing.random_stylegan2_params(jax.random.key(0), 1024))
-    converted = jax.tree.map(np.shape, {k: generator.params[k] for k in ("mapping", "synthesis")})
-    assert {k: layout[k] for k in ("mapping", "synthesis")} == converted
+    layout = jax.eval_shape(lambda: testing.random_stylegan2_params(jax.random.key(0), 1024))
+    chex.assert_trees_all_equal_shapes(
+        {k: layout[k] for k in ("mapping", "synthesis")},
+        {k: generator.params[k] for k in ("mapping", "synthesis")},
+    )
 
 
 def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):
