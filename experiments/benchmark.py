@@ -1,4 +1,4 @@
-"""Speed of the PULSE search per generator and samples per call (see `pulse_jax.benchmark`).
+"""Speed of the PULSE search per generator and samples per call (see `benchmark_lib`).
 
     python experiments/benchmark.py \
         --generators dcgan64,stylegan256,stylegan1024,stylegan2_256,stylegan2_1024 \
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import sys
 
+import benchmark_lib as benchmark
 from absl import app, flags
-
-from pulse_jax import benchmark
 
 _GENERATORS = flags.DEFINE_list(
     "generators",

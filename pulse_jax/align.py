@@ -414,21 +414,12 @@ def align_to_folder(
     factor = resolution // output_size
     written = AlignedFaces()
     for path, stem in output_names(files).items():
-        try:
-            image = load_image(path)
-        except ImageError as e:
-            written.skipped[path] = e.reason
-            print(f"{path}: skipped, {e.reason}", file=stream)
+        found = _photo_faces(path)
+        if isinstance(found, str):
+            written.skipped[path] = found
+            print(f"{path}: skipped, {found}", file=stream)
             continue
-        faces = detect_landmarks(image)
-        if not faces:
-            reason = (
-                "no face found (dlib's detector finds roughly frontal faces at least about "
-                "40 px wide)"
-            )
-            written.skipped[path] = reason
-            print(f"{path}: skipped, {reason}", file=stream)
-            continue
+        image, faces = found
         if not all_faces:
             faces = faces[:1]
         for k, landmarks in enumerate(faces):
@@ -443,3 +434,17 @@ def align_to_folder(
             f"{path}: {found} -> {', '.join(p.name for p in written[-len(faces) :])}", file=stream
         )
     return written
+
+
+def _photo_faces(path: Path) -> tuple[np.ndarray, list] | str:
+    """A photo and its faces' landmarks (largest first), or why it gives none."""
+    try:
+        image = load_image(path)
+    except ImageError as e:
+        return e.reason
+    faces = detect_landmarks(image)
+    if not faces:
+        return (
+            "no face found (dlib's detector finds roughly frontal faces at least about 40 px wide)"
+        )
+    return image, faces

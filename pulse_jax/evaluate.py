@@ -155,95 +155,16 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
       ImageError: the folder is missing or holds no usable face.
     """
     search = config.search
-    check_search(search, generator)
-    resolution = generator.resolution
-    if config.lr_size < 1 or resolution % config.lr_size:
-        raise ConfigError(f"--lr_size {config.lr_size} does not divide {resolution}")
-    if config.samples < 1:
-        raise ConfigError("--seeds (samples per face) must be >= 1")
-    errors: list[ImageError] = []
-    if config.input_dir is not None and config.synthetic:
-        raise ConfigError("give --input_dir (HR faces) or --synthetic N, not both")
-    if config.input_dir is not None:
-        names, truth, errors = load_faces(config.input_dir, resolution, resize=search.resize)
-    elif config.synthetic > 0:
-        truth = synthetic_faces(generator, config.synthetic, config.data_seed)
-        names = [f"synthetic_{i}" for i in range(config.synthetic)]
-    else:
-        raise ConfigError("give --input_dir (HR faces) or --synthetic N")
-    operator = search.degradation(config.lr_size, resolution)
+    names, truth, errors = _faces(config, generator)
+    operator = search.degradation(config.lr_size, generator.resolution)
     eps = operator.success_eps(search.eps)
     noise_key = jax.random.fold_in(jax.random.key(config.data_seed), _NOISE_STREAM)
     observations = operator.observe(truth, noise_key)  # [B, h, h, 3]
-    kwargs = search.solve_kwargs(generator, config.lr_size)
-
+    out, seconds = _solve_faces(config, generator, observations, log)
+    reached = np.minimum.accumulate(out["history"], axis=0) <= eps  # [steps, B, K]
+    out["first_step"] = np.where(reached.any(axis=0), reached.argmax(axis=0), -1)
+    measured = _measures(operator, out["hr"], truth, observations)
     count, k = truth.shape[0], config.samples
-    step = config.batch_size or count
-    parts, seconds = [], 0.0
-    for start in range(0, count, step):
-        stop = min(start + step, count)
-        t0 = time.perf_counter()
-        parts.append(
-            solve(
-                observations[start:stop],
-                generator,
-                num_samples=k,
-                image_ids=np.arange(start, stop),
-                **kwargs,
-            )
-        )
-        took = time.perf_counter() - t0
-        seconds += took
-        if log is not None:
-            log.write(f"faces {start}..{stop - 1}: {took:.1f} s\n")
-            log.flush()
-    hr = np.concatenate([p.hr for p in parts])  # [B, K, R, R, 3]
-    l2 = np.concatenate([p.l2 for p in parts])  # [B, K]
-    success = np.concatenate([p.success for p in parts])
-    best_step = np.concatenate([p.best_step for p in parts])
-    history = np.concatenate([p.history["L2"] for p in parts], axis=1)  # [steps, B, K]
-
-    redegraded = np.asarray(jax.jit(operator)(hr.reshape((-1,) + hr.shape[2:])))
-    redegraded = redegraded.reshape(hr.shape[:2] + redegraded.shape[1:])  # [B, K, h, h, 3]
-    mask = operator.mask
-    lr_psnr = metrics.psnr(redegraded, observations[:, None], mask)  # [B, K]
-    hr_psnr = metrics.psnr(hr, truth[:, None])
-    hr_ssim = metrics.ssim(hr, truth[:, None])
-    baseline = np.stack([upscale_bicubic(o, resolution) for o in observations])
-    baseline_psnr = metrics.psnr(baseline, truth)
-    reached = np.minimum.accumulate(history, axis=0) <= eps  # [steps, B, K]
-    first = np.where(reached.any(axis=0), reached.argmax(axis=0), -1)
-    diversity = [metrics.mean_pairwise_distance(hr[b]) for b in range(count)]
-
-    samples = [
-        {
-            "face": names[b],
-            "sample": s,
-            "success": bool(success[b, s]),
-            "l2": float(l2[b, s]),
-            "best_step": int(best_step[b, s]),
-            "first_step_at_eps": int(first[b, s]) if first[b, s] >= 0 else None,
-            "lr_psnr_db": _round(lr_psnr[b, s]),
-            "hr_psnr_db": _round(hr_psnr[b, s]),
-            "hr_ssim": _round(hr_ssim[b, s], 4),
-        }
-        for b in range(count)
-        for s in range(k)
-    ]
-    faces = [
-        {
-            "face": names[b],
-            "successes": int(success[b].sum()),
-            "samples": k,
-            "best_l2": float(l2[b].min()),
-            "lr_psnr_db": _round(lr_psnr[b].mean()),
-            "hr_psnr_db": _round(hr_psnr[b].mean()),
-            "hr_ssim": _round(hr_ssim[b].mean(), 4),
-            "bicubic_hr_psnr_db": _round(baseline_psnr[b]),
-            "diversity_rms": _round(diversity[b], 4),
-        }
-        for b in range(count)
-    ]
     latent_steps = count * k * search.steps
     aggregate = {
         "operator": operator.describe(),
@@ -252,13 +173,9 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
         "faces": count,
         "samples_per_face": k,
         "eps": eps,
-        "success_rate": float(success.mean()),
-        "faces_with_a_success": int(success.any(axis=1).sum()),
-        "lr_psnr_db": _round(lr_psnr.mean()),
-        "hr_psnr_db": _round(hr_psnr.mean()),
-        "hr_ssim": _round(hr_ssim.mean(), 4),
-        "bicubic_hr_psnr_db": _round(baseline_psnr.mean()),
-        "diversity_rms": _round(np.mean(diversity), 4),
+        "success_rate": float(out["success"].mean()),
+        "faces_with_a_success": int(out["success"].any(axis=1).sum()),
+        **{key: _round(np.mean(v), d) for key, (v, d) in measured.items()},
         "solve_seconds": round(seconds, 2),
         "latent_steps_per_second": round(latent_steps / seconds, 1) if seconds else None,
     }
@@ -279,17 +196,118 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
         "unusable_inputs": [str(e) for e in errors],
         "aggregate": aggregate,
         "success_curve": [round(float(v), 4) for v in reached.mean(axis=(1, 2))],
-        "faces": faces,
-        "samples": samples,
+        "faces": _face_rows(names, out, measured),
+        "samples": _sample_rows(names, out, measured),
         "_arrays": {
             "truth": truth,
             "observations": observations,
-            "hr": hr,
-            "l2_history": history,
+            "hr": out["hr"],
+            "l2_history": out["history"],
             "names": names,
             "eps": eps,
         },
     }
+
+
+def _faces(config: EvalConfig, generator: Generator):
+    """The evaluation's checked settings and its HR faces: (names, [B, R, R, 3], errors)."""
+    search = config.search
+    check_search(search, generator)
+    resolution = generator.resolution
+    if config.lr_size < 1 or resolution % config.lr_size:
+        raise ConfigError(f"--lr_size {config.lr_size} does not divide {resolution}")
+    if config.samples < 1:
+        raise ConfigError("--seeds (samples per face) must be >= 1")
+    if config.input_dir is not None and config.synthetic:
+        raise ConfigError("give --input_dir (HR faces) or --synthetic N, not both")
+    if config.input_dir is not None:
+        return load_faces(config.input_dir, resolution, resize=search.resize)
+    if config.synthetic > 0:
+        truth = synthetic_faces(generator, config.synthetic, config.data_seed)
+        return [f"synthetic_{i}" for i in range(config.synthetic)], truth, []
+    raise ConfigError("give --input_dir (HR faces) or --synthetic N")
+
+
+def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
+    """PULSE on the observations, `config.batch_size` faces per call: ({"hr" [B, K, R, R, 3],
+    "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K]}, solve seconds)."""
+    count = observations.shape[0]
+    kwargs = config.search.solve_kwargs(generator, config.lr_size)
+    step = config.batch_size or count
+    parts, seconds = [], 0.0
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        t0 = time.perf_counter()
+        ids = np.arange(start, stop)
+        parts.append(
+            solve(
+                observations[start:stop],
+                generator,
+                num_samples=config.samples,
+                image_ids=ids,
+                **kwargs,
+            )
+        )
+        took = time.perf_counter() - t0
+        seconds += took
+        if log is not None:
+            log.write(f"faces {start}..{stop - 1}: {took:.1f} s\n")
+            log.flush()
+    out = {
+        key: np.concatenate([getattr(p, key) for p in parts])
+        for key in ("hr", "l2", "success", "best_step")
+    }
+    out["history"] = np.concatenate([p.history["L2"] for p in parts], axis=1)
+    return out, seconds
+
+
+def _measures(operator, hr, truth, observations) -> dict[str, tuple[np.ndarray, int]]:
+    """The report's measures, {name: (values per face [B] or per sample [B, K], digits)}:
+    the LR consistency, the HR PSNR and SSIM, the bicubic baseline and the diversity."""
+    redegraded = np.asarray(jax.jit(operator)(hr.reshape((-1,) + hr.shape[2:])))
+    redegraded = redegraded.reshape(hr.shape[:2] + redegraded.shape[1:])  # [B, K, h, h, 3]
+    resolution = truth.shape[1]
+    baseline = np.stack([upscale_bicubic(o, resolution) for o in observations])
+    diversity = [metrics.mean_pairwise_distance(faces) for faces in hr]
+    return {
+        "lr_psnr_db": (metrics.psnr(redegraded, observations[:, None], operator.mask), 2),
+        "hr_psnr_db": (metrics.psnr(hr, truth[:, None]), 2),
+        "hr_ssim": (metrics.ssim(hr, truth[:, None]), 4),
+        "bicubic_hr_psnr_db": (metrics.psnr(baseline, truth), 2),
+        "diversity_rms": (np.asarray(diversity), 4),
+    }
+
+
+def _sample_rows(names: list[str], out: dict, measured: dict) -> list[dict]:
+    """The report's row per sample."""
+    per_sample = {key: v for key, v in measured.items() if np.ndim(v[0]) == 2}
+    return [
+        {
+            "face": name,
+            "sample": s,
+            "success": bool(out["success"][b, s]),
+            "l2": float(out["l2"][b, s]),
+            "best_step": int(out["best_step"][b, s]),
+            "first_step_at_eps": int(first) if (first := out["first_step"][b, s]) >= 0 else None,
+            **{key: _round(v[b, s], d) for key, (v, d) in per_sample.items()},
+        }
+        for b, name in enumerate(names)
+        for s in range(out["l2"].shape[1])
+    ]
+
+
+def _face_rows(names: list[str], out: dict, measured: dict) -> list[dict]:
+    """The report's row per face (its samples' means)."""
+    return [
+        {
+            "face": name,
+            "successes": int(out["success"][b].sum()),
+            "samples": out["l2"].shape[1],
+            "best_l2": float(out["l2"][b].min()),
+            **{key: _round(np.mean(v[b]), d) for key, (v, d) in measured.items()},
+        }
+        for b, name in enumerate(names)
+    ]
 
 
 def _round(value, digits: int = 2) -> float:

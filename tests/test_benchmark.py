@@ -8,12 +8,12 @@ import json
 import math
 from pathlib import Path
 
+import benchmark_lib as benchmark
 import jax
 import numpy as np
 import pytest
 
-from pulse_jax import benchmark
-from pulse_jax.generators import stylegan
+from pulse_jax import testing
 
 FFHQ_KEYS = Path(__file__).parent / "data" / "stylegan_ffhq1024_keys.tsv"
 
@@ -65,8 +65,10 @@ def test_unknown_generator_is_refused():
 
 
 def test_channel_plan_is_ffhq():
-    assert stylegan.channels_for(1024) == (512, 512, 512, 512, 256, 128, 64, 32, 16)
-    assert stylegan.channels_for(128, fmap_base=512, fmap_max=64) == (64, 64, 64, 32, 16, 8)
+    # StyleGAN v1's plan (fmap_base 8192) is NVIDIA's with channel_base 2 * fmap_base.
+    assert testing.channels_for(1024, 16384, 512) == (512, 512, 512, 512, 256, 128, 64, 32, 16)
+    assert testing.channels_for(128, 2 * 512, 64) == (64, 64, 64, 32, 16, 8)
+    assert testing.channels_for(1024, 32768, 512) == (512,) * 5 + (256, 128, 64, 32)
 
 
 def _reference_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -83,7 +85,7 @@ def _reference_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def test_random_params_have_the_ffhq_1024_layout():
-    params = jax.eval_shape(lambda: stylegan.random_params(jax.random.key(0), 1024))
+    params = jax.eval_shape(lambda: testing.random_stylegan_params(jax.random.key(0), 1024))
     ours = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         keys = [p.key for p in path]
@@ -101,7 +103,7 @@ def test_random_params_have_the_ffhq_1024_layout():
 
 def test_random_generator_matches_its_arch():
     generator = benchmark.make_generator("stylegan64")
-    assert generator.arch.channels == stylegan.channels_for(64)
+    assert generator.arch.channels == testing.channels_for(64, 16384, 512)
     assert generator.num_layers == 10
     assert np.all(np.asarray(generator.params["gaussian_fit"]["std"]) > 0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import numpy as np
 import pytest
 from torch_writer import Call, Global, save_torch_zip
@@ -50,8 +51,7 @@ def test_gaussian_fit_is_deterministic_per_seed(golden_mapping):
     a = convert.compute_gaussian_fit(arch, params, num_samples=500, seed=1, show_progress=False)
     b = convert.compute_gaussian_fit(arch, params, num_samples=500, seed=1, show_progress=False)
     c = convert.compute_gaussian_fit(arch, params, num_samples=500, seed=2, show_progress=False)
-    np.testing.assert_array_equal(a["mean"], b["mean"])
-    np.testing.assert_array_equal(a["std"], b["std"])
+    chex.assert_trees_all_equal(a, b)
     assert not np.array_equal(a["mean"], c["mean"])
 
 
@@ -74,8 +74,7 @@ def test_gaussian_fit_streams_in_bounded_chunks(monkeypatch, golden_mapping):
 def test_real_gaussian_fit_pt_reads_exactly(golden_dir):
     fit = convert._read_gaussian_fit(str(golden_dir / "gaussian_fit.pt"))
     expected = np.load(golden_dir / "gaussian_fit.npz")
-    np.testing.assert_array_equal(fit["mean"], expected["mean"])
-    np.testing.assert_array_equal(fit["std"], expected["std"])
+    chex.assert_trees_all_equal(fit, dict(expected))
 
 
 def test_convert_with_gaussian_fit_needs_no_mapping(golden_dir, tmp_path, capsys):

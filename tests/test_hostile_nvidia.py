@@ -5,7 +5,7 @@ line, in bounded time and memory, without a crash, and the next read is exact.""
 
 from __future__ import annotations
 
-import numpy as np
+import chex
 import pytest
 import test_nvidia_pickle as official
 from hostile import Asm, assert_refused, read_isolated
@@ -32,9 +32,7 @@ def assert_good_reads_exactly(good):
     path, syn, mapping = good
     got_syn, got_mapping, _ = read_nvidia_pickle(path)
     assert list(got_syn) == list(syn) and list(got_mapping) == list(mapping)
-    for expected, got in ((syn, got_syn), (mapping, got_mapping)):
-        for key, value in expected.items():
-            np.testing.assert_array_equal(got[key], value)
+    chex.assert_trees_all_equal((got_syn, got_mapping), (syn, mapping))
 
 
 # name -> (the pickle's bytes, expected words)

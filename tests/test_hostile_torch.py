@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import zipfile
 
+import chex
 import numpy as np
 import pytest
 from hostile import Asm, assert_refused, read_isolated
@@ -69,9 +70,7 @@ def assert_good_file_reads_exactly(tmp_path):
     save_torch_zip(GOOD, path)
     got = load_state_dict(path)
     assert list(got) == ["w", "b"]
-    for key, value in GOOD.items():
-        assert got[key].dtype == value.dtype
-        np.testing.assert_array_equal(got[key], value)
+    chex.assert_trees_all_equal(got, GOOD, strict=True)  # dtypes and shapes too
 
 
 # name -> (write the file into a folder and return its path, reader, expected words)
@@ -312,8 +311,7 @@ def test_load_torch_bytes_reads_in_memory_payloads_under_the_same_limits(tmp_pat
     path = tmp_path / "good.pt"
     save_torch_legacy(GOOD, path)
     got = load_torch_bytes("payload in good.pkl", path.read_bytes())
-    for key, value in GOOD.items():
-        np.testing.assert_array_equal(got[key], value)
+    chex.assert_trees_all_equal(got, GOOD)
     bomb = state_dict(lambda a: tensor(a, size=(1 << 16, 1 << 16), stride=(0, 0)))
     write_zip(path, bomb, {"0": bytes(16)})
     with pytest.raises(CheckpointError, match="payload in good.pkl: .*zero stride"):

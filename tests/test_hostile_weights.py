@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 from hostile import ROOT, assert_refused, read_isolated
@@ -150,8 +151,7 @@ def assert_good_reads_exactly(good):
     expected = weights_file.flatten(tiny_dcgan_params())
     got = weights_file.flatten(wf.params)
     assert list(got) == list(expected) and wf.config == CONFIG
-    for key, value in expected.items():
-        np.testing.assert_array_equal(got[key], value)
+    chex.assert_trees_all_equal(got, expected)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

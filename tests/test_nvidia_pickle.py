@@ -24,6 +24,7 @@ import sys
 import types
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 from torch_writer import save_torch_legacy, save_torch_zip
@@ -329,10 +330,8 @@ def test_reads_back_the_pulse_numbers(tmp_path, resolution, numpy_module):
 
     assert list(syn_sd) == list(syn)  # PULSE's state_dict order, blur buffers included
     assert list(map_sd) == list(mapping)
-    for expected, got in ((syn, syn_sd), (mapping, map_sd)):
-        for key, value in expected.items():
-            assert got[key].dtype == np.float32, key
-            np.testing.assert_array_equal(got[key], value, err_msg=key)  # Gs, not G
+    chex.assert_type([*syn_sd.values(), *map_sd.values()], np.float32)
+    chex.assert_trees_all_equal((syn_sd, map_sd), (syn, mapping))  # Gs, not G
     assert not marker.exists()  # build_module_src never ran
     log2 = resolution.bit_length() - 1
     assert info["resolution"] == resolution
@@ -426,9 +425,7 @@ def test_golden_weights_through_the_pickle_reproduce_pulse(tmp_path):
     write_pickle(path, official_tuple(syn, mapping, 128, rng))
     syn_sd, map_sd, info = read_nvidia_pickle(path)
     assert list(syn_sd) == list(syn) and list(map_sd) == list(mapping)
-    for expected, got in ((syn, syn_sd), (mapping, map_sd)):
-        for key, value in expected.items():
-            np.testing.assert_array_equal(got[key], value, err_msg=key)
+    chex.assert_trees_all_equal((syn_sd, map_sd), (syn, mapping))
     assert info["channels"] == {"4": 64, "8": 64, "16": 64, "32": 32, "64": 16, "128": 8}
 
     forward = np.load(GOLDEN / "forward.npz")

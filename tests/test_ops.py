@@ -8,9 +8,9 @@ values and gradients of magnitude up to ~30 (float32 sums in another order).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from pulse_jax.generators import ops
@@ -53,9 +53,8 @@ def random(seed, shape, scale=1.0):
 
 
 def assert_same(actual, expected):
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        assert a.shape == e.shape
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=0, atol=ATOL)
+    chex.assert_trees_all_equal_shapes(actual, expected)
+    chex.assert_trees_all_close(actual, expected, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("padding,size", [(1, 3), (0, 1)])

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from two_processes import run_two_processes
 
-from pulse_jax import solve
+from pulse_jax import solve, testing
 from pulse_jax.generators import stylegan
 from pulse_jax.generators.base import Generator
 from pulse_jax.solve import compiled_memory
@@ -109,11 +109,11 @@ def test_one_and_eight_devices_give_the_same_result(eight_device_gaps, name):
 def small_stylegan_generator(seed: int) -> Generator:
     """A 16 px StyleGAN (6 style layers, 16 channels) with random weights.
 
-    Drawn with numpy on `stylegan.random_params`'s layout: its own jax draws compile one
+    Drawn with numpy on `testing.random_stylegan_params`'s layout: its own jax draws compile one
     small program per weight, seconds on a two-core machine.
     """
     shapes = jax.eval_shape(
-        lambda: stylegan.random_params(
+        lambda: testing.random_stylegan_params(
             jax.random.key(0), 16, fmap_base=32, fmap_max=16, mapping_layers=1
         )
     )

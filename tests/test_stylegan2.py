@@ -23,13 +23,14 @@ import json
 import re
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pulse_jax
-from pulse_jax import losses
+from pulse_jax import losses, testing
 from pulse_jax.checkpoints import stylegan2_layout
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.convert import main as convert_main
@@ -183,8 +184,7 @@ def test_full_upsample_conv_and_valid_blur_match_lax_with_gradients():
     g = jax.random.normal(jax.random.key(2), (2, 10, 10, 2))
     got = jax.vjp(ours, x, kernel)[1](g)
     want = jax.vjp(reference, x, kernel)[1](g)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    chex.assert_trees_all_close(got, want, rtol=0, atol=1e-4)
 
 
 def test_skip_upsample_is_nvidias_upsample2d():
@@ -371,9 +371,11 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     assert generator.arch.conv_clamp == 256.0
     _check_ffhq_1024(generator)
     # The benchmark's random weights have exactly this layout.
-    layout = jax.tree.map(np.shape, stylegan2.random_params(jax.random.key(0), 1024))
-    converted = jax.tree.map(np.shape, {k: generator.params[k] for k in ("mapping", "synthesis")})
-    assert {k: layout[k] for k in ("mapping", "synthesis")} == converted
+    layout = jax.eval_shape(lambda: testing.random_stylegan2_params(jax.random.key(0), 1024))
+    chex.assert_trees_all_equal_shapes(
+        {k: layout[k] for k in ("mapping", "synthesis")},
+        {k: generator.params[k] for k in ("mapping", "synthesis")},
+    )
 
 
 def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):

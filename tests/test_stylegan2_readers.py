@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import ada_writer
+import chex
 import numpy as np
 import pytest
 from test_nvidia_pickle import network, write_pickle
@@ -119,8 +120,7 @@ def test_ada_golden_pickles_read(path, protocol, numpy_module, clamp, networks):
 
 def test_ada_clamp_pickle_holds_the_tiny_weights():
     tiny, clamp = read_stylegan2(ADA_TINY), read_stylegan2(ADA_CLAMP)
-    for key in tiny.state:
-        np.testing.assert_array_equal(tiny.state[key], clamp.state[key], err_msg=key)
+    chex.assert_trees_all_equal(clamp.state, tiny.state)
 
 
 def test_ada_network_selects_g_or_g_ema(tmp_path):
@@ -141,9 +141,10 @@ def test_ada_network_selects_g_or_g_ema(tmp_path):
     golden = read_stylegan2(ADA_TINY)
     parameters = [k for k in golden.state if "resample_filter" not in k and "noise_const" not in k]
     parameters.remove("mapping.w_avg")
-    for key in parameters:
-        np.testing.assert_array_equal(g_ema.state[key], golden.state[key], err_msg=key)
-        np.testing.assert_array_equal(g.state[key], golden.state[key] + 1, err_msg=key)
+    expected = {k: golden.state[k] for k in parameters}
+    chex.assert_trees_all_equal({k: g_ema.state[k] for k in parameters}, expected)
+    plus_one_expected = {k: v + 1 for k, v in expected.items()}
+    chex.assert_trees_all_equal({k: g.state[k] for k in parameters}, plus_one_expected)
     assert g.source["network"] == "G" and g_ema.source["network"] == "G_ema"
     with pytest.raises(CheckpointError, match=r"has no network 'G' \(it holds \['G_ema'\]\)") as e:
         read_stylegan2(ADA_CLAMP, network="G")
@@ -172,9 +173,7 @@ def test_hostile_module_src_never_runs_but_would_under_nvidia_loader(tmp_path):
 
     ck = read_stylegan2(path)
     assert not marker.exists()
-    golden = read_stylegan2(ADA_CLAMP)
-    for key in golden.state:
-        np.testing.assert_array_equal(ck.state[key], golden.state[key], err_msg=key)
+    chex.assert_trees_all_equal(ck.state, read_stylegan2(ADA_CLAMP).state)
 
     # The same file under plain pickle.load, with stand-ins for NVIDIA's modules whose
     # `_reconstruct_persistent_obj` execs module_src as torch_utils/persistence.py does.
@@ -659,9 +658,7 @@ def test_legacy_and_zip_torch_files_are_rosinality(tmp_path):
         path = tmp_path / f"{save.__name__}.pt"
         save({"g_ema": sd, "latent_avg": latent_avg}, path)
         assert detect_format(path) == "rosinality"
-        ck = read_stylegan2(path)
-        for key in golden.state:
-            np.testing.assert_array_equal(ck.state[key], golden.state[key], err_msg=key)
+        chex.assert_trees_all_equal(read_stylegan2(path).state, golden.state)
 
 
 def test_unknown_network_name_is_refused():

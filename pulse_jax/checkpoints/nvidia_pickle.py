@@ -540,22 +540,7 @@ def read_nvidia_pickle(
     path = os.fspath(path)
     top = load_pickle(path, limits)
     gs, names = _select_gs(path, top)
-    components = gs["components"]
-    subnets = {}
-    for role, func in (("synthesis", "G_synthesis"), ("mapping", "G_mapping")):
-        if role not in components:
-            raise CheckpointError(
-                path,
-                f"Gs has no {role!r} component "
-                f"(found {sorted(_short(k) for k in list(components)[:10])})",
-            )
-        subnets[role] = _network(path, components[role], f"Gs.components[{role!r}]")
-        build = subnets[role].get("build_func_name")
-        if build is not None and build != func:
-            raise CheckpointError(
-                path,
-                f"Gs's {role} network is built by {_short(build)}, expected {func!r} (StyleGAN v1)",
-            )
+    subnets = _subnetworks(path, gs)
     synthesis_sd, synthesis_info = _convert_synthesis(
         path, variables(path, subnets["synthesis"], "G_synthesis")
     )
@@ -570,15 +555,7 @@ def read_nvidia_pickle(
             f"synthesis styles take {style_inputs}",
         )
     resolution = synthesis_info["resolution"]
-    static_kwargs = {"Gs": gs.get("static_kwargs")}
-    static_kwargs.update({role: s.get("static_kwargs") for role, s in subnets.items()})
-    static_kwargs = {k: dict(v) if isinstance(v, dict) else {} for k, v in static_kwargs.items()}
-    declared = static_kwargs["synthesis"].get("resolution")
-    if isinstance(declared, int) and declared != resolution:
-        raise CheckpointError(
-            path,
-            f"static_kwargs say resolution {describe(declared)}, the variables say {resolution}",
-        )
+    static_kwargs = _static_kwargs(path, gs, subnets, resolution)
     info = {
         "source": "nvidia-stylegan-tf-pickle",
         "networks": names,
@@ -596,3 +573,39 @@ def read_nvidia_pickle(
         "dropped": synthesis_info["dropped"],
     }
     return synthesis_sd, mapping_sd, info
+
+
+def _subnetworks(path: str, gs: dict) -> dict[str, dict]:
+    """Gs's synthesis and mapping networks, each checked to be StyleGAN v1's."""
+    components = gs["components"]
+    subnets = {}
+    for role, func in (("synthesis", "G_synthesis"), ("mapping", "G_mapping")):
+        if role not in components:
+            raise CheckpointError(
+                path,
+                f"Gs has no {role!r} component "
+                f"(found {sorted(_short(k) for k in list(components)[:10])})",
+            )
+        subnets[role] = _network(path, components[role], f"Gs.components[{role!r}]")
+        build = subnets[role].get("build_func_name")
+        if build is not None and build != func:
+            raise CheckpointError(
+                path,
+                f"Gs's {role} network is built by {_short(build)}, expected {func!r} (StyleGAN v1)",
+            )
+    return subnets
+
+
+def _static_kwargs(path: str, gs: dict, subnets: dict, resolution: int) -> dict[str, dict]:
+    """The networks' static_kwargs ({} where a network has none), checked to declare the
+    resolution the variables have."""
+    static_kwargs = {"Gs": gs.get("static_kwargs")}
+    static_kwargs.update({role: s.get("static_kwargs") for role, s in subnets.items()})
+    static_kwargs = {k: dict(v) if isinstance(v, dict) else {} for k, v in static_kwargs.items()}
+    declared = static_kwargs["synthesis"].get("resolution")
+    if isinstance(declared, int) and declared != resolution:
+        raise CheckpointError(
+            path,
+            f"static_kwargs say resolution {describe(declared)}, the variables say {resolution}",
+        )
+    return static_kwargs

@@ -118,6 +118,18 @@ def describe(value: Any, width: int = 60) -> str:
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
 _MARK = object()
+_SET_OPCODES = (0x8F, 0x90, 0x91)  # EMPTY_SET, ADDITEMS, FROZENSET: only with `Policy.sets`
+_HANDLERS: dict[int, Callable[[Any, int], None]] = {}  # opcode -> `_Unpickler` method
+
+
+def _opcodes(*codes: int):
+    """Registers an `_Unpickler` method as the handler of these opcodes."""
+
+    def register(handler):
+        _HANDLERS.update(dict.fromkeys(codes, handler))
+        return handler
+
+    return register
 
 
 class _Unpickler:
@@ -128,6 +140,7 @@ class _Unpickler:
         self.buf = data if isinstance(data, bytes) else bytes(data)
         self.data = memoryview(self.buf)
         self.pos = start
+        self.at = start  # where the opcode being run starts
         self.policy = policy
         self.persistent_load = persistent_load
         self.stack: list = []
@@ -204,13 +217,19 @@ class _Unpickler:
         self.stack = self.marks.pop()
         return items
 
-    def make_tuple(self, items: list) -> tuple:
+    def children(self, items) -> tuple[list, int, int]:
+        """Values about to go inside one new value (`child` each): the values, their summed
+        size plus one, and their deepest depth."""
         values, size, depth = [], 1, 0
         for item in items:
             v, n, d = self.child(item)
             values.append(v)
             size += n
             depth = max(depth, d)
+        return values, size, depth
+
+    def make_tuple(self, items: list) -> tuple:
+        values, size, depth = self.children(items)
         result = tuple(values)
         if not result:
             return result
@@ -237,15 +256,11 @@ class _Unpickler:
         target = self.replaced.get(id(target), target)
         if type(target) is not list:
             raise Refusal(f"appends to {describe(target)}, not a list")
-        added, depth = 0, 0
-        for item in items:
-            value, n, d = self.child(item)
-            if value is target:
-                raise Refusal("holds a list that contains itself")
-            target.append(value)
-            added += n
-            depth = max(depth, d)
-        self.grow(target, added, depth)
+        values, size, depth = self.children(items)
+        if any(value is target for value in values):
+            raise Refusal("holds a list that contains itself")
+        target.extend(values)
+        self.grow(target, size - 1, depth)
 
     def add_items(self, target, items: list) -> None:
         target = self.replaced.get(id(target), target)
@@ -267,12 +282,7 @@ class _Unpickler:
             raise Refusal(f"calls {function.name}, which this format never calls that way")
         if not isinstance(args, tuple):
             raise Refusal(f"calls {function.name} with {describe(args)}, not a tuple")
-        values, size, depth = [], 1, 0
-        for arg in args:
-            v, n, d = self.child(arg)
-            values.append(v)
-            size += n
-            depth = max(depth, d)
+        values, size, depth = self.children(args)
         self.child(args)
         result = maker(*values)
         if isinstance(result, _SCALARS) or isinstance(result, Global):
@@ -282,187 +292,220 @@ class _Unpickler:
     # -- the interpreter ---------------------------------------------------------------
 
     def load(self):
-        s, policy = self.s, self.policy
-        data = self.data
+        """Runs the pickle to its STOP; returns (value, position after STOP)."""
         count = 0
         while True:
             count += 1
             if count & 0xFFF == 0:
-                s.check_time()
-            if self.pos >= len(data):
+                self.s.check_time()
+            if self.pos >= len(self.data):
                 raise Refusal("is truncated: a pickle ends before its STOP opcode")
-            op = data[self.pos]
-            at = self.pos
+            op = self.data[self.pos]
+            self.at = self.pos
             self.pos += 1
             if op == 0x2E:  # STOP
-                value = self.pop()
-                value = self.child(value)[0]
-                return value, self.pos
-            elif op == 0x80:  # PROTO
-                if self.uint(1) > 5:
-                    raise Refusal("uses a pickle protocol above 5")
-            elif op == 0x95:  # FRAME
-                self.uint(8)
-            elif op == 0x28:  # MARK
-                if len(self.marks) >= s.limits.max_depth:
-                    raise Refusal(f"nests deeper than {s.limits.max_depth} levels")
-                self.marks.append(self.stack)
-                self.stack = []
-            elif op == 0x30:  # POP
-                if self.stack:
-                    self.stack.pop()
-                else:
-                    self.pop_mark()
-            elif op == 0x31:  # POP_MARK
-                self.pop_mark()
-            elif op == 0x32:  # DUP
-                value = self.pop()
-                self.stack.append(value)
-                self.stack.append(value)
-            elif op == 0x4E:  # NONE
-                self.stack.append(None)
-            elif op == 0x88:  # NEWTRUE
-                self.stack.append(True)
-            elif op == 0x89:  # NEWFALSE
-                self.stack.append(False)
-            elif op == 0x4A:  # BININT
-                self.stack.append(int.from_bytes(self.read(4), "little", signed=True))
-            elif op == 0x4B:  # BININT1
-                self.stack.append(self.uint(1))
-            elif op == 0x4D:  # BININT2
-                self.stack.append(self.uint(2))
-            elif op in (0x8A, 0x8B):  # LONG1, LONG4
-                n = self.uint(1 if op == 0x8A else 4)
-                if n > s.limits.max_int_bytes:
-                    raise Refusal(f"holds an integer of {n} bytes")
-                self.stack.append(int.from_bytes(self.read(n), "little", signed=True))
-            elif op in (0x49, 0x4C):  # INT, LONG (text)
-                text = self.line().rstrip(b"L")
-                if len(text) > 3 * s.limits.max_int_bytes:
-                    raise Refusal(f"holds an integer of {len(text)} digits")
-                if op == 0x49 and text in (b"00", b"01"):
-                    self.stack.append(text == b"01")
-                else:
-                    self.stack.append(int(text))
-            elif op == 0x46:  # FLOAT
-                self.stack.append(float(self.line()))
-            elif op == 0x47:  # BINFLOAT
-                self.stack.append(struct.unpack(">d", self.read(8))[0])
-            elif op in (0x8C, 0x58, 0x8D):  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
-                n = self.uint({0x8C: 1, 0x58: 4, 0x8D: 8}[op])
-                self.stack.append(str(self.read(n), "utf-8", "surrogatepass"))
-            elif op == 0x56:  # UNICODE
-                self.stack.append(self.line().decode("raw-unicode-escape"))
-            elif op in (0x43, 0x42, 0x8E):  # SHORT_BINBYTES, BINBYTES, BINBYTES8
-                n = self.uint({0x43: 1, 0x42: 4, 0x8E: 8}[op])
-                self.stack.append(bytes(self.read(n)))
-            elif op in (0x55, 0x54):  # SHORT_BINSTRING, BINSTRING (Python 2 str)
-                n = self.uint(1) if op == 0x55 else int.from_bytes(self.read(4), "little")
-                self.stack.append(self.py2_string(bytes(self.read(n))))
-            elif op == 0x53:  # STRING
-                text = self.line()
-                if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
-                    raise Refusal("is corrupt: a pickle STRING is not quoted")
-                self.stack.append(self.py2_string(codecs.escape_decode(text[1:-1])[0]))
-            elif op == 0x5D:  # EMPTY_LIST
-                self.stack.append(self.track([], 1, 1))
-            elif op == 0x7D:  # EMPTY_DICT
-                self.stack.append(self.track({}, 1, 1))
-            elif op == 0x29:  # EMPTY_TUPLE
-                self.stack.append(())
-            elif op == 0x6C:  # LIST
-                items = self.pop_mark()
-                result = self.track([], 1, 1)
-                self.append(result, items)
-                self.stack.append(result)
-            elif op == 0x64:  # DICT
-                items = self.pop_mark()
-                result = self.track({}, 1, 1)
-                self.set_items(result, items)
-                self.stack.append(result)
-            elif op == 0x74:  # TUPLE
-                value = self.make_tuple(self.pop_mark())
-                self.stack.append(value)
-            elif op in (0x85, 0x86, 0x87):  # TUPLE1, TUPLE2, TUPLE3
-                n = op - 0x84
-                if len(self.stack) < n:
-                    raise Refusal("is corrupt: a pickle tuple lacks its items")
-                items = self.stack[-n:]
-                del self.stack[-n:]
-                self.stack.append(self.make_tuple(items))
-            elif op == 0x61:  # APPEND
-                value = self.pop()
-                self.append(self.stack[-1] if self.stack else None, [value])
-            elif op == 0x65:  # APPENDS
-                items = self.pop_mark()
-                self.append(self.stack[-1] if self.stack else None, items)
-            elif op == 0x73:  # SETITEM
-                value, key = self.pop(), self.pop()
-                self.set_items(self.stack[-1] if self.stack else None, [key, value])
-            elif op == 0x75:  # SETITEMS
-                items = self.pop_mark()
-                self.set_items(self.stack[-1] if self.stack else None, items)
-            elif op in (0x70, 0x71, 0x72, 0x94):  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
-                if op == 0x70:
-                    index = int(self.line())
-                elif op == 0x94:
-                    index = len(self.memo)
-                else:
-                    index = self.uint(1 if op == 0x71 else 4)
-                if not self.stack:
-                    raise Refusal("is corrupt: a pickle memoizes an empty stack")
-                if len(self.memo) >= s.limits.max_memo and index not in self.memo:
-                    raise Refusal(f"memoizes more than {s.limits.max_memo} objects")
-                self.memo[index] = self.stack[-1]
-            elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
-                if op == 0x67:
-                    index = int(self.line())
-                else:
-                    index = self.uint(1 if op == 0x68 else 4)
-                if index not in self.memo:
-                    raise Refusal(f"is corrupt: a pickle fetches memo entry {index}, never set")
-                self.stack.append(self.memo[index])
-            elif op in (0x63, 0x93):  # GLOBAL, STACK_GLOBAL
-                if op == 0x63:
-                    module = self.line().decode("utf-8")
-                    name = self.line().decode("utf-8")
-                else:
-                    name, module = self.pop(), self.pop()
-                    if not (isinstance(module, str) and isinstance(name, str)):
-                        raise Refusal("is corrupt: a pickle names a global with non-strings")
-                qualified = f"{module}.{name}"
-                if qualified not in policy.globals:
-                    raise Refusal(policy.refuse_global(qualified[:200]))
-                self.stack.append(policy.globals[qualified])
-            elif op == 0x52:  # REDUCE
-                args, function = self.pop(), self.pop()
-                self.stack.append(self.construct(function, args, "call"))
-            elif op == 0x81:  # NEWOBJ
-                args, cls = self.pop(), self.pop()
-                self.stack.append(self.construct(cls, args, "new"))
-            elif op == 0x62:  # BUILD
-                state, obj = self.pop(), self.pop()
-                self.stack.append(self.build(obj, state))
-            elif op in (0x8F, 0x90, 0x91) and policy.sets:  # EMPTY_SET, ADDITEMS, FROZENSET
-                if op == 0x8F:
-                    self.stack.append(self.track(set(), 1, 1))
-                elif op == 0x90:
-                    items = self.pop_mark()
-                    self.add_items(self.stack[-1] if self.stack else None, items)
-                else:
-                    result = self.track(set(), 1, 1)
-                    self.add_items(result, self.pop_mark())
-                    self.stack.append(self.track(frozenset(result), *self.info[id(result)]))
-            elif op in (0x50, 0x51):  # PERSID, BINPERSID
-                if self.persistent_load is None:
-                    raise Refusal(f"refers to outside data (opcode at byte {at}) where it may not")
-                pid = self.line().decode("ascii") if op == 0x50 else self.pop()
-                pid = self.child(pid)[0]
-                result = self.persistent_load(pid)
-                self.stack.append(result)
-            else:
+                return self.child(self.pop())[0], self.pos
+            handler = _HANDLERS.get(op)
+            if handler is None or (op in _SET_OPCODES and not self.policy.sets):
                 name = _OPCODE_NAMES.get(op, f"0x{op:02x}")
-                raise Refusal(f"refused: pickle opcode {name} at byte {at}")
+                raise Refusal(f"refused: pickle opcode {name} at byte {self.at}")
+            handler(self, op)
+
+    # Each handler runs one opcode (named in its comment), its byte code `op` read.
+
+    @_opcodes(0x80)  # PROTO
+    def _proto(self, op):
+        if self.uint(1) > 5:
+            raise Refusal("uses a pickle protocol above 5")
+
+    @_opcodes(0x95)  # FRAME
+    def _frame(self, op):
+        self.uint(8)
+
+    @_opcodes(0x28)  # MARK
+    def _mark(self, op):
+        if len(self.marks) >= self.s.limits.max_depth:
+            raise Refusal(f"nests deeper than {self.s.limits.max_depth} levels")
+        self.marks.append(self.stack)
+        self.stack = []
+
+    @_opcodes(0x30)  # POP
+    def _pop(self, op):
+        if self.stack:
+            self.stack.pop()
+        else:
+            self.pop_mark()
+
+    @_opcodes(0x31)  # POP_MARK
+    def _pop_mark(self, op):
+        self.pop_mark()
+
+    @_opcodes(0x32)  # DUP
+    def _dup(self, op):
+        value = self.pop()
+        self.stack += [value, value]
+
+    @_opcodes(0x4E, 0x88, 0x89, 0x29)  # NONE, NEWTRUE, NEWFALSE, EMPTY_TUPLE
+    def _constant(self, op):
+        self.stack.append({0x4E: None, 0x88: True, 0x89: False, 0x29: ()}[op])
+
+    @_opcodes(0x4A, 0x4B, 0x4D)  # BININT, BININT1, BININT2
+    def _binint(self, op):
+        if op == 0x4A:
+            self.stack.append(int.from_bytes(self.read(4), "little", signed=True))
+        else:
+            self.stack.append(self.uint(1 if op == 0x4B else 2))
+
+    @_opcodes(0x8A, 0x8B)  # LONG1, LONG4
+    def _long(self, op):
+        n = self.uint(1 if op == 0x8A else 4)
+        if n > self.s.limits.max_int_bytes:
+            raise Refusal(f"holds an integer of {n} bytes")
+        self.stack.append(int.from_bytes(self.read(n), "little", signed=True))
+
+    @_opcodes(0x49, 0x4C)  # INT, LONG (text)
+    def _text_int(self, op):
+        text = self.line().rstrip(b"L")
+        if len(text) > 3 * self.s.limits.max_int_bytes:
+            raise Refusal(f"holds an integer of {len(text)} digits")
+        if op == 0x49 and text in (b"00", b"01"):
+            self.stack.append(text == b"01")
+        else:
+            self.stack.append(int(text))
+
+    @_opcodes(0x46, 0x47)  # FLOAT, BINFLOAT
+    def _float(self, op):
+        if op == 0x46:
+            self.stack.append(float(self.line()))
+        else:
+            self.stack.append(struct.unpack(">d", self.read(8))[0])
+
+    @_opcodes(0x8C, 0x58, 0x8D, 0x56)  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8, UNICODE
+    def _unicode(self, op):
+        if op == 0x56:
+            self.stack.append(self.line().decode("raw-unicode-escape"))
+        else:
+            n = self.uint({0x8C: 1, 0x58: 4, 0x8D: 8}[op])
+            self.stack.append(str(self.read(n), "utf-8", "surrogatepass"))
+
+    @_opcodes(0x43, 0x42, 0x8E)  # SHORT_BINBYTES, BINBYTES, BINBYTES8
+    def _bytes(self, op):
+        n = self.uint({0x43: 1, 0x42: 4, 0x8E: 8}[op])
+        self.stack.append(bytes(self.read(n)))
+
+    @_opcodes(0x55, 0x54, 0x53)  # SHORT_BINSTRING, BINSTRING, STRING (Python 2 str)
+    def _py2_string(self, op):
+        if op == 0x53:
+            text = self.line()
+            if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
+                raise Refusal("is corrupt: a pickle STRING is not quoted")
+            raw = codecs.escape_decode(text[1:-1])[0]
+        else:
+            n = self.uint(1) if op == 0x55 else int.from_bytes(self.read(4), "little")
+            raw = bytes(self.read(n))
+        self.stack.append(self.py2_string(raw))
+
+    @_opcodes(0x5D, 0x7D, 0x8F)  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
+    def _empty(self, op):
+        self.stack.append(self.track({0x5D: list, 0x7D: dict, 0x8F: set}[op](), 1, 1))
+
+    @_opcodes(0x6C, 0x64)  # LIST, DICT
+    def _list_or_dict(self, op):
+        items = self.pop_mark()
+        if op == 0x6C:
+            result = self.track([], 1, 1)
+            self.append(result, items)
+        else:
+            result = self.track({}, 1, 1)
+            self.set_items(result, items)
+        self.stack.append(result)
+
+    @_opcodes(0x74, 0x85, 0x86, 0x87)  # TUPLE, TUPLE1, TUPLE2, TUPLE3
+    def _tuple(self, op):
+        if op == 0x74:
+            items = self.pop_mark()
+        else:
+            n = op - 0x84
+            if len(self.stack) < n:
+                raise Refusal("is corrupt: a pickle tuple lacks its items")
+            items = self.stack[-n:]
+            del self.stack[-n:]
+        self.stack.append(self.make_tuple(items))
+
+    @_opcodes(0x61, 0x65, 0x73, 0x75, 0x90)  # APPEND, APPENDS, SETITEM, SETITEMS, ADDITEMS
+    def _add_to_container(self, op):
+        if op == 0x61:
+            items = [self.pop()]
+        elif op == 0x73:
+            value, key = self.pop(), self.pop()
+            items = [key, value]
+        else:
+            items = self.pop_mark()
+        target = self.stack[-1] if self.stack else None
+        if op in (0x61, 0x65):
+            self.append(target, items)
+        elif op in (0x73, 0x75):
+            self.set_items(target, items)
+        else:
+            self.add_items(target, items)
+
+    @_opcodes(0x91)  # FROZENSET
+    def _frozenset(self, op):
+        result = self.track(set(), 1, 1)
+        self.add_items(result, self.pop_mark())
+        self.stack.append(self.track(frozenset(result), *self.info[id(result)]))
+
+    @_opcodes(0x70, 0x71, 0x72, 0x94)  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
+    def _put(self, op):
+        if op == 0x70:
+            index = int(self.line())
+        elif op == 0x94:
+            index = len(self.memo)
+        else:
+            index = self.uint(1 if op == 0x71 else 4)
+        if not self.stack:
+            raise Refusal("is corrupt: a pickle memoizes an empty stack")
+        if len(self.memo) >= self.s.limits.max_memo and index not in self.memo:
+            raise Refusal(f"memoizes more than {self.s.limits.max_memo} objects")
+        self.memo[index] = self.stack[-1]
+
+    @_opcodes(0x67, 0x68, 0x6A)  # GET, BINGET, LONG_BINGET
+    def _get(self, op):
+        index = int(self.line()) if op == 0x67 else self.uint(1 if op == 0x68 else 4)
+        if index not in self.memo:
+            raise Refusal(f"is corrupt: a pickle fetches memo entry {index}, never set")
+        self.stack.append(self.memo[index])
+
+    @_opcodes(0x63, 0x93)  # GLOBAL, STACK_GLOBAL
+    def _global(self, op):
+        if op == 0x63:
+            module = self.line().decode("utf-8")
+            name = self.line().decode("utf-8")
+        else:
+            name, module = self.pop(), self.pop()
+            if not (isinstance(module, str) and isinstance(name, str)):
+                raise Refusal("is corrupt: a pickle names a global with non-strings")
+        qualified = f"{module}.{name}"
+        if qualified not in self.policy.globals:
+            raise Refusal(self.policy.refuse_global(qualified[:200]))
+        self.stack.append(self.policy.globals[qualified])
+
+    @_opcodes(0x52, 0x81)  # REDUCE, NEWOBJ
+    def _reduce(self, op):
+        args, function = self.pop(), self.pop()
+        self.stack.append(self.construct(function, args, "call" if op == 0x52 else "new"))
+
+    @_opcodes(0x62)  # BUILD
+    def _build(self, op):
+        state, obj = self.pop(), self.pop()
+        self.stack.append(self.build(obj, state))
+
+    @_opcodes(0x50, 0x51)  # PERSID, BINPERSID
+    def _persistent(self, op):
+        if self.persistent_load is None:
+            raise Refusal(f"refers to outside data (opcode at byte {self.at}) where it may not")
+        pid = self.line().decode("ascii") if op == 0x50 else self.pop()
+        self.stack.append(self.persistent_load(self.child(pid)[0]))
 
     def py2_string(self, raw: bytes):
         if self.policy.encoding == "bytes":

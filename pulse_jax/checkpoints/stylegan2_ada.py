@@ -220,9 +220,7 @@ def _select(path, top, network: str) -> PersistentObject:
         if network != "G_ema":
             raise CheckpointError(path, f"holds one bare network, not a dict with {network!r}")
         return top
-    if not isinstance(top, dict):
-        raise CheckpointError(path, f"holds a {type(top).__name__}, expected a dict of networks")
-    names = [str(k)[:40] for k in list(top)[:10]]
+    names = stylegan2_layout.entry_names(path, top, "a dict of networks", 10)
     if network not in top:
         raise CheckpointError(path, f"has no network {network!r} (it holds {names})")
     net = top[network]

@@ -213,6 +213,14 @@ def finish(
     return StyleGAN2Checkpoint(format=format, state=out, config=config, source=source)
 
 
+def entry_names(path, top, expected: str, listed: int) -> list[str]:
+    """The first `listed` names of the dict a file holds, cut to 40 characters, for its
+    messages; a file that holds something else is refused as not `expected`."""
+    if not isinstance(top, dict):
+        raise CheckpointError(path, f"holds a {type(top).__name__}, expected {expected}")
+    return [str(k)[:40] for k in list(top)[:listed]]
+
+
 def plain(value, depth: int = 0, budget: list | None = None):
     """A bounded, JSON-friendly copy of a small value read from a file (for provenance):
     at most 6 levels, 64 items per container and 4096 values in all."""

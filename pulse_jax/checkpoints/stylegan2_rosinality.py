@@ -209,9 +209,7 @@ def read_rosinality(
     if entry is None:
         raise CheckpointError(path, f"network {network!r:.40}: choose 'G_ema' or 'G'")
     checkpoint = torch_format.load_torch_checkpoint(path, limits=limits)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(path, f"holds a {type(checkpoint).__name__}, expected a dict")
-    names = [str(k)[:40] for k in list(checkpoint)[:12]]
+    names = stylegan2_layout.entry_names(path, checkpoint, "a dict", 12)
     if entry not in checkpoint:
         raise CheckpointError(path, f"has no {entry!r} generator (entries: {names})")
     sd = checkpoint[entry]

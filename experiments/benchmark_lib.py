@@ -23,9 +23,11 @@ under one `lax.scan`):
   against the best of the run.
 
 The compiled program is obtained by capturing the arguments `solve` passes to its
-compiled search (`pulse_jax.solve._run`) and lowering it with them; `jax.jit`
-shares the compilation, so the timed `solve` calls that follow run exactly that
+compiled search (`pulse_jax.solve._run`) and lowering it with them (`_search_lowering`);
+`jax.jit` shares the compilation, so the timed `solve` calls that follow run exactly that
 executable without compiling again.
+
+`experiments/benchmark.py` is the flag launcher over this module.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -50,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pulse_jax
+from pulse_jax import testing
 from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
 
@@ -90,9 +94,9 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
 
     Args:
       name: "dcgan64" (the embedded default, real weights), "stylegan<R>" (StyleGAN at R px
-        with random weights of the real FFHQ layout, `stylegan.random_params`) or
+        with random weights of the real FFHQ layout, `testing.random_stylegan_params`) or
         "stylegan2_<R>" (StyleGAN2 config F at R px, random weights of NVIDIA's FFHQ layout,
-        `stylegan2.random_params`).
+        `testing.random_stylegan2_params`).
       precision: the generator's matmul/conv precision ("highest", "high", "default").
       seed: seed of the random weights.
 
@@ -103,7 +107,7 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
         return pulse_jax.load_generator("dcgan64", precision=precision)
     match = re.fullmatch(r"stylegan2_(\d+)", name)
     if match:
-        params = stylegan2.random_params(jax.random.key(seed), int(match.group(1)))
+        params = testing.random_stylegan2_params(jax.random.key(seed), int(match.group(1)))
         arch = stylegan2.arch_from_params(params, conv_clamp=256, precision=precision)
         return Generator(
             kind="stylegan2", arch=arch, params=params, provenance={"source": "random (benchmark)"}
@@ -114,7 +118,7 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
             f"unknown generator {name!r}: use dcgan64, stylegan<resolution> or "
             "stylegan2_<resolution>"
         )
-    params = stylegan.random_params(jax.random.key(seed), int(match.group(1)))
+    params = testing.random_stylegan_params(jax.random.key(seed), int(match.group(1)))
     arch = stylegan.arch_from_params(params["synthesis"], params["mapping"], precision=precision)
     return Generator(
         kind="stylegan", arch=arch, params=params, provenance={"source": "random (benchmark)"}
@@ -201,8 +205,8 @@ def measure(generator: Generator, name: str, samples: int, *, steps: int, repeat
     def solve_call(n):
         return pulse_jax.solve(lr_images, generator, num_samples=samples, steps=n, seed=0)
 
-    args, static_kwargs = _capture_run(lr_images, generator, num_samples=samples, steps=steps)
-    lower_s, lowered = _timed(lambda: _SOLVE._run.lower(*args, **static_kwargs))
+    lower = _search_lowering(lr_images, generator, num_samples=samples, steps=steps)
+    lower_s, lowered = _timed(lower)
     compile_s, compiled = _timed(lowered.compile)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -274,39 +278,10 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
     def solve_call():
         return pulse_jax.solve(lr_images, generator, num_samples=samples, steps=steps, seed=0)
 
-    args, static_kwargs = _capture_run(lr_images, generator, num_samples=samples, steps=steps)
-    compiled = _SOLVE._run.lower(*args, **static_kwargs).compile()
-    instructions, entry, in_entry = {}, set(), False
-    for line in compiled.as_text().splitlines():
-        if line and not line[0].isspace() and line.rstrip().endswith("{"):
-            in_entry = line.startswith("ENTRY ")  # a computation's header
-        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(", line)
-        if match:
-            instructions[match.group(1)] = (match.group(2), match.group(3), line)
-            if in_entry:
-                entry.add(match.group(1))
+    lower = _search_lowering(lr_images, generator, num_samples=samples, steps=steps)
+    instructions, entry = _hlo_instructions(lower().compile().as_text())
     solve_call()  # warm
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-        try:
-            solve_call()
-        finally:
-            jax.profiler.stop_trace()
-        traces = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
-        events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
-    seconds, starts, ends = {}, {}, {}
-    for event in events:
-        name = event.get("name", "")
-        if event.get("ph") != "X":
-            continue
-        if name in instructions:
-            seconds[name] = seconds.get(name, 0.0) + event["dur"] / 1e6
-            starts.setdefault(name, []).append(event["ts"])
-        elif name.startswith("end: ") and name[5:] in instructions:
-            ends.setdefault(name[5:], []).append(event["ts"] + event["dur"])
-    for name, done in ends.items():  # asynchronous ops: from dispatch to completion
-        pairs = zip(sorted(starts.get(name, [])), sorted(done), strict=False)
-        seconds[name] = sum(end - start for start, end in pairs) / 1e6
+    seconds = _traced_seconds(solve_call, instructions)
     per_step = {n: t / steps for n, t in seconds.items() if n not in entry}
     by_kind, by_size = {}, {}
     for name, t in per_step.items():
@@ -333,6 +308,48 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
             for name, t in top_ops
         ],
     }
+
+
+def _hlo_instructions(hlo_text: str) -> tuple[dict, set]:
+    """The instructions of an optimized HLO module, {name: (shape, opcode, line)}, and the
+    names of those in its entry computation."""
+    instructions, entry, in_entry = {}, set(), False
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            in_entry = line.startswith("ENTRY ")  # a computation's header
+        match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(", line)
+        if match:
+            instructions[match.group(1)] = (match.group(2), match.group(3), line)
+            if in_entry:
+                entry.add(match.group(1))
+    return instructions, entry
+
+
+def _traced_seconds(call, instructions: dict) -> dict[str, float]:
+    """Seconds per HLO instruction in one traced `call()` (`jax.profiler`); an asynchronous
+    op counts from its dispatch to its "end: <op>" event (`profile`)."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        try:
+            call()
+        finally:
+            jax.profiler.stop_trace()
+        traces = sorted(Path(trace_dir).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(traces[-1].read_bytes()))["traceEvents"]
+    seconds, starts, ends = {}, {}, {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") != "X":
+            continue
+        if name in instructions:
+            seconds[name] = seconds.get(name, 0.0) + event["dur"] / 1e6
+            starts.setdefault(name, []).append(event["ts"])
+        elif name.startswith("end: ") and name[5:] in instructions:
+            ends.setdefault(name[5:], []).append(event["ts"] + event["dur"])
+    for name, done in ends.items():  # asynchronous ops: from dispatch to completion
+        pairs = zip(sorted(starts.get(name, [])), sorted(done), strict=False)
+        seconds[name] = sum(end - start for start, end in pairs) / 1e6
+    return seconds
 
 
 def _op_kind(opcode: str, line: str) -> str:
@@ -528,8 +545,10 @@ class _Captured(Exception):
     pass
 
 
-def _capture_run(lr_images, generator, **kwargs):
-    """The arguments `pulse_jax.solve` passes to its compiled search, without running it."""
+def _search_lowering(lr_images, generator, **kwargs) -> Callable[[], jax.stages.Lowered]:
+    """A call that lowers the compiled search `pulse_jax.solve(lr_images, generator, **kwargs)`
+    would run: `solve` runs up to its compiled search (`pulse_jax.solve._run`), whose
+    arguments are captured instead of run."""
     captured = {}
     real = _SOLVE._run
 
@@ -545,7 +564,7 @@ def _capture_run(lr_images, generator, **kwargs):
         _SOLVE._run = real
     if "args" not in captured:
         raise RuntimeError("pulse_jax.solve did not call its compiled search _run")
-    return captured["args"], captured["kwargs"]
+    return functools.partial(real.lower, *captured["args"], **captured["kwargs"])
 
 
 def _timed(fn):
