@@ -245,12 +245,11 @@ def option_types(cls: type = SearchOptions) -> dict[str, Any]:
 OPTION_NAMES = tuple(f.name for f in option_fields())
 
 
-def with_options(fn: Callable) -> Callable:
-    """Gives `fn(..., **options)` the options as keyword-only parameters in its signature
-    (what `help()`, notebooks and `inspect.signature` show) and their help in its docstring."""
-    parameters = list(inspect.signature(fn).parameters.values())
-    if parameters[-1].kind != inspect.Parameter.VAR_KEYWORD:
-        raise TypeError(f"{fn.__name__} takes no **options")
+def with_options(*sources: Callable) -> Callable[[Callable], Callable]:
+    """A decorator for `fn(..., **kwargs)`: its signature (what `help()`, notebooks and
+    `inspect.signature` show) lists, after its own parameters, the keyword-only parameters
+    of `sources` (functions it passes `kwargs` on to) and the search options, and its
+    docstring ends with the options' help."""
     hints = typing.get_type_hints(SearchOptions)
     options = [
         inspect.Parameter(
@@ -258,10 +257,26 @@ def with_options(fn: Callable) -> Callable:
         )
         for f in option_fields()
     ]
-    fn.__signature__ = inspect.signature(fn).replace(parameters=parameters[:-1] + options)
+    borrowed = [
+        p
+        for source in sources
+        for p in inspect.signature(source).parameters.values()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY
+    ]
     lines = [f"      {f.name}: {f.metadata['option'].help}" for f in option_fields()]
-    fn.__doc__ = (fn.__doc__ or "") + "\n    Search options (`SearchOptions`):\n" + "\n".join(lines)
-    return fn
+
+    def decorate(fn: Callable) -> Callable:
+        own = inspect.signature(fn)
+        if list(own.parameters.values())[-1].kind != inspect.Parameter.VAR_KEYWORD:
+            raise TypeError(f"{fn.__name__} takes no **kwargs")
+        kept = [p for p in own.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        fn.__signature__ = own.replace(parameters=kept + borrowed + options)
+        fn.__doc__ = (
+            (fn.__doc__ or "") + "\n    Search options (`SearchOptions`):\n" + "\n".join(lines)
+        )
+        return fn
+
+    return decorate
 
 
 def scoped(scope: Scope) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ import optax
 
 from pulse_jax import losses, optim, sphere
 from pulse_jax.generators.base import Arch, Generator
-from pulse_jax.options import ConfigError, OperatorName, SearchOptions
+from pulse_jax.options import ConfigError, OperatorName, SearchOptions, with_options
 
 Downscale = Callable[[jax.Array], jax.Array]
 
@@ -328,32 +328,6 @@ def step(state: SearchState) -> tuple[SearchState, dict]:
     return _step_jit(state)
 
 
-def init(lr_images, generator: Generator, **kwargs: Any) -> SearchState:
-    """The state of a search before its first step, on the default device.
-
-    Args:
-      lr_images, generator: as for `solve`.
-      **kwargs: `solve`'s keywords but `devices` and `batch_per_device` (the search
-        options, `num_samples`, `seed`, `init`, `image_ids`, `sample_ids`, `downscale`,
-        `keep_intermediate`, `remat`).
-    """
-    problem, _ = inputs(lr_images, generator, **kwargs)
-    return _init_jit(problem)
-
-
-def finalize(state: SearchState, outputs: Sequence[dict] = ()) -> SolveResult:
-    """The `SolveResult` of a state, with the history (and, with `keep_intermediate`, the
-    images and variables) of the `step` outputs given, in order."""
-    rows = jax.device_get(_final_jit(state))
-    stacked = jax.tree.map(lambda *xs: np.stack(xs), *outputs) if outputs else {}
-    rows.update(
-        history=stacked.get("history", {}),
-        **{k: stacked.get(k) for k in ("intermediate", "variables")},
-    )
-    n = state.failed.shape[0]
-    return to_result(rows, n // state.num_samples, state.num_samples, len(outputs))
-
-
 def to_result(out: dict, batch: int, num_samples: int, steps: int) -> SolveResult:
     """Row outputs (`final_rows`, plus "history" and, where kept, "intermediate" and
     "variables" with a leading steps axis; rows past B x S are padding) -> a SolveResult."""
@@ -546,3 +520,33 @@ def _start_from_init(generator: Generator, options: SearchOptions, init, batch, 
             raise ValueError(f"init array has shape {leaf.shape}, expected {expected}")
         out.append(jnp.asarray(leaf.reshape((-1,) + spec.shape)))
     return jax.tree.unflatten(treedef, out)
+
+
+# -- the public face ---------------------------------------------------------------------
+
+
+@with_options(inputs)
+def init(lr_images, generator: Generator, **kwargs: Any) -> SearchState:
+    """The state of a search before its first step, on the default device.
+
+    Args:
+      lr_images, generator: as for `solve`.
+      **kwargs: `solve`'s keywords but `devices` and `batch_per_device` (the search
+        options, `num_samples`, `seed`, `init`, `image_ids`, `sample_ids`, `downscale`,
+        `keep_intermediate`, `remat`).
+    """
+    problem, _ = inputs(lr_images, generator, **kwargs)
+    return _init_jit(problem)
+
+
+def finalize(state: SearchState, outputs: Sequence[dict] = ()) -> SolveResult:
+    """The `SolveResult` of a state, with the history (and, with `keep_intermediate`, the
+    images and variables) of the `step` outputs given, in order."""
+    rows = jax.device_get(_final_jit(state))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *outputs) if outputs else {}
+    rows.update(
+        history=stacked.get("history", {}),
+        **{k: stacked.get(k) for k in ("intermediate", "variables")},
+    )
+    n = state.failed.shape[0]
+    return to_result(rows, n // state.num_samples, state.num_samples, len(outputs))

@@ -44,27 +44,19 @@ from jax.sharding import PartitionSpec as P
 from pulse_jax import search
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import with_options
-from pulse_jax.search import Downscale, Problem, SolveResult
+from pulse_jax.search import Problem, SolveResult
 
 __all__ = ["SolveResult", "compiled_memory", "lower", "solve"]
 
 
-@with_options
+@with_options(search.inputs)
 def solve(
     lr_images,
     generator: Generator,
     *,
-    num_samples: int = 1,
-    seed: Any = 0,
-    init: dict | None = None,
-    downscale: Downscale | None = None,
-    image_ids: Any = None,
-    sample_ids: Any = None,
-    keep_intermediate: bool = False,
     devices: Any = None,
     batch_per_device: int | None = None,
-    remat: bool = False,
-    **options: Any,
+    **kwargs: Any,
 ) -> SolveResult:
     """Searches the generator's latent space for images that downscale to `lr_images`.
 
@@ -100,8 +92,9 @@ def solve(
       remat: rematerialize the generator's activations in the backward pass
         (`search.Program.remat`): larger batches fit, the same result up to rounding. An
         execution setting, not a search option.
-      **options: the search options, `SearchOptions`' fields (below); PULSE's names and
-        defaults. `bad_noise_layers` also takes PULSE's '.'-separated string.
+      **kwargs: the keywords above (but devices and batch_per_device, `search.inputs`) and
+        the search options, `SearchOptions`' fields (below; PULSE's names and defaults;
+        `bad_noise_layers` also takes PULSE's '.'-separated string).
 
     Returns:
       A `SolveResult`.
@@ -110,26 +103,12 @@ def solve(
       TypeError: an unknown keyword.
       ValueError: bad inputs; `options.ConfigError` (a ValueError) for a bad option.
     """
-    call, problem, batch = _prepare(
-        lr_images,
-        generator,
-        devices,
-        batch_per_device,
-        num_samples=num_samples,
-        seed=seed,
-        init=init,
-        downscale=downscale,
-        image_ids=image_ids,
-        sample_ids=sample_ids,
-        keep_intermediate=keep_intermediate,
-        remat=remat,
-        **options,
-    )
+    call, problem, batch = _prepare(lr_images, generator, devices, batch_per_device, **kwargs)
     out = call.run(problem)
     return search.to_result(out, batch, problem.num_samples, problem.program.options.steps)
 
 
-@with_options
+@with_options(search.inputs)
 def lower(
     lr_images,
     generator: Generator,
