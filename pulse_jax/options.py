@@ -217,8 +217,8 @@ class SearchOptions:
         ]
         if extra:
             raise ConfigError(
-                f"{', '.join(extra)} apply to StyleGAN only; this generator "
-                f"({type(arch).__name__}) has a single latent and no noise"
+                f"{', '.join(extra)} {'applies' if len(extra) == 1 else 'apply'} to StyleGAN "
+                f"only; this generator ({type(arch).__name__}) has a single latent and no noise"
             )
         unset = {k: v for k, v in arch.option_defaults().items() if getattr(options, k) is None}
         options = dataclasses.replace(options, **unset)

@@ -150,7 +150,7 @@ def test_generators_declare_their_options():
         SearchOptions(bad_noise_layers="19").for_arch(style)
     # Options of another scope, set, are refused; left at their defaults, they pass.
     assert SearchOptions(steps=3).for_arch(flat) == SearchOptions(steps=3)
-    with pytest.raises(ConfigError, match="tile_latent apply to StyleGAN only"):
+    with pytest.raises(ConfigError, match="tile_latent applies to StyleGAN only"):
         SearchOptions(tile_latent=True).for_arch(flat)
 
 
