@@ -49,15 +49,21 @@ from pulse_jax.search import Problem, SolveResult
 __all__ = ["SolveResult", "compiled_memory", "lower", "solve"]
 
 
-@with_options(search.inputs)
-def solve(
+def _prepare(
     lr_images,
     generator: Generator,
     *,
     devices: Any = None,
     batch_per_device: int | None = None,
     **kwargs: Any,
-) -> SolveResult:
+) -> tuple:
+    """(the call, the problem, B): `solve`'s arguments checked and planned."""
+    problem, batch = search.inputs(lr_images, generator, **kwargs)
+    return _plan(devices, batch_per_device, problem.ref.shape[0]), problem, batch
+
+
+@with_options(_prepare, search.inputs)
+def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
     """Searches the generator's latent space for images that downscale to `lr_images`.
 
     Args:
@@ -103,27 +109,20 @@ def solve(
       TypeError: an unknown keyword.
       ValueError: bad inputs; `options.ConfigError` (a ValueError) for a bad option.
     """
-    call, problem, batch = _prepare(lr_images, generator, devices, batch_per_device, **kwargs)
+    call, problem, batch = _prepare(lr_images, generator, **kwargs)
     out = call.run(problem)
     return search.to_result(out, batch, problem.num_samples, problem.program.options.steps)
 
 
-@with_options(search.inputs)
-def lower(
-    lr_images,
-    generator: Generator,
-    *,
-    devices: Any = None,
-    batch_per_device: int | None = None,
-    **kwargs: Any,
-) -> jax.stages.Lowered:
+@with_options(_prepare, search.inputs)
+def lower(lr_images, generator: Generator, **kwargs: Any) -> jax.stages.Lowered:
     """The lowering of exactly the program `solve(lr_images, generator, ...)` runs for these
     arguments (the one-device program, or the sharded group program), without running it:
     `.compile().memory_analysis()`, `.as_text()`, `.cost_analysis()`.
 
     Args: as for `solve` (the keywords `solve` takes, checked the same way).
     """
-    call, problem, _ = _prepare(lr_images, generator, devices, batch_per_device, **kwargs)
+    call, problem, _ = _prepare(lr_images, generator, **kwargs)
     return call.fn.lower(call.place(problem))
 
 
@@ -251,12 +250,6 @@ def _plan(devices, batch_per_device: int | None, rows: int) -> _Call:
     groups = -(-rows // width)
     mesh = Mesh(np.asarray(devices), ("samples",))
     return _Call(_run if groups == 1 else _run_groups, devices, mesh, groups, width)
-
-
-def _prepare(lr_images, generator, devices, batch_per_device, **kwargs) -> tuple:
-    """(the call, the problem, B): `solve`'s arguments checked and planned."""
-    problem, batch = search.inputs(lr_images, generator, **kwargs)
-    return _plan(devices, batch_per_device, problem.ref.shape[0]), problem, batch
 
 
 def _ungroup(x):  # [G, W, ...] -> [G * W, ...]
