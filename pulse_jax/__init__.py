@@ -4,11 +4,30 @@ import pulse_jax
 generator = pulse_jax.load_generator("dcgan64")       # or a converted StyleGAN .npz
 result = pulse_jax.solve(lr_images, generator, num_samples=4, steps=100)
 result.hr, result.success, result.history["L2"]
+
+A search step by step (search.py): `state = pulse_jax.init(lr_images, generator, steps=50)`,
+`state, out = pulse_jax.step(state)` per step, `pulse_jax.finalize(state, outputs)`.
+The options are `pulse_jax.SearchOptions`' fields; `pulse_jax.lower(...)` is the program
+`solve` would run.
 """
 
-from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax.generators.base import Generator
 from pulse_jax.loading import load_generator
-from pulse_jax.solve import SolveResult, solve
+from pulse_jax.options import SearchOptions
+from pulse_jax.search import SearchState, SolveResult, finalize, init, step
+from pulse_jax.solve import lower, solve
 
 __version__ = "0.1.0"
-__all__ = ["Generator", "SearchOptions", "SolveResult", "load_generator", "solve", "__version__"]
+__all__ = [
+    "Generator",
+    "SearchOptions",
+    "SearchState",
+    "SolveResult",
+    "finalize",
+    "init",
+    "load_generator",
+    "lower",
+    "solve",
+    "step",
+    "__version__",
+]

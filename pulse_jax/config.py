@@ -7,92 +7,97 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
-from pulse_jax import losses, operators, optim
-from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax import operators
+from pulse_jax.generators.base import Generator
+from pulse_jax.loading import DEFAULT_GENERATOR
+from pulse_jax.options import (
+    ConfigError,
+    Scope,
+    SearchOptions,
+    format_layers,
+    option,
+    option_fields,
+    scoped,
+)
+
+__all__ = [
+    "NOISE_OPTIONS",
+    "ConfigError",
+    "SearchConfig",
+    "check_applicable",
+    "check_operator",
+    "check_search",
+    "recorded_settings",
+    "settings_diff",
+]
 
 # The options that exist only for generators with noise maps and style layers (StyleGAN).
-NOISE_OPTIONS = ("noise_type", "num_trainable_noise_layers", "tile_latent", "bad_noise_layers")
-
-
-class ConfigError(ValueError):
-    """Settings, a generator and an output folder that cannot work together."""
+NOISE_OPTIONS = scoped(Scope.STYLE)
+# The operator and its parameters reach `solve` as one `downscale` (`solve_kwargs`).
+_OPERATOR_OPTIONS = ("operator", *operators.PARAMETER_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    """Everything that decides a result; PULSE's option names and defaults.
+class SearchConfig(SearchOptions):
+    """Everything that decides a result: the generator, the seed, how inputs are read, and
+    the search options (`SearchOptions`' fields, readable as attributes).
 
     Two results with equal `SearchConfig`s (and the same input, image id and
     sample) are the same result, which is what lets a re-run skip finished work.
     """
 
-    generator: str = "dcgan64"
-    seed: int = 0
-    steps: int = 100
-    loss_str: str = "100*L2+0.05*GEOCROSS"
-    eps: float = 2e-3
-    noise_type: str = "trainable"
-    num_trainable_noise_layers: int = 5
-    tile_latent: bool = False
-    bad_noise_layers: str | None = None  # None: the generator's (arch.default_bad_noise_layers)
-    opt_name: str = "adam"
-    learning_rate: float = 0.4
-    lr_schedule: str = "linear1cycledrop"
-    resize: bool = False
-    operator: str = str(operators.DEFAULT_OPERATOR)
-    blur_sigma: float = operators.PARAMETER["blur_sigma"].default
-    noise_std: float = operators.PARAMETER["noise_std"].default
-    mask: str = operators.PARAMETER["mask"].default
-
-    def degradation(self, side: int, resolution: int) -> operators.Degradation:
-        """The degradation operator for `side` px inputs of a `resolution` px generator.
-
-        Raises:
-          ConfigError: an unknown operator, a bad parameter or an unusable mask.
-        """
-        params = {name: getattr(self, name) for name in operators.PARAMETER_NAMES}
-        try:
-            return operators.make_operator(self.operator, side, resolution // side, **params)
-        except ValueError as e:
-            raise ConfigError(f"--operator {self.operator}: {e}") from None
+    generator: str = option(
+        DEFAULT_GENERATOR,
+        "A registered generator name (dcgan64: the embedded 64 px face DCGAN) or the path of "
+        "a weights file written by `python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
+    )
+    seed: int = 0  # the launchers have their own seed flags
+    resize: bool = option(
+        False,
+        "Centre-crop and resize inputs whose size does not divide the generator's resolution "
+        "(default: refuse them).",
+    )
 
     def solve_kwargs(self, generator: Generator, side: int) -> dict:
         """The keyword arguments of `pulse_jax.solve` for `side` px inputs: the operator as
         `downscale` with its success threshold as `eps` (`operators.Degradation.success_eps`),
         noise options only where they apply."""
         operator = self.degradation(side, generator.resolution)
-        kwargs = dict(
-            seed=self.seed,
-            steps=self.steps,
-            loss_str=self.loss_str,
-            eps=operator.success_eps(self.eps),
-            downscale=operator,
-            opt_name=self.opt_name,
-            learning_rate=self.learning_rate,
-            lr_schedule=self.lr_schedule,
-        )
-        if generator.has_noise:
-            kwargs.update(
-                noise_type=self.noise_type,
-                num_trainable_noise_layers=self.num_trainable_noise_layers,
-                tile_latent=self.tile_latent,
-                bad_noise_layers=self.bad_noise_layers,
-            )
-        return kwargs
+        names = [n for n in _applicable(generator) if n not in _OPERATOR_OPTIONS]
+        kwargs = {"seed": self.seed, **{name: getattr(self, name) for name in names}}
+        return dict(kwargs, eps=operator.success_eps(self.eps), downscale=operator)
 
     def settings(self, generator: Generator) -> dict:
         """The settings recorded in each manifest line (noise options and operator
-        parameters `None` where they do not apply)."""
-        settings = dataclasses.asdict(self)
-        if not generator.has_noise:
-            settings.update(dict.fromkeys(NOISE_OPTIONS))
-        elif self.bad_noise_layers is None:  # recorded as the layers it stands for
-            default = generator.arch.default_bad_noise_layers
-            settings["bad_noise_layers"] = ".".join(map(str, default))
-        unused = set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
-        settings.update(dict.fromkeys(sorted(unused)))
+        parameters `None` where they do not apply; `bad_noise_layers` as PULSE's string)."""
+        defaults = generator.arch.option_defaults()  # e.g. bad_noise_layers left unset
+        applicable = set(_applicable(generator)) - (
+            set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
+        )
+        settings: dict[str, Any] = {"generator": self.generator, "seed": self.seed}
+        for field in option_fields():
+            if field.name == "operator":  # where every manifest line so far records it
+                settings["resize"] = self.resize
+            value = getattr(self, field.name) if field.name in applicable else None
+            if value is None and field.name in applicable:
+                value = defaults.get(field.name)
+            settings[field.name] = _recorded(field.name, value)
         return settings
+
+
+def _applicable(generator: Generator) -> tuple[str, ...]:
+    """The option names the generator takes (its declared scopes)."""
+    scopes = generator.arch.option_scopes
+    return tuple(f.name for f in option_fields() if f.metadata["option"].scope in scopes)
+
+
+def _recorded(name: str, value: Any) -> Any:
+    """An option's value as a manifest line holds it (plain JSON types, PULSE's strings)."""
+    if name == "bad_noise_layers" and value is not None:
+        return format_layers(value)
+    return str(value) if isinstance(value, str) else value
 
 
 def check_applicable(generator: Generator, given: Iterable[str]) -> None:
@@ -118,45 +123,13 @@ def check_applicable(generator: Generator, given: Iterable[str]) -> None:
 
 
 def check_search(search: SearchConfig, generator: Generator) -> None:
-    """Checks the settings before any work, so a mistake is not found after the first batch.
+    """Checks the settings against the generator before any work, so a mistake is not found
+    after the first batch (the generic options are checked when the value is made).
 
     Raises:
-      ConfigError: naming the setting and why.
+      ConfigError: naming the setting and why (e.g. a noise layer the generator lacks).
     """
-    try:
-        losses.parse_loss_str(search.loss_str)
-    except ValueError as e:
-        raise ConfigError(f"--loss_str {search.loss_str!r}: {e}") from None
-    if search.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {search.steps}")
-    if not search.eps > 0:
-        raise ConfigError(f"--eps must be > 0, got {search.eps}")
-    if search.opt_name not in optim.OPTIMIZERS:
-        raise ConfigError(f"--opt_name must be one of {optim.OPTIMIZERS}")
-    if search.lr_schedule not in optim.SCHEDULES:
-        raise ConfigError(f"--lr_schedule must be one of {optim.SCHEDULES}")
-    if search.operator not in set(operators.OperatorName):
-        raise ConfigError(f"--operator must be one of {', '.join(operators.OperatorName)}")
-    if generator.has_noise:
-        given = search.bad_noise_layers
-        try:
-            layers = (
-                generator.arch.default_bad_noise_layers
-                if given is None
-                else tuple(int(v) for v in given.split(".") if v.strip())
-            )
-        except ValueError:
-            raise ConfigError(
-                f"--bad_noise_layers must be '.'-separated layer numbers, "
-                f"got {search.bad_noise_layers!r}"
-            ) from None
-        options = SearchOptions(
-            search.noise_type, search.num_trainable_noise_layers, search.tile_latent, layers
-        )
-        try:
-            generator.arch.check_options(options)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    search.for_arch(generator.arch)
 
 
 def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[int]) -> None:

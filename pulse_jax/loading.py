@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from pulse_jax.checkpoints import CheckpointError, dcgan_package, weights_file
 from pulse_jax.generators import dcgan, stylegan, stylegan2
 from pulse_jax.generators.base import Generator
+from pulse_jax.options import Scope
 
 # Registered names -> a function that returns the path of their weights file,
 # obtaining it first where the project can (the embedded default).
@@ -61,31 +62,52 @@ def load_generator(name_or_path: str | os.PathLike, *, precision: str = "highest
     return from_weights_file(weights_file.load_weights(path), precision=precision, path=path)
 
 
+def _stylegan(params: dict, wf: weights_file.WeightsFile, precision: str):
+    return stylegan.arch_from_params(
+        params["synthesis"], params.get("mapping"), precision=precision
+    )
+
+
+def _stylegan2(params: dict, wf: weights_file.WeightsFile, precision: str):
+    return stylegan2.arch_from_params(
+        params,
+        conv_clamp=wf.config.get("conv_clamp"),
+        mapping_lr=wf.config.get("mapping_lr", stylegan2.MAPPING_LR),
+        precision=precision,
+    )
+
+
+def _dcgan(params: dict, wf: weights_file.WeightsFile, precision: str):
+    return dcgan.arch_from_params(params, precision=precision)
+
+
+# Weights-file kinds -> (arch class, builder from the parameters and the file's config).
+ARCHS: dict[str, tuple[type, Callable]] = {
+    "stylegan": (stylegan.StyleGANArch, _stylegan),
+    "stylegan2": (stylegan2.StyleGAN2Arch, _stylegan2),
+    "dcgan": (dcgan.DCGANArch, _dcgan),
+}
+
+
 def from_weights_file(
     wf: weights_file.WeightsFile, *, precision: str = "highest", path: Path | None = None
 ) -> Generator:
+    """A `Generator` from a loaded weights file (`weights_file.load_weights`).
+
+    Raises:
+      CheckpointError: an unknown kind, or parameters that do not fit it.
+    """
     params = jax.tree.map(jnp.asarray, wf.params)
     try:
-        if wf.kind in ("stylegan", "stylegan2"):  # searched through their gaussian fit
+        if wf.kind not in ARCHS:
+            raise ValueError(f"unknown generator kind {wf.kind!r}")
+        arch_type, build = ARCHS[wf.kind]
+        if Scope.STYLE in arch_type.option_scopes:  # style rows are searched through the fit
             if wf.gaussian_fit is None:
                 raise ValueError(f"{wf.kind} weights without a gaussian fit")
             params = dict(params)
             params["gaussian_fit"] = {k: jnp.asarray(v) for k, v in wf.gaussian_fit.items()}
-        if wf.kind == "stylegan":
-            arch = stylegan.arch_from_params(
-                params["synthesis"], params.get("mapping"), precision=precision
-            )
-        elif wf.kind == "stylegan2":
-            arch = stylegan2.arch_from_params(
-                params,
-                conv_clamp=wf.config.get("conv_clamp"),
-                mapping_lr=wf.config.get("mapping_lr", stylegan2.MAPPING_LR),
-                precision=precision,
-            )
-        elif wf.kind == "dcgan":
-            arch = dcgan.arch_from_params(params, precision=precision)
-        else:
-            raise ValueError(f"unknown generator kind {wf.kind!r}")
+        arch = build(params, wf, precision)
     except (KeyError, ValueError, IndexError, TypeError) as e:
         raise CheckpointError(path or "<weights>", f"inconsistent weights file: {e}") from None
     return Generator(kind=wf.kind, arch=arch, params=params, provenance=wf.provenance)

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-SCHEDULES = ("fixed", "linear1cycle", "linear1cycledrop")
-OPTIMIZERS = ("sgd", "adam", "sgdm", "adamax")
+from pulse_jax.options import LRSchedule, OptName, choose
+
+SCHEDULES = tuple(s.value for s in LRSchedule)
+OPTIMIZERS = tuple(o.value for o in OptName)
 
 # torch.optim defaults, as PULSE passes only the learning rate (and SGD's momentum).
 _BETA1 = 0.9
@@ -67,8 +69,7 @@ def lr_factor(schedule: str, step: Any, steps: int) -> Any:
     Raises:
       ValueError: for an unknown schedule.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {schedule!r}; valid choices: {SCHEDULES}")
+    schedule = choose(LRSchedule, schedule, "lr_schedule")
     if isinstance(step, jax.Array):
         xp, j = jnp, jnp.asarray(step, jnp.float32)
     else:
@@ -195,10 +196,8 @@ def make_optimizer(
     Raises:
       ValueError: for an unknown optimizer or schedule, or ``steps < 1``.
     """
-    if opt_name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {opt_name!r}; valid choices: {OPTIMIZERS}")
-    if lr_schedule not in SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid choices: {SCHEDULES}")
+    opt_name = choose(OptName, opt_name, "opt_name")
+    lr_schedule = choose(LRSchedule, lr_schedule, "lr_schedule")
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)

@@ -12,34 +12,53 @@ gives, for each batched leaf [N, ...], the axes over which its rows' radii are
 taken (PULSE_SPEC section 3), and `render(params, variables, options)` turns
 batched variables into images in [0, 1] plus the dlatents GEOCROSS needs (or
 None where GEOCROSS does not apply).
-An arch may also offer `prepare(params)`: parameters with everything that
-depends on the weights alone computed once (scaled and transposed kernels);
-`solve` calls it before its optimization loop, and `render` takes raw or
-prepared parameters alike.
+`prepare(params)` gives the parameters with everything that depends on the
+weights alone computed once (scaled and transposed kernels); the search calls it
+before its optimization loop, and `render` takes raw or prepared parameters alike.
+`Arch` is that interface as a Protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
+from pulse_jax.options import Scope, SearchOptions
 
-@dataclasses.dataclass(frozen=True)
-class SearchOptions:
-    """The generator-specific options of a PULSE search (PULSE's own flag names).
+__all__ = ["Arch", "Generator", "SearchOptions"]
 
-    `bad_noise_layers` defaults to none here; `solve` fills in the generator's own default
-    (`arch.default_bad_noise_layers`: PULSE's 17 for a 1024 px StyleGAN, none for StyleGAN2).
+
+class Arch(Protocol):
+    """What the solver needs of a generator's static structure (hashable: a jit static).
+
+    `option_scopes` declares which options the generator takes (`options.Scope`: the
+    generic ones, and those of noise maps and style layers where it has them) and
+    `option_defaults()` its own defaults for options left unset (None), e.g.
+    `{"bad_noise_layers": (17,)}`; `SearchOptions.for_arch` applies both.
     """
 
-    noise_type: str = "trainable"
-    num_trainable_noise_layers: int = 5
-    tile_latent: bool = False
-    bad_noise_layers: tuple[int, ...] = ()
+    resolution: int
+    option_scopes: frozenset[Scope]
+
+    def option_defaults(self) -> dict[str, Any]: ...
+
+    def check_options(self, options: SearchOptions) -> None: ...
+
+    def prepare(self, params: dict) -> dict: ...
+
+    def sample_start(self, key: jax.Array, options: SearchOptions) -> dict: ...
+
+    def trainable(self, options: SearchOptions) -> dict: ...
+
+    def sphere_axes(self, options: SearchOptions) -> dict: ...
+
+    def render(self, params: dict, variables: dict, options: SearchOptions) -> tuple: ...
+
+    def synthesize(self, params: dict, x: jax.Array, *noise: Any) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,7 +73,7 @@ class Generator:
     """
 
     kind: str
-    arch: Any
+    arch: Arch
     params: dict
     provenance: dict = dataclasses.field(default_factory=dict)
 
@@ -69,8 +88,8 @@ class Generator:
 
     @property
     def has_noise(self) -> bool:
-        """Whether the generator has noise maps and style rows (the arch says so)."""
-        return hasattr(self.arch, "num_noise_layers")
+        """Whether the generator has noise maps and style rows (its declared option scopes)."""
+        return Scope.STYLE in self.arch.option_scopes
 
     @property
     def gaussian_fit(self) -> dict[str, np.ndarray] | None:

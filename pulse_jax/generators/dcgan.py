@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax.generators import ops
-from pulse_jax.generators.base import SearchOptions
+from pulse_jax.options import Scope, SearchOptions
 
 BATCH_NORM_EPS = 1e-5
 # Sequential indices of the five transposed convs and the four batch norms.
@@ -59,8 +59,15 @@ class DCGANArch:
 
     # -- the search space: z alone, kept on its sphere, one row per sample -----------------
 
+    # Only the generic options: no noise maps, no style layers.
+    option_scopes = frozenset({Scope.GENERIC})
+
+    def option_defaults(self) -> dict:
+        """No generator-specific defaults."""
+        return {}
+
     def check_options(self, options: SearchOptions) -> None:
-        del options  # noise and tiling do not exist here; launchers refuse those flags
+        del options  # nothing generator-specific to check
 
     def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
         del options

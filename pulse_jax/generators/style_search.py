@@ -9,7 +9,8 @@ inherits it and supplies
   - `num_layers`: style rows (GEOCROSS runs over them),
   - `num_noise_layers` and `noise_resolution(i)`: the noise maps,
   - `dlatent_size`: width of a row,
-  - `default_bad_noise_layers`: the generator's default for PULSE's `bad_noise_layers`,
+  - `default_bad_noise_layers`: the generator's default for PULSE's `bad_noise_layers`
+    (`option_defaults`),
   - `synthesize(synthesis_params, dlatents, noise)`.
 """
 
@@ -19,24 +20,28 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax.generators import ops
-from pulse_jax.generators.base import SearchOptions
-
-NOISE_TYPES = ("zero", "fixed", "trainable")
+from pulse_jax.options import NoiseType, Scope, SearchOptions
 
 
 class StyleSearchSpace:
     """The solver's methods (`generators/base.py`) for a generator with style rows and noise."""
 
+    # Every option applies: the generic ones and those of noise maps and style layers.
+    option_scopes = frozenset(Scope)
+
+    def option_defaults(self) -> dict:
+        """The generator's own defaults for options left unset (None)."""
+        return {"bad_noise_layers": self.default_bad_noise_layers}
+
+    def bad_noise_layers(self, options: SearchOptions) -> tuple[int, ...]:
+        """The noise layers that are always zero (the generator's default where unset)."""
+        given = options.bad_noise_layers
+        return self.default_bad_noise_layers if given is None else given
+
     def check_options(self, options: SearchOptions) -> None:
         """Refuses options this generator cannot run (a ValueError naming the option)."""
-        if options.noise_type not in NOISE_TYPES:
-            raise ValueError(
-                f"noise_type must be 'zero', 'fixed' or 'trainable', got {options.noise_type!r}"
-            )
-        if options.num_trainable_noise_layers < 0:
-            raise ValueError("num_trainable_noise_layers must be >= 0")
         n = self.num_noise_layers
-        missing = [i for i in options.bad_noise_layers if not 0 <= i < n]
+        missing = [i for i in self.bad_noise_layers(options) if not 0 <= i < n]
         if missing:
             raise ValueError(
                 f"bad_noise_layers {'.'.join(map(str, missing))} do not exist: this generator's "
@@ -49,11 +54,12 @@ class StyleSearchSpace:
     def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
         """One sample's start: {"latent": [rows, dlatent_size], "noise": maps [r, r, 1]}."""
         keys = jax.random.split(key, self.num_noise_layers + 1)
+        bad = self.bad_noise_layers(options)
         latent = jax.random.normal(keys[0], (self.latent_rows(options), self.dlatent_size))
         noise = []
         for i in range(self.num_noise_layers):
             r = self.noise_resolution(i)
-            if options.noise_type == "zero" or i in options.bad_noise_layers:
+            if options.noise_type == NoiseType.ZERO or i in bad:
                 noise.append(jnp.zeros((r, r, 1), jnp.float32))
             else:
                 noise.append(jax.random.normal(keys[i + 1], (r, r, 1)))
@@ -61,10 +67,11 @@ class StyleSearchSpace:
 
     def trainable(self, options: SearchOptions) -> dict:
         """Which leaves of a start are optimized (the rest stay fixed)."""
+        bad = self.bad_noise_layers(options)
         noise = [
-            options.noise_type == "trainable"
+            options.noise_type == NoiseType.TRAINABLE
             and i < options.num_trainable_noise_layers
-            and i not in options.bad_noise_layers
+            and i not in bad
             for i in range(self.num_noise_layers)
         ]
         return {"latent": True, "noise": noise}
