@@ -22,8 +22,8 @@ under one `lax.scan`):
   the better of the two measurements around the case, and (`utilization_vs_best`)
   against the best of the run.
 
-The compiled program is obtained by capturing the arguments `solve` passes to its
-compiled search (`pulse_jax.solve._run`) and lowering it with them (`_search_lowering`);
+The compiled program is `pulse_jax.lower(...)` of the case's `solve` arguments (its
+`lower_s` includes `solve`'s host-side preparation: the checks and drawing the starts);
 `jax.jit` shares the compilation, so the timed `solve` calls that follow run exactly that
 executable without compiling again.
 
@@ -45,7 +45,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -56,8 +55,6 @@ import pulse_jax
 from pulse_jax import testing
 from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
-
-_SOLVE = sys.modules["pulse_jax.solve"]  # the module (the package exports the function)
 
 FIELDS = (
     "generator",
@@ -205,7 +202,9 @@ def measure(generator: Generator, name: str, samples: int, *, steps: int, repeat
     def solve_call(n):
         return pulse_jax.solve(lr_images, generator, num_samples=samples, steps=n, seed=0)
 
-    lower = _search_lowering(lr_images, generator, num_samples=samples, steps=steps)
+    lower = functools.partial(
+        pulse_jax.lower, lr_images, generator, num_samples=samples, steps=steps
+    )
     lower_s, lowered = _timed(lower)
     compile_s, compiled = _timed(lowered.compile)
     cost = compiled.cost_analysis()
@@ -278,7 +277,9 @@ def profile(generator: Generator, samples: int, *, steps: int = 2, top: int = 12
     def solve_call():
         return pulse_jax.solve(lr_images, generator, num_samples=samples, steps=steps, seed=0)
 
-    lower = _search_lowering(lr_images, generator, num_samples=samples, steps=steps)
+    lower = functools.partial(
+        pulse_jax.lower, lr_images, generator, num_samples=samples, steps=steps
+    )
     instructions, entry = _hlo_instructions(lower().compile().as_text())
     solve_call()  # warm
     seconds = _traced_seconds(solve_call, instructions)
@@ -539,32 +540,6 @@ def write(results: dict, out_dir: str | os.PathLike, stem: str = "benchmark") ->
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
     return json_path, md_path
-
-
-class _Captured(Exception):
-    pass
-
-
-def _search_lowering(lr_images, generator, **kwargs) -> Callable[[], jax.stages.Lowered]:
-    """A call that lowers the compiled search `pulse_jax.solve(lr_images, generator, **kwargs)`
-    would run: `solve` runs up to its compiled search (`pulse_jax.solve._run`), whose
-    arguments are captured instead of run."""
-    captured = {}
-    real = _SOLVE._run
-
-    def capture(*args, **kw):
-        captured["args"], captured["kwargs"] = args, kw
-        raise _Captured
-
-    _SOLVE._run = capture
-    try:
-        with contextlib.suppress(_Captured):
-            pulse_jax.solve(lr_images, generator, **kwargs)
-    finally:
-        _SOLVE._run = real
-    if "args" not in captured:
-        raise RuntimeError("pulse_jax.solve did not call its compiled search _run")
-    return functools.partial(real.lower, *captured["args"], **captured["kwargs"])
 
 
 def _timed(fn):

@@ -24,11 +24,12 @@ import sys
 
 from absl import app, flags
 
-from pulse_jax import cli, load_generator, pipeline
+from pulse_jax import cli, load_generator
 from pulse_jax import evaluate as evaluation
+from pulse_jax.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
 
 FLAGS = flags.FLAGS
-_DEFAULTS = evaluation.EvalConfig(search=pipeline.SearchConfig(), output_dir="")
+_DEFAULTS = evaluation.EvalConfig(search=SearchConfig(), output_dir="")
 cli.define_search_flags()
 flags.adopt_module_key_flags(cli)
 
@@ -68,7 +69,7 @@ def execute() -> int:
         if FLAGS.summarize is not None:
             paths = sorted(glob.glob(FLAGS.summarize))
             if not paths:
-                raise pipeline.ConfigError(f"--summarize {FLAGS.summarize!r}: no file matches")
+                raise ConfigError(f"--summarize {FLAGS.summarize!r}: no file matches")
             reports = [evaluation.read_report(p) for p in paths]
             written = evaluation.write_summary(reports, FLAGS.output_dir)
             print(evaluation.summary_table(reports), end="")
@@ -86,8 +87,8 @@ def execute() -> int:
             plot_faces=FLAGS.plot_faces,
         )
         generator = load_generator(config.search.generator)
-        pipeline.check_applicable(
-            generator, [n for n in pipeline.NOISE_OPTIONS if FLAGS[n].present]
+        check_applicable(
+            generator, [n for n in NOISE_OPTIONS if FLAGS[n].present]
         )
         report = evaluation.evaluate(config, generator, log=sys.stderr)
     except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again

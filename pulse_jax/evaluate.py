@@ -37,6 +37,7 @@ import numpy as np
 
 from pulse_jax import metrics, plots
 from pulse_jax.checkpoints.weights_file import atomic_write
+from pulse_jax.config import ConfigError, SearchConfig, check_search
 from pulse_jax.generators.base import Generator, SearchOptions
 from pulse_jax.images import (
     ImageError,
@@ -47,7 +48,7 @@ from pulse_jax.images import (
     save_image,
     upscale_bicubic,
 )
-from pulse_jax.pipeline import ConfigError, SearchConfig, check_search, is_readme
+from pulse_jax.inputs import is_readme
 from pulse_jax.solve import solve
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"

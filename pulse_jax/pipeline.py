@@ -20,16 +20,8 @@ import dataclasses
 from typing import TextIO
 
 from pulse_jax import engine, store
-from pulse_jax.config import (  # noqa: F401 - also imported from here by cli, evaluate
-    NOISE_OPTIONS,
-    ConfigError,
-    SearchConfig,
-    check_applicable,
-    check_search,
-)
+from pulse_jax.config import ConfigError, SearchConfig
 from pulse_jax.generators.base import Generator
-from pulse_jax.inputs import is_readme  # noqa: F401 - imported from here by evaluate
-from pulse_jax.store import cpu_model  # noqa: F401 - imported from here by make_machine_reference
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from pulse_jax import evaluate as evaluation
-from pulse_jax import metrics, pipeline
+from pulse_jax import metrics
+from pulse_jax.config import SearchConfig
 from pulse_jax.generators.base import SearchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def test_synthetic_faces_are_the_generators_own(dcgan64):
 @pytest.fixture(scope="module")
 def report(dcgan64):
     config = evaluation.EvalConfig(
-        search=pipeline.SearchConfig(steps=STEPS, operator="inpaint"),
+        search=SearchConfig(steps=STEPS, operator="inpaint"),
         output_dir="",
         synthetic=2,
         samples=2,

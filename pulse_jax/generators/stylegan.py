@@ -224,17 +224,12 @@ def arch_from_params(synthesis: dict, mapping: dict | None, precision: str = "hi
         raise ValueError(f"synthesis blocks {names} are not 4x4, 8x8, ... in powers of two")
     channels = [int(np.shape(blocks["4x4"]["const"])[-1])]
     channels += [int(np.shape(blocks[n]["conv1"]["weight"])[-1]) for n in names[1:]]
-    mapping_layers = 8
-    latent_size = dlatent_size = 512
+    sizes = {}  # the mapping's depth and widths, where there is a mapping (else the defaults)
     if mapping is not None:
-        mapping_layers = len([k for k in mapping if k.startswith("dense")])
-        latent_size = int(np.shape(mapping["dense0"]["weight"])[0])
-        dlatent_size = int(np.shape(mapping[f"dense{mapping_layers - 1}"]["weight"])[1])
-    return StyleGANArch(
-        resolution=resolutions[-1],
-        channels=tuple(channels),
-        mapping_layers=mapping_layers,
-        latent_size=latent_size,
-        dlatent_size=dlatent_size,
-        precision=precision,
-    )
+        depth = len([k for k in mapping if k.startswith("dense")])
+        sizes = {
+            "mapping_layers": depth,
+            "latent_size": int(np.shape(mapping["dense0"]["weight"])[0]),
+            "dlatent_size": int(np.shape(mapping[f"dense{depth - 1}"]["weight"])[1]),
+        }
+    return StyleGANArch(resolutions[-1], tuple(channels), precision=precision, **sizes)
