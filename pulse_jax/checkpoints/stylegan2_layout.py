@@ -50,15 +50,6 @@ def resample_filter(taps=(1.0, 3.0, 3.0, 1.0)) -> np.ndarray:
     return (f / f.sum()).astype(np.float32)
 
 
-def layer_keys(prefix: str, *, noise: bool = True) -> list[str]:
-    """The keys of one `SynthesisLayer`, in state-dict order."""
-    keys = [f"{prefix}.weight"]
-    keys += [f"{prefix}.noise_strength"] if noise else []
-    keys += [f"{prefix}.bias", f"{prefix}.resample_filter"]
-    keys += [f"{prefix}.noise_const"] if noise else []
-    return keys + [f"{prefix}.affine.weight", f"{prefix}.affine.bias"]
-
-
 def expected_shapes(
     resolution: int,
     channels: dict[int, int],
