@@ -29,7 +29,20 @@ import numpy as np
 
 from pulse_jax.options import Scope, SearchOptions
 
-__all__ = ["Arch", "Generator", "SearchOptions"]
+__all__ = ["Arch", "Generator", "Prepared", "SearchOptions"]
+
+
+class Prepared(dict):
+    """Parameters as an arch's `prepare` leaves them: the type says so, where raw and
+    prepared parameters would otherwise be told apart by their keys. A pytree like a dict
+    (the same leaves in the same, sorted-key order)."""
+
+
+jax.tree_util.register_pytree_with_keys(
+    Prepared,
+    lambda d: (tuple((jax.tree_util.DictKey(k), d[k]) for k in sorted(d)), tuple(sorted(d))),
+    lambda keys, values: Prepared(zip(keys, values, strict=True)),
+)
 
 
 class Arch(Protocol):
@@ -48,7 +61,7 @@ class Arch(Protocol):
 
     def check_options(self, options: SearchOptions) -> None: ...
 
-    def prepare(self, params: dict) -> dict: ...
+    def prepare(self, params: dict) -> dict: ...  # parts it prepares become `Prepared`
 
     def sample_start(self, key: jax.Array, options: SearchOptions) -> dict: ...
 

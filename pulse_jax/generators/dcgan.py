@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax.generators import ops
+from pulse_jax.generators.base import Prepared
 from pulse_jax.options import Scope, SearchOptions
 
 BATCH_NORM_EPS = 1e-5
@@ -50,12 +51,12 @@ class DCGANArch:
         runs, computed once (`solve` calls this before its optimization loop; see
         `StyleGANArch.prepare`). `synthesize` accepts raw or prepared parameters alike
         (parameters already prepared are returned as they are)."""
-        if "prepared" in params["main"][str(CONV_INDICES[-1])]:
+        if isinstance(params, Prepared):
             return params
         layers = dict(params["main"])
         for conv in CONV_INDICES[1:]:
             layers[str(conv)] = {"prepared": ops.prepare_upsample(layers[str(conv)]["weight"])}
-        return dict(params, main=layers)
+        return Prepared(params, main=layers)
 
     # -- the search space: z alone, kept on its sphere, one row per sample -----------------
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.generators import ops
+from pulse_jax.generators.base import Prepared
 from pulse_jax.generators.style_search import StyleSearchSpace
 
 SQRT2 = math.sqrt(2.0)
@@ -74,7 +75,7 @@ class StyleGANArch(StyleSearchSpace):
         Returns the raw output (roughly [-1, 1]), before PULSE's `(x + 1) / 2`. `params` is
         params["synthesis"], raw or as `prepare` returns it (raw ones are prepared here).
         """
-        if not _is_prepared(params):
+        if not isinstance(params, Prepared):
             params = self._prepare_synthesis(params)
         p = self.precision
         blocks = params["blocks"]
@@ -112,7 +113,7 @@ class StyleGANArch(StyleSearchSpace):
           The same structure; each conv, upscale and style layer holds "prepared" in place
           of its "weight" (parameters already prepared are returned as they are).
         """
-        if _is_prepared(params["synthesis"]):
+        if isinstance(params["synthesis"], Prepared):
             return params
         return dict(params, synthesis=self._prepare_synthesis(params["synthesis"]))
 
@@ -132,15 +133,11 @@ class StyleGANArch(StyleSearchSpace):
                 block[epi] = dict(block[epi], style_mod=dict(style, lin=lin))
             blocks[name] = block
         torgb = _prepare_conv(synthesis["torgb"], 1.0)
-        return dict(synthesis, blocks=blocks, torgb=torgb)
+        return Prepared(synthesis, blocks=blocks, torgb=torgb)
 
 
 # The synthesis layers take their parameters as `StyleGANArch.prepare` leaves them: each
 # "weight" replaced by "prepared" (multipliers applied, kernels in the forms the ops run).
-
-
-def _is_prepared(synthesis: dict) -> bool:
-    return "prepared" in synthesis["torgb"]
 
 
 def _with_prepared(p: dict, prepared) -> dict:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax.generators import ops
+from pulse_jax.generators.base import Prepared
 from pulse_jax.generators.style_search import StyleSearchSpace
 from pulse_jax.generators.stylegan import fused_upscale_kernel
 
@@ -133,7 +134,7 @@ class StyleGAN2Arch(StyleSearchSpace):
             each scaled by its layer's noise strength; `noise_buffers(params)` for the
             checkpoint's own ("const"); None for none.
         """
-        if not _is_prepared(params):
+        if not isinstance(params, Prepared):
             params = self._prepare_synthesis(params)
         if noise is not None and len(noise) != self.num_noise_layers:
             raise ValueError(f"expected {self.num_noise_layers} noise maps, got {len(noise)}")
@@ -177,7 +178,7 @@ class StyleGAN2Arch(StyleSearchSpace):
         Returns:
           The same structure, synthesis layers prepared (already prepared: as given).
         """
-        if _is_prepared(params["synthesis"]):
+        if isinstance(params["synthesis"], Prepared):
             return params
         return dict(params, synthesis=self._prepare_synthesis(params["synthesis"]))
 
@@ -190,14 +191,10 @@ class StyleGAN2Arch(StyleSearchSpace):
             block["conv1"] = _prepare_layer(block["conv1"], up=False)
             block["torgb"] = _prepare_torgb(block["torgb"])
             prepared[f"b{r}"] = block
-        return prepared
+        return Prepared(prepared)
 
 
 # -- layers ----------------------------------------------------------------------------
-
-
-def _is_prepared(synthesis: dict) -> bool:
-    return "kernel" in synthesis["b4"]["conv1"]
 
 
 def _styles(affine: dict, w: jax.Array, precision: str) -> jax.Array:
