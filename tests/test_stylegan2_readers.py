@@ -58,6 +58,21 @@ def tiny_shapes(channels=TINY_CHANNELS, mapping_layers=2) -> dict[str, tuple[int
     return stylegan2_layout.expected_shapes(64, channels, 512, 3, [(512, 512)] * mapping_layers)
 
 
+def tiny_config(conv_clamp) -> dict:
+    """The config every reader gives the tiny 64 px goldens (2 mapping layers)."""
+    return {
+        "z_dim": 512,
+        "w_dim": 512,
+        "img_resolution": 64,
+        "img_channels": 3,
+        "num_ws": 10,
+        "mapping_layers": 2,
+        "c_dim": 0,
+        "conv_clamp": conv_clamp,
+        "lr_multiplier": 0.01,
+    }
+
+
 def one_line(error: pytest.ExceptionInfo, path) -> str:
     message = str(error.value)
     assert "\n" not in message and message.startswith(str(path)), message
@@ -92,17 +107,7 @@ def test_ada_golden_pickles_read(path, protocol, numpy_module, clamp, networks):
     ck = read_stylegan2(path)
 
     assert isinstance(ck, StyleGAN2Checkpoint) and ck.format == "ada-pickle"
-    assert ck.config == {
-        "z_dim": 512,
-        "w_dim": 512,
-        "img_resolution": 64,
-        "img_channels": 3,
-        "num_ws": 10,
-        "mapping_layers": 2,
-        "c_dim": 0,
-        "conv_clamp": clamp,
-        "lr_multiplier": 0.01,
-    }
+    assert ck.config == tiny_config(conv_clamp=clamp)
     shapes = tiny_shapes()
     assert list(ck.state) == list(shapes)  # every key, in ADA's state_dict order
     for key, value in ck.state.items():
@@ -153,6 +158,23 @@ def test_ada_network_selects_g_or_g_ema(tmp_path):
 
 def _clamp_tree():
     return ada_writer.read_tree(ADA_CLAMP)
+
+
+def _module(top, *names):
+    """The submodule of `top`'s G_ema at `names`, e.g. ("synthesis", "b16", "conv1")."""
+    node = top["G_ema"]
+    for name in names:
+        node = node.state["_modules"][name]
+    return node
+
+
+def _refused(path, top, match: str) -> str:
+    """Writes `top` as an ADA pickle at `path` and checks that reading it is refused in one
+    line naming the file and matching `match`."""
+    ada_writer.write_ada_pickle(path, top)
+    with pytest.raises(CheckpointError, match=match) as e:
+        read_stylegan2(path)
+    return one_line(e, path)
 
 
 def test_hostile_module_src_never_runs_but_would_under_nvidia_loader(tmp_path):
@@ -216,16 +238,10 @@ def test_hostile_global_in_ada_pickle_is_refused(tmp_path, module, name):
     marker = tmp_path / "pwned"
     top = _clamp_tree()
     argument = f"touch {marker}" if name == "system" else f"open({str(marker)!r}, 'w')"
-    top["G_ema"].state["_modules"]["synthesis"].state["evil"] = Call(
-        Global(module, name), (argument,)
-    )
+    _module(top, "synthesis").state["evil"] = Call(Global(module, name), (argument,))
     path = tmp_path / "hostile_global.pkl"
-    ada_writer.write_ada_pickle(path, top)
+    _refused(path, top, re.escape(f"refused global '{module}.{name}'"))
     assert detect_format(path) == "ada-pickle"
-
-    with pytest.raises(CheckpointError, match=re.escape(f"refused global '{module}.{name}'")) as e:
-        read_stylegan2(path)
-    one_line(e, path)
     assert not marker.exists()
 
 
@@ -241,88 +257,49 @@ def test_hostile_global_inside_a_tensor_payload_is_refused(tmp_path):
             Global("torch._utils", "_rebuild_tensor_v2"), (storage, 0, (1,), (1,), False, {})
         )
     }
-    path = tmp_path / "hostile_payload.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(CheckpointError, match="os.system") as e:
-        read_stylegan2(path)
-    one_line(e, path)
+    _refused(tmp_path / "hostile_payload.pkl", top, "os.system")
     assert not marker.exists()
 
 
 def test_class_conditional_ada_generator_is_refused(tmp_path):
     top = _clamp_tree()
     top["G_ema"].state["c_dim"] = 10
-    path = tmp_path / "conditional.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(CheckpointError, match=r"class-conditional \(c_dim = 10\)") as e:
-        read_stylegan2(path)
-    one_line(e, path)
+    _refused(tmp_path / "conditional.pkl", top, r"class-conditional \(c_dim = 10\)")
 
 
 def test_stylegan3_network_is_refused_by_name(tmp_path):
     top = _clamp_tree()
-    synthesis = top["G_ema"].state["_modules"]["synthesis"]
-    b4 = synthesis.state["_modules"]["b4"]
-    synthesis.state["_modules"]["input"] = dataclasses.replace(b4, class_name="SynthesisInput")
+    b4 = _module(top, "synthesis", "b4")
+    _module(top, "synthesis").state["_modules"]["input"] = dataclasses.replace(
+        b4, class_name="SynthesisInput"
+    )
     path = tmp_path / "stylegan3.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(
-        CheckpointError, match=r"StyleGAN3 network \(training.networks_stylegan3: SynthesisInput\)"
-    ) as e:
-        read_stylegan2(path)
-    one_line(e, path)
+    _refused(path, top, r"StyleGAN3 network \(training.networks_stylegan3: SynthesisInput\)")
 
     # A StyleGAN3 module's source names its filtered_lrelu op even where the class differs.
     top = _clamp_tree()
     top["G_ema"] = dataclasses.replace(
         top["G_ema"], module_src="from torch_utils.ops import filtered_lrelu\n"
     )
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(CheckpointError, match="StyleGAN3 network"):
-        read_stylegan2(path)
+    _refused(path, top, "StyleGAN3 network")
 
 
 def test_ada_architecture_other_than_skip_is_refused(tmp_path):
     top = _clamp_tree()
-    top["G_ema"].state["_modules"]["synthesis"].state["_modules"]["b8"].state["architecture"] = (
-        "resnet"
-    )
-    path = tmp_path / "resnet.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(CheckpointError, match="architecture 'resnet'; only 'skip'"):
-        read_stylegan2(path)
+    _module(top, "synthesis", "b8").state["architecture"] = "resnet"
+    _refused(tmp_path / "resnet.pkl", top, "architecture 'resnet'; only 'skip'")
 
 
 def test_ada_missing_or_misshapen_tensor_is_refused(tmp_path):
     top = _clamp_tree()
-    conv1 = (
-        top["G_ema"]
-        .state["_modules"]["synthesis"]
-        .state["_modules"]["b16"]
-        .state["_modules"]["conv1"]
-    )
-    del conv1.state["_buffers"]["noise_const"]
+    del _module(top, "synthesis", "b16", "conv1").state["_buffers"]["noise_const"]
     path = tmp_path / "missing.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(
-        CheckpointError, match=r"missing \['synthesis.b16.conv1.noise_const'\]"
-    ) as e:
-        read_stylegan2(path)
-    one_line(e, path)
+    _refused(path, top, r"missing \['synthesis.b16.conv1.noise_const'\]")
 
     top = _clamp_tree()
-    torgb = (
-        top["G_ema"]
-        .state["_modules"]["synthesis"]
-        .state["_modules"]["b32"]
-        .state["_modules"]["torgb"]
-    )
+    torgb = _module(top, "synthesis", "b32", "torgb")
     torgb.state["_parameters"]["bias"] = np.zeros(4, np.float32)
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(
-        CheckpointError, match=r"synthesis.b32.torgb.bias has shape \(4,\), expected \(3,\)"
-    ):
-        read_stylegan2(path)
+    _refused(path, top, r"synthesis.b32.torgb.bias has shape \(4,\), expected \(3,\)")
 
 
 def test_ada_full_ffhq_layout_matches_the_key_table():
@@ -343,17 +320,7 @@ def test_ada_full_ffhq_layout_matches_the_key_table():
 def test_rosinality_golden_reads():
     ck = read_stylegan2(ROSINALITY_TINY)
     assert ck.format == "rosinality"
-    assert ck.config == {
-        "z_dim": 512,
-        "w_dim": 512,
-        "img_resolution": 64,
-        "img_channels": 3,
-        "num_ws": 10,
-        "mapping_layers": 2,
-        "c_dim": 0,
-        "conv_clamp": None,
-        "lr_multiplier": 0.01,
-    }
+    assert ck.config == tiny_config(conv_clamp=None)
     shapes = tiny_shapes(dict.fromkeys(TINY_CHANNELS, 32))
     assert list(ck.state) == list(shapes)
     for key, value in ck.state.items():
@@ -675,10 +642,5 @@ def test_persistent_objects_are_immutable_data():
 
 def test_ada_malformed_attribute_gets_one_line(tmp_path):
     top = _clamp_tree()
-    b8 = top["G_ema"].state["_modules"]["synthesis"].state["_modules"]["b8"]
-    b8.state["_modules"]["conv1"].state["conv_clamp"] = [1.0, 2.0]
-    path = tmp_path / "malformed.pkl"
-    ada_writer.write_ada_pickle(path, top)
-    with pytest.raises(CheckpointError, match=r"SynthesisLayer.conv_clamp is a list") as e:
-        read_stylegan2(path)
-    one_line(e, path)
+    _module(top, "synthesis", "b8", "conv1").state["conv_clamp"] = [1.0, 2.0]
+    _refused(tmp_path / "malformed.pkl", top, r"SynthesisLayer.conv_clamp is a list")
