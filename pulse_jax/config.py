@@ -16,7 +16,6 @@ from pulse_jax.options import (
     ConfigError,
     Scope,
     SearchOptions,
-    format_layers,
     option,
     option_fields,
     scoped,
@@ -83,7 +82,7 @@ class SearchConfig(SearchOptions):
             value = getattr(self, field.name) if field.name in applicable else None
             if value is None and field.name in applicable:
                 value = defaults.get(field.name)
-            settings[field.name] = _recorded(field.name, value)
+            settings[field.name] = _recorded(field, value)
         return settings
 
 
@@ -93,10 +92,12 @@ def _applicable(generator: Generator) -> tuple[str, ...]:
     return tuple(f.name for f in option_fields() if f.metadata["option"].scope in scopes)
 
 
-def _recorded(name: str, value: Any) -> Any:
-    """An option's value as a manifest line holds it (plain JSON types, PULSE's strings)."""
-    if name == "bad_noise_layers" and value is not None:
-        return format_layers(value)
+def _recorded(field: dataclasses.Field, value: Any) -> Any:
+    """An option's value as a manifest line holds it: plain JSON types, and the option's
+    flag string where it has one (`Spec.format`: PULSE's '.'-separated `bad_noise_layers`)."""
+    format_ = field.metadata["option"].format
+    if format_ is not None and value is not None:
+        return format_(value)
     return str(value) if isinstance(value, str) else value
 
 
