@@ -32,7 +32,6 @@ executable without compiling again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import functools
@@ -55,6 +54,7 @@ import pulse_jax
 from pulse_jax import testing
 from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
+from pulse_jax.store import cpu_model
 
 FIELDS = (
     "generator",
@@ -442,7 +442,7 @@ def machine_info() -> dict:
         "platform": device.platform,
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -553,11 +553,3 @@ def _peak_rss_bytes() -> int:
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()

@@ -87,9 +87,7 @@ def execute() -> int:
             plot_faces=FLAGS.plot_faces,
         )
         generator = load_generator(config.search.generator)
-        check_applicable(
-            generator, [n for n in NOISE_OPTIONS if FLAGS[n].present]
-        )
+        check_applicable(generator, [n for n in NOISE_OPTIONS if FLAGS[n].present])
         report = evaluation.evaluate(config, generator, log=sys.stderr)
     except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
         return cli.exit_status(e, 2)

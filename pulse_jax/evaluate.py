@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from pulse_jax.images import (
 )
 from pulse_jax.inputs import is_readme
 from pulse_jax.solve import solve
+from pulse_jax.store import cpu_model
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 L2_PLOT, SUCCESS_PLOT, GRID = "l2_curves.png", "success_curve.png", "grid.png"
@@ -189,7 +189,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
             lr_size=config.lr_size,
         ),
         "machine": {
-            "processor": _processor(),
+            "processor": cpu_model(),
             "backend": jax.default_backend(),
             "devices": jax.device_count(),
             "jax": jax.__version__,
@@ -313,17 +313,6 @@ def _face_rows(names: list[str], out: dict, measured: dict) -> list[dict]:
 
 def _round(value, digits: int = 2) -> float:
     return round(float(value), digits)
-
-
-def _processor() -> str:
-    """The CPU model (Linux: /proc/cpuinfo's "model name"), else the platform's word."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- writing ----------------------------------------------------------------------------------
