@@ -231,7 +231,10 @@ HANGS = {
         "expands",
     ),  # fmt: skip
     "dag_as_value": (lambda: state_dict(lambda a: _dag(a)), "expands"),
-    "deep_lists": (lambda: Asm().op(b"]" * 100_000 + b"a" * 99_999).stop(), "deeper"),
+    "deep_lists": (
+        lambda: Asm().op(b"]" * 100_000 + b"a" * 99_999).stop(),
+        "the pickle's objects",
+    ),  # its lists are counted first
     "deep_marks": (lambda: Asm().op(b"(" * 100_000).stop(), "deeper"),
     "huge_text_int": (lambda: Asm().op(b"L" + b"9" * 1_000_000 + b"L\n").stop(), "line"),
 }

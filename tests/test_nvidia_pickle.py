@@ -481,7 +481,7 @@ def test_not_a_pickle(tmp_path):
     path.write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(CheckpointError, match="zip archive"):
         read_nvidia_pickle(path)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot be read"):
         read_nvidia_pickle(tmp_path / "missing.pkl")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, FileBytes, read_regular, refuses
 from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
 from pulse_jax.checkpoints.weights_file import MAX_RESOLUTION
 
@@ -206,14 +206,12 @@ def load_pickle(
     policy: Callable[[Session], Policy] = _policy,
     kind: str = _KIND,
     zip_hint: str = "convert PULSE's .pt files with `convert pulse`",
+    file: FileBytes | None = None,
 ) -> object:
     """Decodes the pickle `path` with `policy(session)` (default: StyleGAN v1's allow-list);
-    every failure becomes a one-line CheckpointError that calls the file `kind`."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(path, f"cannot read the file: {e.strerror or e}") from None
+    every failure becomes a one-line CheckpointError that calls the file `kind`; `file` is
+    its bytes when the caller read them already (`read_regular`)."""
+    data = (file or read_regular(path)).data
     if not data:
         raise CheckpointError(path, f"the file is empty, expected {kind}")
     if data.startswith(b"PK\x03\x04"):
@@ -505,8 +503,9 @@ def _plain(value):
     return describe(value)
 
 
+@refuses
 def read_nvidia_pickle(
-    path: str | os.PathLike, *, limits: Limits | None = None
+    path: str | os.PathLike, *, limits: Limits | None = None, file: FileBytes | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Reads NVIDIA's StyleGAN (v1) pickle into PULSE-format state dicts, without running it.
 
@@ -522,6 +521,7 @@ def read_nvidia_pickle(
     Args:
       path: the `.pkl` file, e.g. `karras2019stylegan-ffhq-1024x1024.pkl`.
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
+      file: its bytes when the caller read them already (`read_regular`).
 
     Returns:
       `(synthesis_state_dict, mapping_state_dict, info)`: float32 numpy arrays
@@ -538,7 +538,7 @@ def read_nvidia_pickle(
         (`ALLOWED_GLOBALS`), in which case nothing from it was executed.
     """
     path = os.fspath(path)
-    top = load_pickle(path, limits)
+    top = load_pickle(path, limits, file=file)
     gs, names = _select_gs(path, top)
     subnets = _subnetworks(path, gs)
     synthesis_sd, synthesis_info = _convert_synthesis(

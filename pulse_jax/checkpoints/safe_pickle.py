@@ -31,6 +31,17 @@ Dict keys and set items are scalars only (hashing them is linear), containers ar
 once placed inside another (so sizes are final and cycles impossible), sets are refused
 unless the policy allows them (`Policy.sets`), and extension codes, old-style instances
 and out-of-band buffers are always refused.
+
+Time: every step costs a bounded amount per byte of the file. Hash flooding cannot make
+one opcode slow: a container (dict, set, a set a policy builds with `check_keys`) refuses
+more than `MAX_SAME_HASH` distinct keys of one hash value, so one insertion probes at most
+that many equal-hash keys, and the deadline (`Limits.max_seconds`) is checked every 4096
+opcodes and every 4096 items inside one opcode. Memory: every object the interpreter makes
+counts against the read's byte budget (`Session.take`): containers and their entries
+(`OBJECT_BYTES`, `ENTRY_BYTES`), strings, bytes and big integers (their size), memo
+entries, arrays and zip members, so a read holds at most the budget
+(`expansion` x file size + `slack`) beyond the file's own bytes and a few bytes per
+pushed scalar.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import codecs
 import dataclasses
 import math
 import struct
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Mapping
@@ -117,6 +129,41 @@ def describe(value: Any, width: int = 60) -> str:
 
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
+# Distinct keys of one hash value one container may hold: honest files never repeat a
+# full hash (the CPython hashes of distinct small ints and of strings differ), a hostile
+# file with thousands (`k * (2**61 - 1)` all hash to 0) would make insertion quadratic.
+MAX_SAME_HASH = 8
+# What the interpreter charges the byte budget for what it makes: a tracked value (the
+# object, its bookkeeping entries), one entry of a container, one memo entry.
+OBJECT_BYTES = 256
+ENTRY_BYTES = 96
+MEMO_BYTES = 128
+_ITEMS_PER_TIME_CHECK = 4096
+
+
+def check_keys(keys, counts: dict[int, int] | None = None, existing=()) -> dict[int, int]:
+    """Refuses keys (dict keys, set items) of which more than `MAX_SAME_HASH` distinct ones
+    share one hash value; `counts` (hash -> distinct keys so far) carries over between calls
+    for one container, `existing` is the container (keys already in it are not new).
+
+    Raises:
+      Refusal: naming the flood.
+    """
+    counts = {} if counts is None else counts
+    for key in keys:
+        h = hash(key)
+        if key in existing:
+            continue
+        n = counts.get(h, 0) + 1
+        if n > MAX_SAME_HASH:
+            raise Refusal(
+                f"has more than {MAX_SAME_HASH} distinct keys with one hash value in one "
+                "container (a hash flood)"
+            )
+        counts[h] = n
+    return counts
+
+
 _MARK = object()
 _SET_OPCODES = (0x8F, 0x90, 0x91)  # EMPTY_SET, ADDITEMS, FROZENSET: only with `Policy.sets`
 _HANDLERS: dict[int, Callable[[Any, int], None]] = {}  # opcode -> `_Unpickler` method
@@ -151,6 +198,8 @@ class _Unpickler:
         self.fresh: set[int] = set()  # reader-made values BUILD may still act on
         self.replaced: dict[int, Any] = {}  # id of a built object -> what BUILD made of it
         self.keep: list = []  # every tracked object stays alive, so ids stay unique
+        self.hashes: dict[int, dict[int, int]] = {}  # id of a dict/set -> its key hash counts
+        self.items = 0  # items handled since the last time check
 
     # -- reading bytes -----------------------------------------------------------------
 
@@ -181,8 +230,11 @@ class _Unpickler:
             raise Refusal(f"nests deeper than {limits.max_depth} levels")
         if size > limits.max_objects:
             raise Refusal(f"holds a value that expands to more than {limits.max_objects} objects")
-        self.info[id(obj)] = (size, depth)
-        self.keep.append(obj)
+        key = id(obj)
+        if key not in self.info:
+            self.s.take(OBJECT_BYTES, "the pickle's objects")
+            self.keep.append(obj)
+        self.info[key] = (size, depth)
         if fresh:
             self.fresh.add(id(obj))
         return obj
@@ -217,10 +269,32 @@ class _Unpickler:
         self.stack = self.marks.pop()
         return items
 
+    def tick(self, items: int) -> None:
+        """Counts `items` handled inside one opcode, checking the deadline every 4096."""
+        self.items += items
+        if self.items >= _ITEMS_PER_TIME_CHECK:
+            self.items = 0
+            self.s.check_time()
+
+    def keys(self, target, keys: list) -> None:
+        """Refuses a hash flood among `keys` about to go into `target` (a dict or a set)."""
+        counts = self.hashes.setdefault(id(target), {})
+        for start in range(0, len(keys), _ITEMS_PER_TIME_CHECK):
+            chunk = keys[start : start + _ITEMS_PER_TIME_CHECK]
+            check_keys(chunk, counts, target)
+            self.tick(len(chunk))
+
+    def scalar(self, value):
+        """Charges a string, bytes or big integer the file made; returns it."""
+        self.s.take(sys.getsizeof(value), "the pickle's strings")
+        return value
+
     def children(self, items) -> tuple[list, int, int]:
         """Values about to go inside one new value (`child` each): the values, their summed
         size plus one, and their deepest depth."""
         values, size, depth = [], 1, 0
+        self.tick(len(items))
+        self.s.take(ENTRY_BYTES * len(items), "the pickle's containers")
         for item in items:
             v, n, d = self.child(item)
             values.append(v)
@@ -242,11 +316,15 @@ class _Unpickler:
         if len(items) % 2:
             raise Refusal("is corrupt: a pickle sets a key without a value")
         added, depth = 0, 0
+        keys = [self.replaced.get(id(k), k) for k in items[0::2]]
+        for key in keys:
+            if not isinstance(key, _SCALARS):
+                raise Refusal(f"has a dict key that is {describe(key)}, not a string or number")
+        self.keys(target, keys)
+        self.s.take(ENTRY_BYTES * len(keys), "the pickle's containers")
         for i in range(0, len(items), 2):
             key, n1, _ = self.child(items[i])
             value, n2, d = self.child(items[i + 1])
-            if not isinstance(key, _SCALARS):
-                raise Refusal(f"has a dict key that is {describe(key)}, not a string or number")
             target[key] = value
             added += n1 + n2
             depth = max(depth, d)
@@ -266,11 +344,13 @@ class _Unpickler:
         target = self.replaced.get(id(target), target)
         if type(target) is not set:
             raise Refusal(f"adds set items to {describe(target)}, not a set")
-        for item in items:
-            value = self.child(item)[0]
+        values = [self.child(item)[0] for item in items]
+        for value in values:
             if not isinstance(value, _SCALARS):
                 raise Refusal(f"has a set item that is {describe(value)}, not a string or number")
-            target.add(value)
+        self.keys(target, values)
+        self.s.take(ENTRY_BYTES * len(values), "the pickle's containers")
+        target.update(values)
         self.grow(target, len(items), 0)
 
     def construct(self, function, args, how: str):
@@ -361,7 +441,7 @@ class _Unpickler:
         n = self.uint(1 if op == 0x8A else 4)
         if n > self.s.limits.max_int_bytes:
             raise Refusal(f"holds an integer of {n} bytes")
-        self.stack.append(int.from_bytes(self.read(n), "little", signed=True))
+        self.stack.append(self.scalar(int.from_bytes(self.read(n), "little", signed=True)))
 
     @_opcodes(0x49, 0x4C)  # INT, LONG (text)
     def _text_int(self, op):
@@ -383,15 +463,16 @@ class _Unpickler:
     @_opcodes(0x8C, 0x58, 0x8D, 0x56)  # SHORT_BINUNICODE, BINUNICODE, BINUNICODE8, UNICODE
     def _unicode(self, op):
         if op == 0x56:
-            self.stack.append(self.line().decode("raw-unicode-escape"))
+            text = self.line().decode("raw-unicode-escape")
         else:
             n = self.uint({0x8C: 1, 0x58: 4, 0x8D: 8}[op])
-            self.stack.append(str(self.read(n), "utf-8", "surrogatepass"))
+            text = str(self.read(n), "utf-8", "surrogatepass")
+        self.stack.append(self.scalar(text))
 
     @_opcodes(0x43, 0x42, 0x8E)  # SHORT_BINBYTES, BINBYTES, BINBYTES8
     def _bytes(self, op):
         n = self.uint({0x43: 1, 0x42: 4, 0x8E: 8}[op])
-        self.stack.append(bytes(self.read(n)))
+        self.stack.append(self.scalar(bytes(self.read(n))))
 
     @_opcodes(0x55, 0x54, 0x53)  # SHORT_BINSTRING, BINSTRING, STRING (Python 2 str)
     def _py2_string(self, op):
@@ -403,7 +484,7 @@ class _Unpickler:
         else:
             n = self.uint(1) if op == 0x55 else int.from_bytes(self.read(4), "little")
             raw = bytes(self.read(n))
-        self.stack.append(self.py2_string(raw))
+        self.stack.append(self.scalar(self.py2_string(raw)))
 
     @_opcodes(0x5D, 0x7D, 0x8F)  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
     def _empty(self, op):
@@ -458,20 +539,22 @@ class _Unpickler:
     @_opcodes(0x70, 0x71, 0x72, 0x94)  # PUT, BINPUT, LONG_BINPUT, MEMOIZE
     def _put(self, op):
         if op == 0x70:
-            index = int(self.line())
+            index = self.text_index()
         elif op == 0x94:
             index = len(self.memo)
         else:
             index = self.uint(1 if op == 0x71 else 4)
         if not self.stack:
             raise Refusal("is corrupt: a pickle memoizes an empty stack")
-        if len(self.memo) >= self.s.limits.max_memo and index not in self.memo:
-            raise Refusal(f"memoizes more than {self.s.limits.max_memo} objects")
+        if index not in self.memo:
+            if len(self.memo) >= self.s.limits.max_memo:
+                raise Refusal(f"memoizes more than {self.s.limits.max_memo} objects")
+            self.s.take(MEMO_BYTES, "the pickle's memo")
         self.memo[index] = self.stack[-1]
 
     @_opcodes(0x67, 0x68, 0x6A)  # GET, BINGET, LONG_BINGET
     def _get(self, op):
-        index = int(self.line()) if op == 0x67 else self.uint(1 if op == 0x68 else 4)
+        index = self.text_index() if op == 0x67 else self.uint(1 if op == 0x68 else 4)
         if index not in self.memo:
             raise Refusal(f"is corrupt: a pickle fetches memo entry {index}, never set")
         self.stack.append(self.memo[index])
@@ -506,6 +589,14 @@ class _Unpickler:
             raise Refusal(f"refers to outside data (opcode at byte {self.at}) where it may not")
         pid = self.line().decode("ascii") if op == 0x50 else self.pop()
         self.stack.append(self.persistent_load(self.child(pid)[0]))
+
+    def text_index(self) -> int:
+        """A memo index written as text (PUT, GET): below 2^32, like the binary forms (the
+        memo is a dict keyed by these, so arbitrary integers could flood it)."""
+        text = self.line()
+        if not (0 < len(text) <= 10 and text.isdigit()) or int(text) >= 1 << 32:
+            raise Refusal(f"is corrupt: a pickle memo index {describe(text)}")
+        return int(text)
 
     def py2_string(self, raw: bytes):
         if self.policy.encoding == "bytes":

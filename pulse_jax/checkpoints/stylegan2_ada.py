@@ -32,12 +32,22 @@ import numpy as np
 
 from pulse_jax.checkpoints import (
     CheckpointError,
+    FileBytes,
     nvidia_pickle,
+    read_regular,
+    refuses,
     stylegan2_layout,
     torch_format,
-    weights_file,
 )
-from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
+from pulse_jax.checkpoints.safe_pickle import (
+    Global,
+    Limits,
+    Policy,
+    Refusal,
+    Session,
+    check_keys,
+    describe,
+)
 
 KIND = "an NVIDIA StyleGAN2-ADA pickle"
 _MAX_DEPTH = 12  # Generator.synthesis.b8.conv0.affine is depth 4
@@ -99,6 +109,7 @@ def _set(items=()) -> set:
     for item in items:
         if not isinstance(item, str | int | float | bool | bytes | type(None)):
             raise Refusal(f"has a set item that is {describe(item)}, not a string or number")
+    check_keys(items)
     return set(items)
 
 
@@ -139,7 +150,9 @@ def _policy(session: Session) -> Policy:
     )
 
 
-def read_tree(path: str | os.PathLike, *, limits: Limits | None = None) -> object:
+def read_tree(
+    path: str | os.PathLike, *, limits: Limits | None = None, file: FileBytes | None = None
+) -> object:
     """The data view of an ADA pickle: its top-level dict with `PersistentObject`s, numpy
     arrays, strings and numbers in place of networks, tensors and attributes.
 
@@ -153,6 +166,7 @@ def read_tree(path: str | os.PathLike, *, limits: Limits | None = None) -> objec
         policy=_policy,
         kind=KIND,
         zip_hint="rosinality's .pt files are read by the same entry point (read_stylegan2)",
+        file=file,
     )
 
 
@@ -266,8 +280,13 @@ def _refuse_unsupported(path, net: PersistentObject, modules, network: str) -> N
                 )
 
 
+@refuses
 def read_ada_pickle(
-    path: str | os.PathLike, *, network: str = "G_ema", limits: Limits | None = None
+    path: str | os.PathLike,
+    *,
+    network: str = "G_ema",
+    limits: Limits | None = None,
+    file: FileBytes | None = None,
 ):
     """Reads NVIDIA's StyleGAN2-ADA network pickle into the ADA layout, without running its code.
 
@@ -275,6 +294,7 @@ def read_ada_pickle(
       path: the `.pkl` (a training snapshot, or `dict(G_ema=...)` alone).
       network: "G_ema" (the long-term average generator, default) or "G".
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
+      file: its bytes when the caller read them already (`read_regular`).
 
     Returns:
       A `stylegan2_layout.StyleGAN2Checkpoint` of format "ada-pickle".
@@ -287,7 +307,8 @@ def read_ada_pickle(
     path = os.fspath(path)
     if network not in ("G_ema", "G"):
         raise CheckpointError(path, f"network {network!r:.40}: choose 'G_ema' or 'G'")
-    top = read_tree(path, limits=limits)
+    file = file or read_regular(path)
+    top = read_tree(path, limits=limits, file=file)
     net = _select(path, top, network)
     state, modules = {}, []
     _flatten(path, net, "", state, modules, 0)
@@ -301,7 +322,7 @@ def read_ada_pickle(
         raise CheckpointError(path, "a mapping layer's bias_gain is not a number")
     gains = set(gains)
     lr = _one(path, gains, "lr_multiplier", 0.01)
-    sha256 = weights_file.sha256_of(path)
+    sha256 = file.sha256
     source = {
         "file": os.path.basename(path),
         "sha256": sha256,

@@ -12,13 +12,15 @@ generator state dict, checked against one inferred configuration).
 
 from __future__ import annotations
 
-import mmap
+import io
 import os
 import pickletools
 import zipfile
 
 from pulse_jax.checkpoints import (
     CheckpointError,
+    read_regular,
+    refuses,
     stylegan2_ada,
     stylegan2_rosinality,
     stylegan2_tf,
@@ -46,39 +48,50 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 _MEMO_OPS = {"BINPUT", "LONG_BINPUT", "PUT"}
 _GET_OPS = {"BINGET", "LONG_BINGET", "GET"}
 _MAX_SCANNED_GLOBALS = 64
+# The scan keeps at most this many memoized names, each of at most _MAX_NAME characters
+# (a global's module or name; longer strings are remembered as "not a name"), and looks
+# at most this many opcodes: its memory and time are bounded whatever the file holds.
+_MAX_SCANNED_MEMO = 1 << 16
+_MAX_NAME = 200
+_MAX_SCANNED_OPS = 1 << 22
 _DECISIVE = ("torch_utils.persistence.", "dnnlib.tflib.network.")
 
 
-def _pickle_globals(f) -> list[str]:
-    """The globals a pickle names, in order, read from its opcodes without building anything."""
+def _pickle_globals(data) -> list[str]:  # data: bytes or a binary file
+    """The globals a pickle names, in order, read from its opcodes without building anything
+    (memory: at most `_MAX_SCANNED_MEMO` short names; time: at most `_MAX_SCANNED_OPS`)."""
     found: list[str] = []
-    pushed: list = []  # recent pushes; strings as themselves, anything else as None
+    pushed: list = []  # the last two pushes; short strings as themselves, else None
     memo: dict = {}
-    for opcode, arg, _ in pickletools.genops(f):
+    source = data if hasattr(data, "read") else io.BytesIO(data)
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(source)):
         name = opcode.name
         if name == "GLOBAL":
-            found.append(arg.replace(" ", "."))
+            found.append(arg.replace(" ", ".")[: 2 * _MAX_NAME])
         elif name == "STACK_GLOBAL":
             module, qualname = ([None, None] + pushed)[-2:]
             found.append(f"{module}.{qualname}")
         elif name in _STRING_OPS:
-            pushed.append(arg)
-        elif name in _MEMO_OPS:
-            memo[arg] = pushed[-1] if pushed else None
-        elif name == "MEMOIZE":
-            memo[len(memo)] = pushed[-1] if pushed else None
+            pushed.append(arg if len(arg) <= _MAX_NAME else None)
+        elif name in _MEMO_OPS or name == "MEMOIZE":
+            index = len(memo) if name == "MEMOIZE" else arg
+            if pushed and pushed[-1] is not None and len(memo) < _MAX_SCANNED_MEMO:
+                memo[index] = pushed[-1]
         elif name in _GET_OPS:
             pushed.append(memo.get(arg))
         elif name != "FRAME":
             pushed.append(None)
+        del arg
         pushed = pushed[-2:]
         if found and (found[-1].startswith(_DECISIVE) or len(found) >= _MAX_SCANNED_GLOBALS):
+            break
+        if count >= _MAX_SCANNED_OPS:
             break
     return found
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """Tells which StyleGAN2 file `path` is from its bytes.
+def detect_format(path: str | os.PathLike, data: bytes | None = None) -> str:
+    """Tells which StyleGAN2 file `path` is from its bytes (`data`, when already read).
 
     Returns:
       "ada-pickle", "rosinality" or "tf-pickle".
@@ -87,37 +100,30 @@ def detect_format(path: str | os.PathLike) -> str:
       CheckpointError: one line naming what the file is instead.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-            if not head:
-                raise CheckpointError(path, "is empty, not a StyleGAN2 checkpoint")
-            if head.startswith(_ZIP_MAGIC):
-                return _detect_zip(path)
-            if head.startswith(_TORCH_LEGACY_HEAD):
-                return "rosinality"
-            if head[0] == 0x80 and 2 <= head[1] <= 5:
-                try:
-                    # A memory map reads what a declared length asks for only as far as the
-                    # file goes (a file object would first allocate the whole length).
-                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                        names = _pickle_globals(view)
-                except Exception as e:  # genops raises ValueError and others on bad bytes
-                    raise CheckpointError(
-                        path, f"is a truncated or corrupt pickle ({type(e).__name__})"
-                    ) from None
-                if any(n.startswith("torch_utils.persistence.") for n in names):
-                    return "ada-pickle"
-                if any(n.startswith("dnnlib.tflib.network.") for n in names):
-                    return "tf-pickle"
-                shown = ", ".join(n[:60] for n in dict.fromkeys(names))
-                raise CheckpointError(
-                    path,
-                    f"is a pickle naming {shown[:300] or 'no globals'}: not an NVIDIA "
-                    "StyleGAN2-ADA, TF StyleGAN2 or rosinality checkpoint",
-                )
-    except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    data = read_regular(path).data if data is None else data
+    head = data[:16]
+    if not head:
+        raise CheckpointError(path, "is empty, not a StyleGAN2 checkpoint")
+    if head.startswith(_ZIP_MAGIC):
+        return _detect_zip(path, data)
+    if head.startswith(_TORCH_LEGACY_HEAD):
+        return "rosinality"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        try:
+            names = _pickle_globals(data)
+        except Exception as e:  # noqa: BLE001 - genops raises ValueError and others on bad bytes
+            kind = type(e).__name__
+            raise CheckpointError(path, f"is a truncated or corrupt pickle ({kind})") from None
+        if any(n.startswith("torch_utils.persistence.") for n in names):
+            return "ada-pickle"
+        if any(n.startswith("dnnlib.tflib.network.") for n in names):
+            return "tf-pickle"
+        shown = ", ".join(n[:60] for n in dict.fromkeys(names))
+        raise CheckpointError(
+            path,
+            f"is a pickle naming {shown[:300] or 'no globals'}: not an NVIDIA "
+            "StyleGAN2-ADA, TF StyleGAN2 or rosinality checkpoint",
+        )
     for magic, what in _OTHER_MAGICS.items():
         if head.startswith(magic):
             raise CheckpointError(path, f"is {what}, not a StyleGAN2 checkpoint")
@@ -130,9 +136,9 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _detect_zip(path: str) -> str:
+def _detect_zip(path: str, data: bytes) -> str:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(path, f"is a zip archive that cannot be read ({e})") from None
@@ -160,6 +166,7 @@ _READERS = {
 }
 
 
+@refuses
 def read_stylegan2(
     path: str | os.PathLike, *, network: str = "G_ema", limits: Limits | None = None
 ) -> StyleGAN2Checkpoint:
@@ -181,12 +188,6 @@ def read_stylegan2(
         format (naming what was found), a refused global, an unsupported
         network (class-conditional, StyleGAN3, not "skip"), inconsistent shapes.
     """
-    reader = _READERS[detect_format(path)]
-    try:
-        return reader(path, network=network, limits=limits)
-    except CheckpointError:
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as e:
-        # A structure no check above anticipated: still one line, still nothing executed.
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(path, f"is malformed ({type(e).__name__}: {detail:.200})") from None
+    file = read_regular(path)
+    reader = _READERS[detect_format(path, file.data)]
+    return reader(path, network=network, limits=limits, file=file)

@@ -29,7 +29,14 @@ import re
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, stylegan2_layout, torch_format, weights_file
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    FileBytes,
+    read_regular,
+    refuses,
+    stylegan2_layout,
+    torch_format,
+)
 from pulse_jax.checkpoints.safe_pickle import Limits
 
 # rosinality's `Generator(lr_mlp=0.01)`: the mapping's learning-rate multiplier is not stored.
@@ -183,8 +190,13 @@ def mean_latent(state: dict, n_mlp: int, z: np.ndarray | None = None) -> np.ndar
     return x.mean(axis=0).astype(np.float32)
 
 
+@refuses
 def read_rosinality(
-    path: str | os.PathLike, *, network: str = "G_ema", limits: Limits | None = None
+    path: str | os.PathLike,
+    *,
+    network: str = "G_ema",
+    limits: Limits | None = None,
+    file: FileBytes | None = None,
 ):
     """Reads rosinality's StyleGAN2 `.pt` into the ADA layout, without torch or its code.
 
@@ -192,6 +204,7 @@ def read_rosinality(
       path: the checkpoint (`convert_weight.py` output or a `train.py` checkpoint).
       network: "G_ema" (the file's `g_ema`, default) or "G" (`g`).
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
+      file: its bytes when the caller read them already (`read_regular`).
 
     Returns:
       A `stylegan2_layout.StyleGAN2Checkpoint` of format "rosinality". When
@@ -208,7 +221,8 @@ def read_rosinality(
     entry = {"G_ema": "g_ema", "G": "g"}.get(network)
     if entry is None:
         raise CheckpointError(path, f"network {network!r:.40}: choose 'G_ema' or 'G'")
-    checkpoint = torch_format.load_torch_checkpoint(path, limits=limits)
+    file = file or read_regular(path)
+    checkpoint = torch_format.load_torch_checkpoint(path, limits=limits, file=file)
     names = stylegan2_layout.entry_names(path, checkpoint, "a dict", 12)
     if entry not in checkpoint:
         raise CheckpointError(path, f"has no {entry!r} generator (entries: {names})")
@@ -221,7 +235,7 @@ def read_rosinality(
             raise CheckpointError(path, f"latent_avg is a {type(latent_avg).__name__}")
         latent_avg = latent_avg.astype(np.float32).reshape(-1)
     state = convert_state_dict(path, sd, latent_avg)
-    sha256 = weights_file.sha256_of(path)
+    sha256 = file.sha256
     args = checkpoint.get("args")
     source = {
         "file": os.path.basename(path),

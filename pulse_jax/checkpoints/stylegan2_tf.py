@@ -22,7 +22,14 @@ import re
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, nvidia_pickle, stylegan2_layout, weights_file
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    FileBytes,
+    nvidia_pickle,
+    read_regular,
+    refuses,
+    stylegan2_layout,
+)
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 
 KIND = "NVIDIA's TensorFlow StyleGAN2 pickle"
@@ -189,8 +196,13 @@ def convert_variables(
     return state, sorted(set(params) - used)
 
 
+@refuses
 def read_tf_pickle(
-    path: str | os.PathLike, *, network: str = "G_ema", limits: Limits | None = None
+    path: str | os.PathLike,
+    *,
+    network: str = "G_ema",
+    limits: Limits | None = None,
+    file: FileBytes | None = None,
 ):
     """Reads NVIDIA's TF StyleGAN2 pickle into the ADA layout, without TensorFlow or its code.
 
@@ -198,6 +210,7 @@ def read_tf_pickle(
       path: the `.pkl`, e.g. `stylegan2-ffhq-config-f.pkl`.
       network: "G_ema" (`Gs`, the long-term average, index 2; default) or "G" (index 0).
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files).
+      file: its bytes when the caller read them already (`read_regular`).
 
     Returns:
       A `stylegan2_layout.StyleGAN2Checkpoint` of format "tf-pickle"; the TF
@@ -211,7 +224,10 @@ def read_tf_pickle(
     path = os.fspath(path)
     if network not in ("G_ema", "G"):
         raise CheckpointError(path, f"network {network!r:.40}: choose 'G_ema' or 'G'")
-    top = nvidia_pickle.load_pickle(path, limits, kind=KIND, zip_hint="read it with read_stylegan2")
+    file = file or read_regular(path)
+    top = nvidia_pickle.load_pickle(
+        path, limits, kind=KIND, zip_hint="read it with read_stylegan2", file=file
+    )
     state, names = _select(path, top, network)
     static = state.get("static_kwargs")
     kwargs = _DEFAULT_KWARGS | (dict(static) if isinstance(static, dict) else {})
@@ -226,7 +242,7 @@ def read_tf_pickle(
     ):
         raise CheckpointError(path, f"resample_kernel is {describe(resample_kernel)}")
     ada_state, dropped = convert_variables(path, params, tuple(resample_kernel))
-    sha256 = weights_file.sha256_of(path)
+    sha256 = file.sha256
     source = {
         "file": os.path.basename(path),
         "sha256": sha256,

@@ -31,7 +31,7 @@ import zipfile
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, FileBytes, read_regular, refuses
 from pulse_jax.checkpoints.safe_pickle import Global, Limits, Policy, Refusal, Session, describe
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -393,13 +393,18 @@ def read_payload(session: Session, data: bytes) -> object:
     return _load_legacy(session, data)
 
 
-def load_torch_checkpoint(path: str | os.PathLike, *, limits: Limits | None = None) -> object:
+@refuses
+def load_torch_checkpoint(
+    path: str | os.PathLike, *, limits: Limits | None = None, file: FileBytes | None = None
+) -> object:
     """Reads a `torch.save` file, zip or legacy format, without torch and without running its code.
 
     Args:
       path: the checkpoint file.
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files, a
         genuine file that needs more memory than 8 x its size passes a larger `expansion`).
+      file: the file's bytes when the caller already read them (`read_regular`: read once,
+        hashed as read); else the file is read here (a regular file only).
 
     Returns:
       The saved object, with every tensor as a numpy array (C-contiguous; bfloat16
@@ -412,16 +417,17 @@ def load_torch_checkpoint(path: str | os.PathLike, *, limits: Limits | None = No
         truncated or corrupt, exceeds the limits, or its pickle names a global
         outside the allow-list.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    data = (file or read_regular(path)).data
     return load_torch_bytes(path, data, limits=limits)
 
 
+@refuses
 def load_state_dict(
-    path: str | os.PathLike, key: str | None = None, *, limits: Limits | None = None
+    path: str | os.PathLike,
+    key: str | None = None,
+    *,
+    limits: Limits | None = None,
+    file: FileBytes | None = None,
 ) -> dict[str, np.ndarray]:
     """Reads a state dict (parameter name -> array) from a torch checkpoint.
 
@@ -429,7 +435,7 @@ def load_state_dict(
       path: the checkpoint file.
       key: the entry of a checkpoint dict that holds the state dict (DCGAN's
         'netG_state_dict'), or None when the checkpoint is the state dict itself.
-      limits: as for `load_torch_checkpoint`.
+      limits, file: as for `load_torch_checkpoint`.
 
     Returns:
       A flat dict from parameter name to numpy array; integer buffers such as
@@ -439,7 +445,7 @@ def load_state_dict(
       CheckpointError: the checkpoint cannot be read (see `load_torch_checkpoint`),
         lacks `key`, or is not a flat mapping of names to tensors.
     """
-    checkpoint = load_torch_checkpoint(path, limits=limits)
+    checkpoint = load_torch_checkpoint(path, limits=limits, file=file)
     if key is not None:
         if not isinstance(checkpoint, dict):
             raise CheckpointError(

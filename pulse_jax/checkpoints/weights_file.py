@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, check_regular, read_regular, refuses
 from pulse_jax.checkpoints.safe_pickle import Limits, Refusal, Session
 from pulse_jax.files import atomic_write  # noqa: F401 - also imported from here by plots, evaluate
 
@@ -61,6 +61,8 @@ class WeightsFile:
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The sha256 of a regular file (a FIFO or a device is refused before it is opened)."""
+    check_regular(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk_size):
@@ -425,10 +427,7 @@ def read_arrays(path: str | os.PathLike, limits: Limits | None = None) -> dict[s
       CheckpointError: one line naming the file and the member.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    data = read_regular(path).data
     session = Session(path, len(data), limits)
 
     def read() -> dict[str, np.ndarray]:
@@ -482,6 +481,7 @@ def _read_meta(arrays: dict[str, np.ndarray]) -> dict:
     return meta
 
 
+@refuses
 def load_weights(path: str | os.PathLike) -> WeightsFile:
     """Reads and checks a weights file written by `save_weights` (never unpickles).
 
@@ -491,8 +491,9 @@ def load_weights(path: str | os.PathLike) -> WeightsFile:
         parameters, config or gaussian fit that do not match the kind's schema.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such file" if not path.exists() else "not a file")
+    if not path.exists():
+        raise CheckpointError(path, "no such file")
+    check_regular(path, "weights file")
     arrays = read_arrays(path)
     try:
         meta = _read_meta(arrays)
