@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import io
 import sys
 import zipfile
 from pathlib import Path
@@ -28,7 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from pulse_jax import cli
-from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    FileBytes,
+    check_regular,
+    pulse_format,
+    read_regular,
+    refuses,
+    refusing,
+    torch_format,
+    weights_file,
+)
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 from pulse_jax.generators import ops, stylegan, stylegan2
 from pulse_jax.progress import Progress
@@ -112,10 +123,6 @@ class _Null:
         return None
 
 
-def _file_record(path: str | Path) -> dict:
-    return {"file": Path(path).name, "sha256": weights_file.sha256_of(path)}
-
-
 def write_stylegan_weights(
     out: str | Path,
     synthesis_sd: dict[str, np.ndarray],
@@ -142,6 +149,11 @@ def write_stylegan_weights(
     synthesis = pulse_format.synthesis_params(synthesis_sd)
     mapping = pulse_format.mapping_params(mapping_sd) if mapping_sd is not None else None
     arch = stylegan.arch_from_params(synthesis, mapping)
+    params = {"synthesis": synthesis}
+    if mapping is not None:
+        params["mapping"] = mapping
+    config = {"resolution": arch.resolution, "channels": list(arch.channels)}
+    _check_before_fit("stylegan", config, params)
     provenance = dict(provenance or {})
     if gaussian_fit is None:
         if mapping is None:
@@ -153,11 +165,7 @@ def write_stylegan_weights(
     for name in ("mean", "std"):
         if np.shape(gaussian_fit[name]) != (arch.dlatent_size,):
             raise ValueError(f"gaussian fit {name} has shape {np.shape(gaussian_fit[name])}")
-    params = {"synthesis": synthesis}
-    if mapping is not None:
-        params["mapping"] = mapping
     provenance["converted"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    config = {"resolution": arch.resolution, "channels": list(arch.channels)}
     weights_file.save_weights(
         out,
         kind="stylegan",
@@ -168,14 +176,32 @@ def write_stylegan_weights(
     )
 
 
-def _read_gaussian_fit(path: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
+def _check_before_fit(kind: str, config: dict, params: dict) -> None:
+    """Every number the weights file records (widths, depth, channels, resolution) and every
+    parameter (shape, finite float32) checked against the kind's schema before the fit that
+    these numbers size is computed.
+
+    Raises:
+      ValueError: naming the field.
+    """
+    try:
+        weights_file.check_params(kind, config, weights_file.flatten(params))
+    except weights_file.SchemaError as e:
+        raise ValueError(str(e)) from None
+
+
+@refuses
+def _read_gaussian_fit(
+    path: str, limits: Limits | None = None, file: FileBytes | None = None
+) -> dict[str, np.ndarray]:
     """Reads a gaussian fit {"mean", "std"}, each a finite float array: a torch file (PULSE's
     and ILO's `gaussian_fit.pt`) or an `.npz` with those keys, told from the content; both
     are read by bounded parsers (the `.npz` by the weights file's, never `np.load`)."""
-    if _is_npz(path):
+    file = file or read_regular(path)
+    if _is_npz(file.data):
         fit = weights_file.read_arrays(path, limits)
     else:
-        fit = torch_format.load_torch_checkpoint(path, limits=limits)
+        fit = torch_format.load_torch_checkpoint(path, limits=limits, file=file)
     if not isinstance(fit, dict) or not {"mean", "std"} <= set(fit):
         raise CheckpointError(path, "not a gaussian fit (expected a dict with mean and std)")
     result = {}
@@ -185,27 +211,31 @@ def _read_gaussian_fit(path: str, limits: Limits | None = None) -> dict[str, np.
             raise CheckpointError(
                 path, f"gaussian fit {name} is {describe(value)}, expected a float tensor"
             )
+        with np.errstate(over="ignore"):
+            value = value.astype(np.float32).reshape(-1)
         if not np.all(np.isfinite(value)):
-            raise CheckpointError(path, f"gaussian fit {name} holds NaN or infinite values")
-        result[name] = value.astype(np.float32).reshape(-1)
+            raise CheckpointError(path, f"gaussian fit {name} holds NaN or infinite float32 values")
+        result[name] = value
     return result
 
 
-def _is_npz(path: str) -> bool:
-    """Whether `path` is a zip of `.npy` members only (a torch zip holds `<name>/data.pkl`)."""
+def _is_npz(data: bytes) -> bool:
+    """Whether `data` is a zip of `.npy` members only (a torch zip holds `<name>/data.pkl`)."""
     try:
-        if not zipfile.is_zipfile(path):
+        if not data.startswith(b"PK"):
             return False
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
-def _state_dict(path: str, what: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
+def _state_dict(
+    path: str, what: str, limits: Limits | None = None, file: FileBytes | None = None
+) -> dict[str, np.ndarray]:
     """Reads a PULSE state dict and checks that it is the network it should be."""
-    state_dict = torch_format.load_state_dict(path, limits=limits)
+    state_dict = torch_format.load_state_dict(path, limits=limits, file=file)
     check = pulse_format.synthesis_params if what == "synthesis" else pulse_format.mapping_params
     try:
         check(state_dict)
@@ -216,32 +246,49 @@ def _state_dict(path: str, what: str, limits: Limits | None = None) -> dict[str,
 
 def convert_pulse(args: argparse.Namespace) -> None:
     limits = _limits(args)
-    provenance = {"source": "PULSE checkpoints", "synthesis": _file_record(args.synthesis)}
-    synthesis_sd = _state_dict(args.synthesis, "synthesis", limits)
+    files = _read_inputs(args, ("synthesis", "mapping", "gaussian_fit"))
+    provenance = {"source": "PULSE checkpoints", "synthesis": files["synthesis"][0]}
+    synthesis_sd = _state_dict(args.synthesis, "synthesis", limits, files["synthesis"][1])
     mapping_sd = None
     if args.mapping:
-        provenance["mapping"] = _file_record(args.mapping)
-        mapping_sd = _state_dict(args.mapping, "mapping", limits)
+        provenance["mapping"] = files["mapping"][0]
+        mapping_sd = _state_dict(args.mapping, "mapping", limits, files["mapping"][1])
     fit = None
     if args.gaussian_fit:
-        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
-        fit = _read_gaussian_fit(args.gaussian_fit, limits)
+        provenance["gaussian_fit"] = files["gaussian_fit"][0]
+        fit = _read_gaussian_fit(args.gaussian_fit, limits, files["gaussian_fit"][1])
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.synthesis)
+
+
+def _read_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
+    """flag -> (provenance record, `FileBytes`) of each input file given: every one checked
+    to be a regular file before any is read, then each read once (hashed as read)."""
+    paths = {flag: getattr(args, flag) for flag in flags if getattr(args, flag, None)}
+    for path in paths.values():
+        check_regular(path)
+    files = {}
+    for flag, path in paths.items():
+        file = read_regular(path)
+        files[flag] = ({"file": Path(path).name, "sha256": file.sha256}, file)
+    return files
 
 
 def convert_nvidia(args: argparse.Namespace) -> None:
     from pulse_jax.checkpoints import nvidia_pickle
 
-    record = _file_record(args.pkl)
+    files = _read_inputs(args, ("pkl", "gaussian_fit"))
+    record, pkl = files["pkl"]
     if args.sha256:
         _check_sha256(args.pkl, args.sha256, record["sha256"])
     limits = _limits(args)
-    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(args.pkl, limits=limits)
+    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(
+        args.pkl, limits=limits, file=pkl
+    )
     provenance = {"source": "NVIDIA StyleGAN pickle (Gs)", "pkl": record}
     fit = None
     if args.gaussian_fit:
-        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
-        fit = _read_gaussian_fit(args.gaussian_fit, limits)
+        provenance["gaussian_fit"] = files["gaussian_fit"][0]
+        fit = _read_gaussian_fit(args.gaussian_fit, limits, files["gaussian_fit"][1])
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.pkl)
 
 
@@ -279,6 +326,17 @@ def write_stylegan2_weights(
         conv_clamp=config.get("conv_clamp"),
         mapping_lr=config.get("lr_multiplier", stylegan2.MAPPING_LR),
     )
+    config = {
+        "resolution": arch.resolution,
+        "channels": list(arch.channels),
+        "mapping_layers": arch.mapping_layers,
+        "z_dim": arch.z_dim,
+        "w_dim": arch.w_dim,
+        "num_ws": arch.num_ws,
+        "conv_clamp": arch.conv_clamp,
+        "mapping_lr": arch.mapping_lr,
+    }
+    _check_before_fit("stylegan2", config, params)
     provenance = dict(provenance or {}, source=f"StyleGAN2 ({checkpoint.format})")
     provenance["checkpoint"] = checkpoint.source
     if gaussian_fit is None:
@@ -301,16 +359,7 @@ def write_stylegan2_weights(
         out,
         kind="stylegan2",
         params=params,
-        config={
-            "resolution": arch.resolution,
-            "channels": list(arch.channels),
-            "mapping_layers": arch.mapping_layers,
-            "z_dim": arch.z_dim,
-            "w_dim": arch.w_dim,
-            "num_ws": arch.num_ws,
-            "conv_clamp": arch.conv_clamp,
-            "mapping_lr": arch.mapping_lr,
-        },
+        config=config,
         gaussian_fit=gaussian_fit,
         provenance=provenance,
     )
@@ -320,28 +369,29 @@ def write_stylegan2_weights(
 def convert_stylegan2(args: argparse.Namespace) -> None:
     from pulse_jax.checkpoints import stylegan2_formats
 
+    files = _read_inputs(args, ("checkpoint", "gaussian_fit"))
     if args.sha256:
-        _check_sha256(args.checkpoint, args.sha256, weights_file.sha256_of(args.checkpoint))
+        _check_sha256(args.checkpoint, args.sha256, files["checkpoint"][0]["sha256"])
     limits = _limits(args)
     checkpoint = stylegan2_formats.read_stylegan2(
-        args.checkpoint, network=args.network, limits=limits
+        args.checkpoint, network=args.network, limits=limits, file=files["checkpoint"][1]
     )
     provenance = {}
     fit = None
     if args.gaussian_fit:
-        provenance["gaussian_fit"] = _file_record(args.gaussian_fit)
-        fit = _read_gaussian_fit(args.gaussian_fit, limits)
-    try:
-        arch = write_stylegan2_weights(
+        provenance["gaussian_fit"] = files["gaussian_fit"][0]
+        fit = _read_gaussian_fit(args.gaussian_fit, limits, files["gaussian_fit"][1])
+    arch = _converting(
+        args.checkpoint,
+        lambda: write_stylegan2_weights(
             args.out,
             checkpoint,
             gaussian_fit=fit,
             provenance=provenance,
             fit_seed=args.fit_seed,
             fit_samples=args.fit_samples,
-        )
-    except ValueError as e:
-        raise CheckpointError(args.checkpoint, f"cannot convert: {e}") from None
+        ),
+    )
     print(
         f"wrote {args.out}: StyleGAN2 ({checkpoint.format}, {args.network}), "
         f"{arch.resolution} px, {arch.num_ws} style rows, {arch.num_noise_layers} noise layers",
@@ -355,13 +405,25 @@ def _check_sha256(path: str, expected: str, actual: str) -> None:
         raise CheckpointError(path, f"sha256 {actual} does not match the expected {expected}")
 
 
+def _converting(blame: str, write):
+    """Runs `write()` (a conversion of what `blame` held): a check that fails is "cannot
+    convert: ...", anything else the file's values make Python raise is refused at the
+    `refusing` boundary (one line naming `blame`)."""
+    with refusing(blame):
+        try:
+            return write()
+        except (pulse_format.StateDictError, ValueError) as e:
+            raise CheckpointError(blame, f"cannot convert: {e}") from None
+
+
 def _limits(args: argparse.Namespace) -> Limits:
     return Limits(expansion=args.max_expansion)
 
 
 def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
-    try:
-        write_stylegan_weights(
+    _converting(
+        blame,
+        lambda: write_stylegan_weights(
             args.out,
             synthesis_sd,
             mapping_sd,
@@ -369,9 +431,8 @@ def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
             provenance=provenance,
             fit_seed=args.fit_seed,
             fit_samples=args.fit_samples,
-        )
-    except (pulse_format.StateDictError, ValueError) as e:
-        raise CheckpointError(blame, f"cannot convert: {e}") from None
+        ),
+    )
     print(f"wrote {args.out}", file=sys.stderr)
 
 

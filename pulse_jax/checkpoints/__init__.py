@@ -138,6 +138,7 @@ class refusing:
       as it is;
     - `MemoryError` and `RecursionError` are refusals: the file asked for more than the
       process has (the budget of `safe_pickle.Session` refuses honest-looking sizes first);
+      so is `FloatingPointError`: the file's numbers overflow float32 in a conversion;
     - `DATA_ERRORS` (a `TypeError`, `ValueError`, ... raised while the file's values were
       used) are refusals too, but marked: the message says "unchecked", names the
       exception and the reader's line that raised it (`stylegan2_ada.py:123`), so a reader
@@ -188,6 +189,8 @@ def _refusal_message(error: BaseException | None) -> str | None:
         return "needs more memory than is available to read"
     if isinstance(error, RecursionError):
         return "nests too deeply to read"
+    if isinstance(error, FloatingPointError):  # np.errstate(all="raise") on the file's values
+        return f"holds numbers that overflow or are not finite in float32 ({error})"
     if isinstance(error, DATA_ERRORS) and not os.environ.get("PULSE_JAX_DEBUG"):
         detail = str(error).splitlines()[0] if str(error) else ""
         return f"is malformed (unchecked {type(error).__name__} at {_where(error)}: {detail:.200})"

@@ -8,7 +8,13 @@ the 4x4 constant from (1, C, 4, 4) to [1, 4, 4, C]. Nothing is rescaled.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+# Blocks 4x4 .. 8192x8192; mapping layers at most (StyleGAN's has 8).
+MAX_BLOCKS = 12
+MAX_MAPPING_LAYERS = 64
 
 
 class StateDictError(ValueError):
@@ -80,6 +86,11 @@ def upscale_block(sd: dict, name: str) -> dict:
 def synthesis_params(sd: dict) -> dict:
     """PULSE `synthesis.pt` state dict -> synthesis parameters (any power-of-two resolution)."""
     names = {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    for name in names:
+        if not re.fullmatch(r"([1-9]\d{0,3})x\1", name):
+            raise StateDictError(f"block {name[:40]!r} is not named <size>x<size>")
+    if len(names) > MAX_BLOCKS:
+        raise StateDictError(f"{len(names)} blocks, more than {MAX_BLOCKS} (4..8192 px)")
     if "4x4" not in names:
         raise StateDictError("no 'blocks.4x4.*' keys: not a StyleGAN synthesis state dict")
     sizes = sorted(int(n.split("x")[0]) for n in names)
@@ -94,9 +105,14 @@ def synthesis_params(sd: dict) -> dict:
 
 def mapping_params(sd: dict) -> dict:
     """PULSE `mapping.pt` state dict -> mapping parameters (`dense0` .. `denseN`)."""
-    count = len({k.split(".")[0] for k in sd if k.startswith("dense")})
+    names = {k.split(".")[0] for k in sd if k.startswith("dense")}
+    count = len(names)
     if count == 0:
         raise StateDictError("no 'dense*' keys: not a StyleGAN mapping state dict")
+    if count > MAX_MAPPING_LAYERS:
+        raise StateDictError(f"{count} mapping layers, more than {MAX_MAPPING_LAYERS}")
+    if names != {f"dense{i}" for i in range(count)}:
+        raise StateDictError(f"mapping layers {sorted(names)[:8]} are not dense0..dense{count - 1}")
     return {f"dense{i}": dense(sd, f"dense{i}") for i in range(count)}
 
 

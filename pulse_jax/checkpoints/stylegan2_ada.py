@@ -48,6 +48,7 @@ from pulse_jax.checkpoints.safe_pickle import (
     check_keys,
     describe,
 )
+from pulse_jax.checkpoints.stylegan2_layout import check_name
 
 KIND = "an NVIDIA StyleGAN2-ADA pickle"
 _MAX_DEPTH = 12  # Generator.synthesis.b8.conv0.affine is depth 4
@@ -174,7 +175,10 @@ def _flatten(path, obj: PersistentObject, prefix: str, out: dict, modules: list,
     """torch's `state_dict()` over the module tree: parameters, persistent buffers, children."""
     if depth > _MAX_DEPTH:
         raise CheckpointError(path, f"modules nest deeper than {_MAX_DEPTH} levels at {prefix!r}")
+    if len(modules) >= stylegan2_layout.MAX_KEYS:
+        raise CheckpointError(path, "the network holds too many modules to be a generator")
     modules.append((prefix.rstrip("."), obj))
+    where = prefix.rstrip(".") or "the network"
     state = obj.state
     skip = state.get("_non_persistent_buffers_set") or frozenset()
     if not isinstance(skip, set | frozenset):
@@ -184,12 +188,15 @@ def _flatten(path, obj: PersistentObject, prefix: str, out: dict, modules: list,
         if not isinstance(tensors, dict):
             raise CheckpointError(path, f"{prefix or 'the network'}: {group} is not a dict")
         for name, value in tensors.items():
+            check_name(path, name, where, ".")
             if value is None or (group == "_buffers" and name in skip):
                 continue
-            if not (isinstance(name, str) and isinstance(value, np.ndarray)):
+            if not isinstance(value, np.ndarray):
                 raise CheckpointError(
                     path, f"{prefix}{name!s:.60} is a {type(value).__name__}, not a tensor"
                 )
+            if prefix + name in out:
+                raise CheckpointError(path, f"{prefix}{name} appears twice in the network")
             out[prefix + name] = value
             if len(out) > stylegan2_layout.MAX_KEYS:
                 raise CheckpointError(path, "the network holds too many tensors to be a generator")
@@ -197,6 +204,9 @@ def _flatten(path, obj: PersistentObject, prefix: str, out: dict, modules: list,
     if not isinstance(children, dict):
         raise CheckpointError(path, f"{prefix or 'the network'}: _modules is not a dict")
     for name, child in children.items():
+        check_name(path, name, where, ".")
+        if name in state.get("_parameters", {}) or name in state.get("_buffers", {}):
+            raise CheckpointError(path, f"{where} has a module and a tensor named {name!r}")
         if child is None:
             continue
         if not isinstance(child, PersistentObject):

@@ -19,6 +19,7 @@ import zipfile
 
 from pulse_jax.checkpoints import (
     CheckpointError,
+    FileBytes,
     read_regular,
     refuses,
     stylegan2_ada,
@@ -168,7 +169,11 @@ _READERS = {
 
 @refuses
 def read_stylegan2(
-    path: str | os.PathLike, *, network: str = "G_ema", limits: Limits | None = None
+    path: str | os.PathLike,
+    *,
+    network: str = "G_ema",
+    limits: Limits | None = None,
+    file: FileBytes | None = None,
 ) -> StyleGAN2Checkpoint:
     """Reads any supported StyleGAN2 generator file safely (no code from it runs).
 
@@ -179,6 +184,7 @@ def read_stylegan2(
         rosinality's `g_ema`; default) or "G" (the training generator).
       limits: bounds of the read (`safe_pickle.Limits`; the defaults fit honest files; a
         genuine file refused as needing more than it could hold passes a larger `expansion`).
+      file: its bytes when the caller read them already (`read_regular`); else read here.
 
     Returns:
       The generator in NVIDIA StyleGAN2-ADA's state-dict layout, its config and provenance.
@@ -188,6 +194,6 @@ def read_stylegan2(
         format (naming what was found), a refused global, an unsupported
         network (class-conditional, StyleGAN3, not "skip"), inconsistent shapes.
     """
-    file = read_regular(path)
+    file = file or read_regular(path)
     reader = _READERS[detect_format(path, file.data)]
     return reader(path, network=network, limits=limits, file=file)

@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.weights_file import MAX_RESOLUTION
+from pulse_jax.checkpoints.weights_file import MAX_CHANNELS, MAX_MAPPING_LAYERS, MAX_RESOLUTION
 
 # Keys of an ADA state dict at most (1024 px: 212); a file naming far more is refused early.
 MAX_KEYS = 4096
@@ -92,6 +92,14 @@ def expected_shapes(
     return shapes
 
 
+def _size(path, value: int, what: str, high: int = MAX_CHANNELS) -> int:
+    """A size the file implies, checked against the weights file's range before it sizes
+    anything (a width of 0 or 10**9 is refused here, not in a fit)."""
+    if not 1 <= value <= high:
+        raise CheckpointError(path, f"{what} is {value}, expected 1..{high}")
+    return value
+
+
 def _shape(path, state: dict, key: str) -> tuple[int, ...]:
     if key not in state:
         raise CheckpointError(path, f"the generator has no {key!r}")
@@ -126,14 +134,18 @@ def infer_config(path, state: dict[str, np.ndarray]) -> tuple[dict, dict[str, tu
         weight = _shape(path, state, f"synthesis.b{r}.conv1.weight")
         if len(weight) != 4:
             raise CheckpointError(path, f"synthesis.b{r}.conv1.weight has shape {weight}")
-        channels[r] = weight[0]
+        channels[r] = _size(path, weight[0], f"the channels of synthesis.b{r}")
     mapping_shapes = []
     while f"mapping.fc{len(mapping_shapes)}.weight" in state:
+        if len(mapping_shapes) >= MAX_MAPPING_LAYERS:
+            raise CheckpointError(path, f"the mapping has more than {MAX_MAPPING_LAYERS} layers")
         weight = _shape(path, state, f"mapping.fc{len(mapping_shapes)}.weight")
         if len(weight) != 2:
             raise CheckpointError(
                 path, f"mapping.fc{len(mapping_shapes)}.weight has shape {weight}, expected 2-D"
             )
+        for n in weight:
+            _size(path, n, f"a size of mapping.fc{len(mapping_shapes)}.weight")
         mapping_shapes.append(weight)
     if not mapping_shapes:
         raise CheckpointError(path, "the generator has no mapping layers 'mapping.fc<i>.weight'")
@@ -145,7 +157,10 @@ def infer_config(path, state: dict[str, np.ndarray]) -> tuple[dict, dict[str, tu
                 f"{mapping_shapes[i - 1][0]} features",
             )
     w_dim = mapping_shapes[-1][0]
-    img_channels = _shape(path, state, f"synthesis.b{resolution}.torgb.weight")[0]
+    img_channels = _shape(path, state, f"synthesis.b{resolution}.torgb.weight")[:1]
+    if img_channels != (3,):
+        raise CheckpointError(path, f"the generator makes {img_channels} channels, not RGB (3)")
+    img_channels = 3
     shapes = expected_shapes(resolution, channels, w_dim, img_channels, mapping_shapes)
     missing = [k for k in shapes if k not in state]
     unexpected = sorted(set(state) - set(shapes))
@@ -204,6 +219,29 @@ def finish(
     return StyleGAN2Checkpoint(format=format, state=out, config=config, source=source)
 
 
+# The longest module, parameter or variable name a reader takes (torch's and TF's are
+# short: "synthesis.b1024.torgb.affine.weight"); flattened paths join at most a few.
+MAX_NAME = 200
+
+
+def check_name(path, name, where: str, separator: str) -> str:
+    """A module, parameter or variable name from a file, before it is joined into a flat
+    key: a string of at most `MAX_NAME` characters without `separator` (torch refuses dots
+    in module and parameter names; a name holding one could stand for a nested module's
+    weight, so reading it would be ambiguous)."""
+    if not isinstance(name, str):
+        raise CheckpointError(path, f"{where} has a name that is {type(name).__name__}")
+    if len(name) > MAX_NAME:
+        raise CheckpointError(path, f"{where} has a name of {len(name)} characters")
+    if separator in name or not name:
+        raise CheckpointError(
+            path,
+            f"{where} has a name {name[:60]!r} that is empty or holds {separator!r}: ambiguous "
+            "beside nested names",
+        )
+    return name
+
+
 def entry_names(path, top, expected: str, listed: int) -> list[str]:
     """The first `listed` names of the dict a file holds, cut to 40 characters, for its
     messages; a file that holds something else is refused as not `expected`."""
@@ -225,9 +263,11 @@ def plain(value, depth: int = 0, budget: list | None = None):
     if isinstance(value, list | tuple | set | frozenset):
         return [plain(v, depth + 1, budget) for v in list(value)[:64]]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
     if isinstance(value, str):
         return value[:200]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
     if value is None or isinstance(value, bool | int | float):
         return value
-    return type(value).__name__
+    return type(value).__name__  # complex numbers, bytes, ...: named, never stored

@@ -148,8 +148,9 @@ def convert_state_dict(path, sd: dict, latent_avg: np.ndarray | None) -> dict[st
     for i in range(n_mlp):
         state[f"mapping.fc{i}.weight"] = _tensor(path, sd, f"style.{i + 1}.weight", 2)
         state[f"mapping.fc{i}.bias"] = _tensor(path, sd, f"style.{i + 1}.bias", 1)
-    if latent_avg is None:
-        latent_avg = mean_latent(state, n_mlp)
+    if latent_avg is None:  # computed by the caller once the sizes are checked
+        w_dim = state[f"mapping.fc{n_mlp - 1}.weight"].shape[0]
+        latent_avg = np.broadcast_to(np.float32(0), (w_dim,))
     state["mapping.w_avg"] = latent_avg
     known = {
         "input.input",
@@ -235,6 +236,16 @@ def read_rosinality(
             raise CheckpointError(path, f"latent_avg is a {type(latent_avg).__name__}")
         latent_avg = latent_avg.astype(np.float32).reshape(-1)
     state = convert_state_dict(path, sd, latent_avg)
+    if latent_avg is None:
+        # Every size checked (infer_config: widths and depth in the weights file's ranges)
+        # and every mapping weight finite before the draw these sizes decide.
+        config, _ = stylegan2_layout.infer_config(path, state)
+        n_mlp = config["mapping_layers"]
+        for i in range(n_mlp):
+            for part in ("weight", "bias"):
+                if not np.isfinite(state[f"mapping.fc{i}.{part}"]).all():
+                    raise CheckpointError(path, f"style.{i + 1}.{part} holds non-finite values")
+        state["mapping.w_avg"] = mean_latent(state, n_mlp)
     sha256 = file.sha256
     args = checkpoint.get("args")
     source = {

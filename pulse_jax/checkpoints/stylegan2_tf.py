@@ -75,27 +75,37 @@ def _select(path, top, network: str) -> tuple[dict, list]:
 
 
 def _collect(path, state: dict) -> dict:
-    """legacy.py's `_collect_tf_params`: every variable, prefixed by its component's key."""
-    params = {}
+    """legacy.py's `_collect_tf_params`: every variable, prefixed by its component's key.
 
-    def recurse(prefix: str, net_state: dict, depth: int):
-        if depth > 4:
-            raise CheckpointError(path, "networks nest deeper than 4 levels")
-        for key, kind in (("variables", list), ("components", dict)):
-            if not isinstance(net_state.get(key), kind):
-                raise CheckpointError(path, f"{prefix or 'Gs'}: its state has no {key!r}")
-        for name, value in nvidia_pickle.variables(path, net_state, prefix or "Gs").items():
-            params[prefix + name] = value
-        for name, component in net_state["components"].items():
-            if not (
-                isinstance(component, nvidia_pickle.NetworkStub)
-                and isinstance(component.state, dict)
-            ):
-                raise CheckpointError(path, f"component {describe(name)} is not a Network")
-            recurse(f"{prefix}{name}/", component.state, depth + 1)
-
-    recurse("", state, 0)
+    A name that two variables reach (a variable `synthesis/x` of Gs beside the variable
+    `x` of its component `synthesis`) is refused: which one TF would use is ambiguous."""
+    params: dict = {}
+    _collect_into(path, params, "", state, 0)
     return params
+
+
+def _collect_into(path, params: dict, prefix: str, net_state: dict, depth: int) -> None:
+    # A function of the module, not a closure calling itself: a closure that refers to
+    # itself is a reference cycle, which would keep `params` alive after a failed read.
+    if depth > 4:
+        raise CheckpointError(path, "networks nest deeper than 4 levels")
+    for key, kind in (("variables", list), ("components", dict)):
+        if not isinstance(net_state.get(key), kind):
+            raise CheckpointError(path, f"{prefix or 'Gs'}: its state has no {key!r}")
+    for name, value in nvidia_pickle.variables(path, net_state, prefix or "Gs").items():
+        stylegan2_layout.check_name(path, name, prefix or "Gs", "\0")
+        if prefix + name in params:
+            raise CheckpointError(path, f"the variable {prefix}{name} appears twice")
+        params[prefix + name] = value
+        if len(params) > stylegan2_layout.MAX_KEYS:
+            raise CheckpointError(path, "the network holds too many variables to be a generator")
+    for name, component in net_state["components"].items():
+        stylegan2_layout.check_name(path, name, prefix or "Gs", "/")
+        if not (
+            isinstance(component, nvidia_pickle.NetworkStub) and isinstance(component.state, dict)
+        ):
+            raise CheckpointError(path, f"component {describe(name)} is not a Network")
+        _collect_into(path, params, f"{prefix}{name}/", component.state, depth + 1)
 
 
 def _refuse_unsupported(path, params: dict, kwargs: dict) -> None:

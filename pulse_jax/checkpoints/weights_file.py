@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 MAX_RESOLUTION = 8192
 MAX_CHANNELS = 4096  # per layer; StyleGAN's widest has 512
 MAX_META_BYTES = 1 << 20
+MAX_MAPPING_LAYERS = 64  # StyleGAN's and StyleGAN2's have 8
 MAX_ENTRIES = 10_000
 
 
@@ -179,6 +180,8 @@ def _stylegan_params(config: dict, shapes: Shapes) -> Shapes:
     expected["synthesis/torgb/weight"] = (1, 1, previous, 3)
     expected["synthesis/torgb/bias"] = (3,)
     layers = sum(1 for p in shapes if re.fullmatch(r"mapping/dense\d+/weight", p))
+    if layers > MAX_MAPPING_LAYERS:
+        raise SchemaError(f"the mapping has {layers} layers, more than {MAX_MAPPING_LAYERS}")
     if layers or any(p.startswith("mapping/") for p in shapes):
         width = _channels(shapes, "mapping/dense0/weight", 0, "the latent size")
         for i in range(layers):
@@ -216,7 +219,7 @@ def _dcgan_params(config: dict, shapes: Shapes) -> Shapes:
 def _stylegan2_params(config: dict, shapes: Shapes) -> Shapes:
     resolution, channels = _resolution_and_channels(config)
     blocks = len(channels)
-    layers = _int_field(config, "mapping_layers", 1, 64)
+    layers = _int_field(config, "mapping_layers", 1, MAX_MAPPING_LAYERS)
     z_dim = _int_field(config, "z_dim", 1, MAX_CHANNELS)
     w_dim = _int_field(config, "w_dim", 1, MAX_CHANNELS)
     num_ws = 2 * blocks
@@ -228,7 +231,10 @@ def _stylegan2_params(config: dict, shapes: Shapes) -> Shapes:
         value = config.get(name)
         if value is None and optional:
             continue
-        if type(value) not in (int, float) or not (math.isfinite(value) and value > 0):
+        if not (
+            (type(value) is int and 0 < value < 1 << 53)
+            or (type(value) is float and math.isfinite(value) and value > 0)
+        ):
             raise SchemaError(f"config.{name} is {_short(value)}, expected a positive number")
     expected: Shapes = {}
     width = z_dim
@@ -279,10 +285,11 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def check_content(
-    kind: str, config: Any, params: dict[str, np.ndarray], gaussian_fit: dict | None
-) -> None:
-    """Checks flat parameters (path -> array) and a gaussian fit against the kind's schema.
+def check_params(kind: str, config: Any, params: dict[str, np.ndarray]) -> dict:
+    """Checks flat parameters (path -> array) and a config against the kind's schema (every
+    number in range, every shape the config implies, finite float32 values), as a converter
+    does before any computation these numbers size (the gaussian fit); returns the
+    parameter shapes.
 
     Raises:
       SchemaError: naming the field (kind, config entry, parameter path) and the problem.
@@ -303,6 +310,19 @@ def check_content(
         )
     for path, shape in expected.items():
         _check_array(f"params/{path}", params[path], shape)
+    return shapes
+
+
+def check_content(
+    kind: str, config: Any, params: dict[str, np.ndarray], gaussian_fit: dict | None
+) -> None:
+    """Checks flat parameters (path -> array) and a gaussian fit against the kind's schema.
+
+    Raises:
+      SchemaError: naming the field (kind, config entry, parameter path) and the problem.
+    """
+    shapes = check_params(kind, config, params)
+    schema = SCHEMAS[kind]
     if schema.gaussian_fit:
         if gaussian_fit is None or set(gaussian_fit) != {"mean", "std"}:
             raise SchemaError(f"gaussian_fit: a {kind} file needs both gaussian_fit/mean and /std")
@@ -326,8 +346,14 @@ def _check_array(field: str, value, shape: tuple[int, ...]) -> None:
 
 
 def _short(value) -> str:
-    text = json.dumps(value)[:60] if _jsonable(value) else type(value).__name__
-    return text
+    """A value from a file for a message: JSON, cut at 60 characters (a huge integer or a
+    deep structure is named, not printed)."""
+    if type(value) is int and value.bit_length() > 128:
+        return "a big integer"
+    try:
+        return json.dumps(value)[:60] if _jsonable(value) else type(value).__name__
+    except (ValueError, TypeError, RecursionError):
+        return type(value).__name__
 
 
 def _jsonable(value) -> bool:
