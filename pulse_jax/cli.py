@@ -15,7 +15,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 from pulse_jax import config
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, shown
 from pulse_jax.checkpoints.dcgan_package import FetchError
 from pulse_jax.images import ImageError
 from pulse_jax.options import ConfigError, check_value, option_fields, option_types
@@ -66,7 +66,7 @@ def search_config(flag_values: flags.FlagValues = flags.FLAGS, **extra) -> confi
 def one_line(error: Exception, width: int = 500) -> str:
     """An error's message as the one line a launcher prints (cut at `width` characters)."""
     text = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return text if len(text) <= width else text[:width] + "..."
+    return shown(text, width)  # control characters (ANSI escapes, ...) escaped
 
 
 # Errors a user can cause: bad settings, inputs, weights files or checkpoints, a failed fetch.
@@ -84,7 +84,7 @@ def exit_status(error: Exception, status: int) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return status
     if isinstance(error, OSError) and error.filename is not None:
-        print(f"error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+        print(f"error: {shown(error.filename)}: {error.strerror or error}", file=sys.stderr)
         return status
     raise error
 

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from pulse_jax import distributed, layout, plots, store
+from pulse_jax.checkpoints import shown
 from pulse_jax.config import ConfigError, SearchConfig, check_operator, check_search
 from pulse_jax.generators.base import Generator
 from pulse_jax.images import ImageError, special_files
@@ -174,10 +175,10 @@ class Summary:
         lines.append(f"results: {self.output_dir}/ (manifest {self.manifest.format(process='*')})")
         if self.failed:
             lines.append(f"failed inputs ({len(self.failed)}):")
-            lines += [f"  {e}" for e in self.failed]
+            lines += [f"  {shown(e)}" for e in self.failed]
         if self.not_files:
             lines.append(f"skipped, not regular files ({len(self.not_files)}):")
-            lines += [f"  {path}: {what}" for path, what in self.not_files.items()]
+            lines += [f"  {shown(path)}: {what}" for path, what in self.not_files.items()]
         return lines
 
     def as_json(self) -> dict:
@@ -326,7 +327,7 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
         for e in errors:
             say(log, f"error: {e}")
         for path, what in summary.not_files.items():
-            say(log, f"skipped {path}: {what}, not a regular file")
+            say(log, f"skipped {shown(path)}: {what}, not a regular file")
     check_operator(search, generator, [item.side for item in inputs])
     settings = search.settings(generator)
     if work.seed_folders:  # then another seed is another result, not a clash
@@ -422,7 +423,7 @@ def _warn_missed(log: TextIO, work: Work, w: WorkItem, result, row: int, process
     seed = f" seed {w.seed}" if work.seed_folders else ""
     say(
         log,
-        f"warning: {w.input.path.name}{seed} sample {w.sample} did not reach eps ({why}); "
+        f"warning: {shown(w.input.path.name)}{seed} sample {w.sample} did not reach eps ({why}); "
         f"written anyway, success=false in {work.manifest.format(process=process)}",
     )
 

@@ -14,9 +14,12 @@ it, a truncated file decodes silently into an image padded with grey.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
 import os
+import re
 import stat
 import warnings
 from collections.abc import Sequence
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from pulse_jax.checkpoints import CheckpointError, read_regular, shown
 from pulse_jax.downscale import bicubic_downscale
 from pulse_jax.files import atomic_write
 
@@ -45,8 +49,8 @@ class ImageError(ValueError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = shown(reason)  # control characters escaped: one line, no forged ones
+        super().__init__(f"{shown(self.path)}: {self.reason}")
 
 
 def output_names(
@@ -59,6 +63,9 @@ def output_names(
     input gets its stem and extension (a.jpg, a.png -> a_jpg, a_png), with `_2`, `_3`...
     appended while that name is taken (a_png.bmp already holds a_png) or reserved. Stems
     are handed out first, so adding a file never renames an input that had its stem.
+    Linear in the number of inputs: the numbers tried for one base (ignoring case) go on
+    from the last one it took, so 40,000 case variants of one stem cost 40,000 probes,
+    not 40,000^2 / 2.
 
     Args:
       paths: the inputs, in their (sorted) order.
@@ -77,13 +84,19 @@ def output_names(
         if counts[key] == 1 and key not in taken:
             names[path] = path.stem
             taken.add(key)
+    following: dict[str, int] = {}  # a base (casefolded) -> the last number it tried
     for path in paths:
         if path in names:
             continue
         base = f"{path.stem}_{path.suffix.lstrip('.')}"
-        name, n = base, 2
-        while name.casefold() in taken:
-            name, n = f"{base}_{n}", n + 1
+        key = base.casefold()
+        n = following.get(key, 0)  # the last number tried for this base (1: the base)
+        while True:
+            n += 1
+            name = base if n == 1 else f"{base}_{n}"
+            if name.casefold() not in taken:
+                break
+        following[key] = n
         names[path] = name
         taken.add(name.casefold())
     return {path: names[path] for path in paths}
@@ -146,11 +159,54 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+# The largest input file read (bytes): a 4096 x 4096 image even uncompressed (16-bit RGBA
+# TIFF: 128 MiB) fits; a bigger file is refused before it is read.
+MAX_FILE_BYTES = 256 << 20
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """An input file's bytes, read once (the caller hashes these and decodes these): a
+    regular file after following links (checked before and after opening, so a FIFO or a
+    device is never read) of at most `MAX_FILE_BYTES`.
+
+    Raises:
+      ImageError: missing, not a regular file, too large, unreadable, or changing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(path, "no such file")
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(path, f"file is larger than {MAX_FILE_BYTES >> 20} MiB")
+        return read_regular(path, "file").data
+    except CheckpointError as e:
+        raise ImageError(path, e.reason) from None
+
+
+@contextlib.contextmanager
+def _pillow_limits(max_pixels: int):
+    """While Pillow opens and decodes one file: every image it opens, an icon's or a
+    container's inner image included (ICO, ICNS and CUR decode theirs while opening), is
+    refused above `max_pixels` (Pillow's own check turned into an error at that size), and
+    Pillow's warnings (malformed EXIF, palette transparency, ...) are silenced: an input is
+    read or refused in one line, never with extra lines on stderr."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(
     path: str | os.PathLike,
     *,
     background: tuple[float, float, float] = WHITE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """Reads an image file into a float32 `[H, W, 3]` array in [0, 1].
 
@@ -162,15 +218,16 @@ def load_image(
     goes through Pillow's conversion to RGB. The EXIF orientation is applied.
 
     The pixel count is checked against `max_pixels` from the header, before any
-    pixel is decoded, so a small file that claims a huge image costs nothing.
-    Pillow's own decompression-bomb limit (2 x `Image.MAX_IMAGE_PIXELS`, about 179
-    megapixels) applies on top.
+    pixel is decoded, so a small file that claims a huge image costs nothing; an image
+    inside a container (an ICO's or ICNS's icon, which Pillow decodes while opening) is
+    held to the same limit when Pillow opens it. Pillow's warnings never reach stderr.
 
     Args:
       path: the file.
       background: RGB in [0, 1] under transparent pixels; white by default.
       max_pixels: the largest width x height accepted; 16.8 megapixels
         (4096 x 4096) by default.
+      data: the file's bytes when the caller read them already (`read_image_file`).
 
     Returns:
       The image, float32 `[H, W, 3]` in [0, 1].
@@ -180,17 +237,18 @@ def load_image(
         truncated or corrupt; the reason says which.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(path, "no such file" if not path.exists() else "not a file")
-    if path.stat().st_size == 0:
+    data = read_image_file(path) if data is None else data
+    if not data:
         raise ImageError(path, "empty file")
+    with _pillow_limits(max_pixels):
+        return _decode(path, data, background, max_pixels)
+
+
+def _decode(path: Path, data: bytes, background, max_pixels: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS; `max_pixels` below is the limit we enforce.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageError(path, f"refused as a decompression bomb: {e}") from e
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(path, e, max_pixels) from None
     except Image.UnidentifiedImageError as e:
         raise ImageError(path, "not an image Pillow can read") from e
     except PermissionError as e:
@@ -208,6 +266,8 @@ def load_image(
         try:
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise _too_large(path, e, max_pixels) from None
         except Exception as e:  # Pillow's decoders raise many exception types
             raise ImageError(path, f"truncated or corrupt: {e}") from e
         try:
@@ -217,6 +277,14 @@ def load_image(
     if not np.all(np.isfinite(image)):
         raise ImageError(path, "pixels include NaN or infinite values")
     return image
+
+
+def _too_large(path: Path, error: Exception, max_pixels: int) -> ImageError:
+    """The refusal of an image (or an image inside a container) that Pillow found above
+    `max_pixels` when opening it."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{found.group(1)} pixels" if found else "more pixels than that"
+    return ImageError(path, f"holds an image of {size}, above the limit of {max_pixels} pixels")
 
 
 def _to_rgb_array(img: Image.Image, background: tuple[float, float, float]) -> np.ndarray:

@@ -21,6 +21,7 @@ from pulse_jax.images import (
     load_image,
     output_names,
     prepare_for_generator,
+    read_image_file,
 )
 
 
@@ -70,11 +71,13 @@ def load_inputs(
     inputs, errors = [], []
     for image_id, path in enumerate(paths):
         try:
-            lr, factor = prepare_for_generator(load_image(path), path, resolution, resize=resize)
+            data = read_image_file(path)  # read once: what is decoded is what is hashed
+            image = load_image(path, data=data)
+            lr, factor = prepare_for_generator(image, path, resolution, resize=resize)
         except ImageError as e:
             errors.append(e)
             continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
         inputs.append(
             InputImage(image_id, path, names[path], lr.astype(np.float32), factor, digest)
         )

@@ -192,20 +192,20 @@ def test_huge_header_refused_by_our_limit_without_decoding(tmp_path, monkeypatch
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with pytest.raises(ImageError) as e:
         images.load_image(tmp_path / "bomb.png")
-    assert "10000x10000" in e.value.reason and str(images.DEFAULT_MAX_PIXELS) in e.value.reason
+    assert "100000000 pixels" in e.value.reason and str(images.DEFAULT_MAX_PIXELS) in e.value.reason
     assert e.value.path == str(tmp_path / "bomb.png")
 
 
 def test_huge_header_refused_by_pillow(tmp_path):
     png_with_size(tmp_path / "bomb.png", 100000, 100000)
-    with pytest.raises(ImageError, match="decompression bomb") as e:
+    with pytest.raises(ImageError, match="above the limit") as e:
         images.load_image(tmp_path / "bomb.png")
     assert "10000000000 pixels" in e.value.reason
 
 
 def test_max_pixels_argument(tmp_path):
     Image.fromarray(rgb(16, 16)).save(tmp_path / "a.png")
-    with pytest.raises(ImageError, match="16x16 = 256 pixels, above the limit of 255"):
+    with pytest.raises(ImageError, match="256 pixels, above the limit of 255"):
         images.load_image(tmp_path / "a.png", max_pixels=255)
     assert images.load_image(tmp_path / "a.png", max_pixels=256).shape == (16, 16, 3)
 
