@@ -117,6 +117,9 @@ def _filter(path, sd: dict) -> np.ndarray:
 
 def convert_state_dict(path, sd: dict, latent_avg: np.ndarray | None) -> dict[str, np.ndarray]:
     """rosinality `Generator.state_dict()` (+ `latent_avg`) -> the ADA generator state dict."""
+    for key in sd:
+        if re.search(r"(^|[._])0\d", key):  # "noises.noise_01" beside "noises.noise_1"
+            raise CheckpointError(path, f"the key {key[:80]!r} has a number with a leading zero")
     n_mlp = 0
     while f"style.{n_mlp + 1}.weight" in sd:
         n_mlp += 1
