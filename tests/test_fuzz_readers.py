@@ -2,9 +2,11 @@
 and zip), an NVIDIA pickle, a weights file, an NVIDIA StyleGAN2-ADA pickle and a
 rosinality StyleGAN2 `.pt`, mutated thousands of times (bytes flipped,
 the file cut, pickle opcodes swapped, chunks repeated, length fields overwritten; inside
-a zip the member is mutated and packed again so the mutation reaches the parser). Every
-case must read or be refused with a `CheckpointError`, nothing else, in a child process
-under an address-space limit."""
+a zip the member is mutated and packed again so the mutation reaches the parser). Half the
+mutations aim at issue 21's classes: one SETITEMS of hash-colliding keys, floods of empty
+containers or memo entries, names made long or given control characters, sizes set to 0 or
+10^9. Every case must read or be refused with a one-line `CheckpointError` without control
+characters, nothing else, in a child process under an address-space limit."""
 
 from __future__ import annotations
 
@@ -43,12 +45,51 @@ from pulse_jax.checkpoints.torch_format import load_torch_bytes
 
 {PEAK}
 OPCODES = [op.code.encode("latin1") for op in pickletools.opcodes]
+import re
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 files = json.loads(sys.argv[4])
 scratch = sys.argv[5]
 
+P = 2**61 - 1  # k * P hashes to 0 for every integer k
+
+def long1(value):
+    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+PAIRS = [long1(k * P) + b"N" for k in range(1, 20_001)]
+
+def aimed(data, rng, kind):
+    # Mutations aimed at issue 21's classes, each placed where a reader meets it: a
+    # self-contained value pushed and popped right after PROTO, or a value of the file
+    # rewritten in place.
+    at = 2 if data[:1] == b"\x80" else int(rng.integers(len(data)))
+    n = int(rng.integers(1_000, 20_000))
+    if kind == 5:  # one SETITEMS of keys that all hash alike
+        pairs = b"".join(PAIRS[:n])
+        data[at:at] = b"}(" + pairs + b"u0"
+    elif kind == 6:  # a flood of empty containers or of memo entries
+        data[at:at] = rng.choice([b"}", b"]", b"\x8f", b"N\x94"]) * n * 4 + b"1"
+    elif kind in (7, 9):  # a name made long, or given control characters
+        spots = [m.start() for m in re.finditer(rb"\x8c[\x01-\xff]", data)]
+        if spots:
+            i = spots[int(rng.integers(len(spots)))]
+            length = data[i + 1]
+            text = bytes(data[i + 2 : i + 2 + length])
+            text = text + b"x" * n if kind == 7 else text[:1] + b"\n\x1b[1A\x1b[2K" + text[1:]
+            data[i : i + 2 + length] = b"X" + len(text).to_bytes(4, "little") + text
+    else:  # kind 8: a size of 0 or 10^9 where the file has a small integer
+        spots = [m.start() for m in re.finditer(rb"K.", data, re.DOTALL)]
+        if spots:
+            i = spots[int(rng.integers(len(spots)))]
+            value = int(rng.choice([0, 10**9, 2**31 - 1]))
+            data[i : i + 2] = b"J" + value.to_bytes(4, "little")
+    return bytes(data)
+
 def mutate(data, rng):
     data = bytearray(data)
-    kind = rng.integers(5)
+    kind = rng.integers(10)
+    if kind >= 5:
+        return aimed(data, rng, kind)
     if kind == 0:
         for _ in range(rng.integers(1, 4)):
             data[rng.integers(len(data))] = rng.integers(256)
@@ -88,7 +129,8 @@ def read(fmt, data):
     return weights_file.load_weights(path)
 
 members = {"torch_zip": "data.pkl", "weights": ".npy", "rosinality": "data.pkl"}
-report = {"cases": 0, "read": 0, "refused": 0, "worst_seconds": 0.0, "failures": []}
+report = {"cases": 0, "read": 0, "refused": 0, "unchecked": 0, "worst_seconds": 0.0}
+report["failures"] = []
 for fmt, path in files.items():
     base = open(path, "rb").read()
     read(fmt, base)  # the unmutated file reads
@@ -103,7 +145,8 @@ for fmt, path in files.items():
             read(fmt, data)
             report["read"] += 1
         except CheckpointError as e:
-            assert "\n" not in str(e) and len(str(e)) < 2000, str(e)[:300]
+            assert not CONTROL.search(str(e)) and len(str(e)) < 2000, str(e)[:300]
+            report["unchecked"] += "unchecked" in str(e)
             report["refused"] += 1
         except BaseException as e:
             report["failures"].append(f"{fmt} case {case}: {traceback.format_exc()[-1500:]}")
@@ -160,7 +203,8 @@ def test_mutated_files_are_read_or_refused_with_a_checkpoint_error(tmp_path):
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     report = json.loads(lines[-1][len("REPORT ") :])
     print(
-        f"fuzz: {report['cases']} cases, {report['read']} read, {report['refused']} refused, "
+        f"fuzz: {report['cases']} cases, {report['read']} read, {report['refused']} refused "
+        f"({report['unchecked']} by the unchecked-error boundary), "
         f"worst {report['worst_seconds']:.3f} s, peak {report['max_rss_mb']:.0f} MB"
     )
     assert not report["failures"], "\n".join(report["failures"][:5])
