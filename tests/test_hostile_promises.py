@@ -36,7 +36,7 @@ from test_stylegan2_readers import tf_pickle_from_ada
 from torch_writer import save_torch_legacy, save_torch_zip
 
 from pulse_jax import convert
-from pulse_jax.checkpoints import stylegan2_ada
+from pulse_jax.checkpoints import stylegan2_ada, weights_file
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.images import output_names
 
@@ -257,6 +257,10 @@ def _traceback_cases(d: Path, good_weights: Path) -> list:
             {"convs.0.conv.blur.kernel": np.zeros((0, 0), np.float32)}))),
         ("stylegan2", write_rosinality(d / "overflow.pt", lambda c: c.update(
             {"latent_avg": np.full(8, 1e300, np.float64)}))),
+        ("stylegan2", write_tf(d / "tf_array_kwarg.pkl", lambda gs: gs["static_kwargs"].update(
+            {"architecture": np.zeros(3, np.float32)}))),
+        ("stylegan2", write_tf(d / "tf_array_name.pkl", lambda gs: gs.update(
+            {"name": np.zeros(3, np.float32)}))),
     ]  # fmt: skip
 
 
@@ -634,3 +638,19 @@ def test_output_names_stay_linear_for_case_variants_of_one_stem(variants):
     names = output_names(paths)
     assert time.perf_counter() - start < CASE_SECONDS
     assert len({n.casefold() for n in names.values()}) == len(paths)
+
+
+def test_values_that_once_raised_convert_or_are_named(tmp_path):
+    """Class 4, the other side: a numpy complex scalar or a 100-bit integer in ADA's
+    `_init_kwargs` (once a TypeError from json.dumps) is recorded by name or value, and
+    the conversion writes its file."""
+    top = ada_tree()
+    top["G_ema"].state["_init_kwargs"] = {"z": np.complex64(1 + 2j), "big": 10**30}
+    ada_writer.write_ada_pickle(tmp_path / "c.pkl", top)
+    np.savez(tmp_path / "fit.npz", mean=np.zeros(8, np.float32), std=np.ones(8, np.float32))
+    out = tmp_path / "out.npz"
+    argv = ["stylegan2", "--checkpoint", str(tmp_path / "c.pkl")]
+    argv += ["--gaussian_fit", str(tmp_path / "fit.npz"), "--out", str(out)]
+    assert convert.main(argv) == 0
+    provenance = weights_file.load_weights(out).provenance
+    assert provenance["checkpoint"]["init_kwargs"] == {"z": "complex", "big": 10**30}

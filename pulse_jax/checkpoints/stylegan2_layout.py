@@ -106,6 +106,32 @@ def _shape(path, state: dict, key: str) -> tuple[int, ...]:
     return tuple(np.shape(state[key]))
 
 
+def _mapping_shapes(path, state: dict) -> list[tuple[int, ...]]:
+    """The mapping layers' weight shapes [out, in], each size in range, chaining."""
+    mapping_shapes = []
+    while f"mapping.fc{len(mapping_shapes)}.weight" in state:
+        if len(mapping_shapes) >= MAX_MAPPING_LAYERS:
+            raise CheckpointError(path, f"the mapping has more than {MAX_MAPPING_LAYERS} layers")
+        weight = _shape(path, state, f"mapping.fc{len(mapping_shapes)}.weight")
+        if len(weight) != 2:
+            raise CheckpointError(
+                path, f"mapping.fc{len(mapping_shapes)}.weight has shape {weight}, expected 2-D"
+            )
+        for n in weight:
+            _size(path, n, f"a size of mapping.fc{len(mapping_shapes)}.weight")
+        mapping_shapes.append(weight)
+    if not mapping_shapes:
+        raise CheckpointError(path, "the generator has no mapping layers 'mapping.fc<i>.weight'")
+    for i in range(1, len(mapping_shapes)):
+        if mapping_shapes[i][1] != mapping_shapes[i - 1][0]:
+            raise CheckpointError(
+                path,
+                f"mapping.fc{i}.weight {mapping_shapes[i]} does not take fc{i - 1}'s "
+                f"{mapping_shapes[i - 1][0]} features",
+            )
+    return mapping_shapes
+
+
 def infer_config(path, state: dict[str, np.ndarray]) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """Reads the sizes off the shapes and checks every key and shape against them.
 
@@ -135,27 +161,7 @@ def infer_config(path, state: dict[str, np.ndarray]) -> tuple[dict, dict[str, tu
         if len(weight) != 4:
             raise CheckpointError(path, f"synthesis.b{r}.conv1.weight has shape {weight}")
         channels[r] = _size(path, weight[0], f"the channels of synthesis.b{r}")
-    mapping_shapes = []
-    while f"mapping.fc{len(mapping_shapes)}.weight" in state:
-        if len(mapping_shapes) >= MAX_MAPPING_LAYERS:
-            raise CheckpointError(path, f"the mapping has more than {MAX_MAPPING_LAYERS} layers")
-        weight = _shape(path, state, f"mapping.fc{len(mapping_shapes)}.weight")
-        if len(weight) != 2:
-            raise CheckpointError(
-                path, f"mapping.fc{len(mapping_shapes)}.weight has shape {weight}, expected 2-D"
-            )
-        for n in weight:
-            _size(path, n, f"a size of mapping.fc{len(mapping_shapes)}.weight")
-        mapping_shapes.append(weight)
-    if not mapping_shapes:
-        raise CheckpointError(path, "the generator has no mapping layers 'mapping.fc<i>.weight'")
-    for i in range(1, len(mapping_shapes)):
-        if mapping_shapes[i][1] != mapping_shapes[i - 1][0]:
-            raise CheckpointError(
-                path,
-                f"mapping.fc{i}.weight {mapping_shapes[i]} does not take fc{i - 1}'s "
-                f"{mapping_shapes[i - 1][0]} features",
-            )
+    mapping_shapes = _mapping_shapes(path, state)
     w_dim = mapping_shapes[-1][0]
     img_channels = _shape(path, state, f"synthesis.b{resolution}.torgb.weight")[:1]
     if img_channels != (3,):

@@ -62,7 +62,7 @@ def _select(path, top, network: str) -> tuple[dict, list]:
     state = net.state
     if not isinstance(state, dict):
         raise CheckpointError(path, f"index {index} is a Network whose state was never set")
-    if state.get("name") != name:
+    if not isinstance(state.get("name"), str) or state["name"] != name:
         raise CheckpointError(path, f"holds {names} ({_name(state)} at {index}), expected {name!r}")
     version = state.get("version")
     if type(version) is not int or version < 4:
@@ -108,15 +108,28 @@ def _collect_into(path, params: dict, prefix: str, net_state: dict, depth: int) 
         _collect_into(path, params, f"{prefix}{name}/", component.state, depth + 1)
 
 
+def _kwarg(path, kwargs: dict, name: str, kind, default):
+    """A static kwarg of the pickle, `default` when absent or None; refused unless of `kind`
+    (a number, a string, ...: never an array whose truth value or comparison is ambiguous)."""
+    value = kwargs.get(name)
+    if value is None:
+        return default
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise CheckpointError(path, f"static_kwargs {name} is {describe(value)}")
+    return value
+
+
 def _refuse_unsupported(path, params: dict, kwargs: dict) -> None:
-    label_size = kwargs.get("label_size") or 0
+    label_size = _kwarg(path, kwargs, "label_size", int, 0)
     if label_size or any("LabelEmbed" in n or "LabelConcat" in n for n in params):
         raise CheckpointError(
             path,
             f"the generator is class-conditional (label_size = {describe(label_size)}); only "
             "unconditional generators are supported",
         )
-    architecture = kwargs.get("architecture", "skip")
+    architecture = _kwarg(path, kwargs, "architecture", str, "skip")
     if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.+", n) for n in params):
         architecture = "orig"
     if any(re.fullmatch(r"synthesis/\d+x\d+/Skip/.+", n) for n in params):
@@ -243,7 +256,7 @@ def read_tf_pickle(
     kwargs = _DEFAULT_KWARGS | (dict(static) if isinstance(static, dict) else {})
     params = _collect(path, state)
     _refuse_unsupported(path, params, kwargs)
-    resample_kernel = kwargs.get("resample_kernel") or (1, 3, 3, 1)
+    resample_kernel = _kwarg(path, kwargs, "resample_kernel", list | tuple, None) or (1, 3, 3, 1)
     if not (
         isinstance(resample_kernel, list | tuple)
         and 1 <= len(resample_kernel) <= 16
@@ -267,7 +280,7 @@ def read_tf_pickle(
         path,
         "tf-pickle",
         ada_state,
-        conv_clamp=kwargs.get("conv_clamp"),
-        lr_multiplier=kwargs.get("mapping_lrmul") or 0.01,
+        conv_clamp=_kwarg(path, kwargs, "conv_clamp", int | float, None),
+        lr_multiplier=_kwarg(path, kwargs, "mapping_lrmul", int | float, None) or 0.01,
         source=source,
     )
