@@ -199,7 +199,7 @@ def _read_gaussian_fit(
     are read by bounded parsers (the `.npz` by the weights file's, never `np.load`)."""
     file = file or read_regular(path)
     if _is_npz(file.data):
-        fit = weights_file.read_arrays(path, limits)
+        fit = weights_file.read_arrays(path, limits, file)
     else:
         fit = torch_format.load_torch_checkpoint(path, limits=limits, file=file)
     if not isinstance(fit, dict) or not {"mean", "std"} <= set(fit):

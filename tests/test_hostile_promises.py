@@ -36,7 +36,7 @@ from test_stylegan2_readers import tf_pickle_from_ada
 from torch_writer import save_torch_legacy, save_torch_zip
 
 from pulse_jax import convert
-from pulse_jax.checkpoints import stylegan2_ada, weights_file
+from pulse_jax.checkpoints import CheckpointError, refusing, shown, stylegan2_ada, weights_file
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.images import output_names
 
@@ -654,3 +654,39 @@ def test_values_that_once_raised_convert_or_are_named(tmp_path):
     assert convert.main(argv) == 0
     provenance = weights_file.load_weights(out).provenance
     assert provenance["checkpoint"]["init_kwargs"] == {"z": "complex", "big": 10**30}
+
+
+def _raise(error: BaseException):
+    raise error
+
+
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        (MemoryError(), "needs more memory"),
+        (RecursionError(), "nests too deeply"),
+        (ZeroDivisionError("division by zero"), "unchecked ZeroDivisionError"),
+        (KeyError("x\n\x1b[2K"), "unchecked KeyError"),
+    ],
+)
+def test_the_boundary_turns_what_a_file_causes_into_one_line(error, words):
+    with pytest.raises(CheckpointError) as e:
+        with refusing("a\nfile.pt"):
+            _raise(error)
+    assert words in str(e.value) and str(e.value).startswith("a\\x0afile.pt: ")
+    assert not CONTROL.search(str(e.value))
+    assert e.value.__context__ is None or e.value.__context__.__traceback__ is None
+
+
+def test_the_boundary_keeps_bugs_and_numeric_warnings_apart(monkeypatch):
+    with pytest.raises(AttributeError):  # a bug: its traceback, not a refusal
+        with refusing("f"):
+            _raise(AttributeError("no such attribute"))
+    with pytest.raises(CheckpointError, match="overflow"), refusing("f"):
+        np.float32(3e38) * np.float32(10)  # a RuntimeWarning line outside the boundary
+    with refusing("f"):
+        assert np.float32(1e-38) * np.float32(1e-38) == 0  # underflow stays silent
+    monkeypatch.setenv("PULSE_JAX_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError), refusing("f"):
+        _raise(ZeroDivisionError())
+    assert shown("a\x1b[31m\u202eb\n", 3) == "a\\x1b[..."

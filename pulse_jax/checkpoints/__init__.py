@@ -147,8 +147,9 @@ class refusing:
       tests require every case they build to be refused by a check, never "unchecked";
     - anything else (`AttributeError`, `NameError`, `AssertionError`, ...) is a bug in the
       reader and propagates with its traceback.
-    Numeric warnings are errors inside (`np.errstate(all="raise")`): a float overflow in a
-    conversion is a refusal, never an extra line on stderr. A refused read's frames are
+    Numeric warnings are errors inside (`np.errstate`: overflow, invalid, divide; underflow
+    stays silent): a float overflow in a conversion is a refusal, never an extra line on
+    stderr. A refused read's frames are
     dropped from the error it raises, so nothing the read made stays alive with it.
     """
 
@@ -158,7 +159,9 @@ class refusing:
     def __enter__(self):
         import numpy as np
 
-        self.errstate = np.errstate(all="raise")
+        # Overflow, invalid operations and division by zero raise (FloatingPointError: a
+        # refusal); underflow of honest small numbers to zero stays silent.
+        self.errstate = np.errstate(over="raise", invalid="raise", divide="raise", under="ignore")
         self.errstate.__enter__()
         return self
 
@@ -189,7 +192,7 @@ def _refusal_message(error: BaseException | None) -> str | None:
         return "needs more memory than is available to read"
     if isinstance(error, RecursionError):
         return "nests too deeply to read"
-    if isinstance(error, FloatingPointError):  # np.errstate(all="raise") on the file's values
+    if isinstance(error, FloatingPointError):  # np.errstate in `refusing`, on the file's values
         return f"holds numbers that overflow or are not finite in float32 ({error})"
     if isinstance(error, DATA_ERRORS) and not os.environ.get("PULSE_JAX_DEBUG"):
         detail = str(error).splitlines()[0] if str(error) else ""

@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from pulse_jax.checkpoints import CheckpointError, check_regular, read_regular, refuses
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    FileBytes,
+    check_regular,
+    read_regular,
+    refuses,
+)
 from pulse_jax.checkpoints.safe_pickle import Limits, Refusal, Session
 from pulse_jax.files import atomic_write  # noqa: F401 - also imported from here by plots, evaluate
 
@@ -444,7 +450,9 @@ def _read_npy(name: str, data: bytes) -> np.ndarray:
     return array.reshape(shape, order=order).copy()
 
 
-def read_arrays(path: str | os.PathLike, limits: Limits | None = None) -> dict[str, np.ndarray]:
+def read_arrays(
+    path: str | os.PathLike, limits: Limits | None = None, file: FileBytes | None = None
+) -> dict[str, np.ndarray]:
     """The arrays of an `.npz` (member name without `.npy` -> array), read by the bounded
     parser above (never `np.load`): plain number dtypes, the header form numpy writes, the
     byte count matching the shape, members within `limits`' budget.
@@ -453,7 +461,7 @@ def read_arrays(path: str | os.PathLike, limits: Limits | None = None) -> dict[s
       CheckpointError: one line naming the file and the member.
     """
     path = Path(path)
-    data = read_regular(path).data
+    data = (file or read_regular(path)).data  # `file`: the bytes when the caller read them
     session = Session(path, len(data), limits)
 
     def read() -> dict[str, np.ndarray]:
