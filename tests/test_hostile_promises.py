@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import ada_writer
@@ -355,11 +356,29 @@ def _special_cases(d: Path) -> list:
     ]
 
 
+def zero_png(width: int, height: int) -> bytes:
+    """A real grey PNG of this size, all zero: a few hundred KB that decode to width x height
+    bytes (13000 x 13000: 169 MB, and several times that while Pillow converts it)."""
+    rows = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the pixels
+    idat = b"".join(rows.compress(row) for _ in range(height)) + rows.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
 def _image_cases(d: Path) -> list:
-    """Class 9: containers whose inner image is far above the pixel limit."""
+    """Class 9: containers whose inner image is far above the pixel limit (Pillow decodes
+    an ICO's, CUR's or ICNS's inner PNG while opening it, before any size check)."""
     big = d / "big.png"
     png_with_size(big, 13000, 13000)
-    inner = big.read_bytes()
+    inner = zero_png(13000, 13000)
     tiff = d / "big.tif"
     from PIL import Image
 
@@ -382,8 +401,14 @@ def _image_cases(d: Path) -> list:
 def _release_cases(d: Path) -> list:
     """Class 10: a refusal after large arrays were read: nothing of them stays alive."""
     big = np.ones((1 << 20,), np.float32)  # 4 MB
+
+    def tf_late(gs):  # refused while collecting, after the big variable was collected
+        gs["variables"].append(("big", big))
+        gs["components"]["zzz"] = "not a network"
+
     return [
-        ("stylegan2", write_tf(d / "tf_big_then_bad.pkl", lambda gs: gs["variables"].extend(
+        ("stylegan2", write_tf(d / "tf_big_then_bad.pkl", tf_late)),
+        ("stylegan2", write_tf(d / "tf_big_twice.pkl", lambda gs: gs["variables"].extend(
             [("big", big), ("synthesis/x", big), ("synthesis/x", big)]))),
         ("stylegan2", write_ada(d / "ada_big_then_bad.pkl", lambda g: g.state["_buffers"].update(
             {"big": big, "x.y": big}))),
