@@ -716,3 +716,20 @@ def test_the_boundary_keeps_bugs_and_numeric_warnings_apart(monkeypatch):
     with pytest.raises(ZeroDivisionError), refusing("f"):
         _raise(ZeroDivisionError())
     assert shown("a\x1b[31m\u202eb\n", 3) == "a\\x1b[..."
+
+
+def test_a_run_summary_cannot_be_forged_by_file_names(tmp_path):
+    """Class 5 at the launcher: an input named to print a line of its own, and a FIFO named
+    with an ANSI escape, appear in the run's summary escaped, one line each."""
+    from pulse_jax.engine import Summary
+    from pulse_jax.images import special_files
+    from pulse_jax.inputs import load_inputs
+
+    (tmp_path / "x\nsamples: 1 written, 1 reached eps.png").write_bytes(b"not an image")
+    os.mkfifo(tmp_path / "\x1b[1Afifo")
+    inputs, errors = load_inputs(tmp_path, 64)
+    summary = Summary(inputs=1, failed=errors, not_files=special_files(tmp_path))
+    lines = summary.lines()
+    assert not inputs and len(errors) == 1
+    assert not any(CONTROL.search(line) for line in lines), lines
+    assert [line for line in lines if line.startswith("samples:")] == [lines[1]]
