@@ -77,8 +77,9 @@ class StyleSearchSpace:
         return {"latent": True, "noise": noise}
 
     def sphere_axes(self, options: SearchOptions) -> dict:
-        """Axes of a batched leaf [N, ...] over which each row's radius is taken (method section 3):
-        one row per (sample, style row) for the latent, per (sample, channel) for noise."""
+        """Axes of a batched leaf [N, ...] over which each row's radius is taken: one row per
+        (sample, style row) for the latent, per (sample, channel) for noise (docs/method.md
+        section 3)."""
         return {"latent": (2,), "noise": [(1, 2)] * self.num_noise_layers}
 
     def render(self, params: dict, variables: dict, options: SearchOptions):
