@@ -8,7 +8,7 @@
       (NVIDIA StyleGAN2-ADA .pkl, rosinality .pt or NVIDIA TF StyleGAN2 .pkl; told from
       the content)
 
-The gaussian fit (PULSE_SPEC section 2) is computed from the mapping network as
+The gaussian fit (docs/method.md section 2.1) is computed from the mapping network as
 PULSE does: mean and (unbiased) standard deviation of leaky_relu_5(mapping(z))
 over 1,000,000 samples z ~ N(0, I), streamed in chunks of `FIT_CHUNK` so memory
 stays bounded, deterministic for a given seed.
@@ -79,7 +79,7 @@ def compute_gaussian_fit(
     Args:
       arch: the StyleGAN or StyleGAN2 architecture (its `map` and `latent_size`; for
         StyleGAN2, whose mapping ends in leaky ReLU times sqrt(2), slope 5 gives sqrt(2)
-        times the pre-activation: STYLEGAN2_SPEC section 3).
+        times the pre-activation: docs/method.md section 2.1).
       mapping: mapping parameters.
       num_samples: how many z samples (PULSE: 1,000,000).
       seed: the samples are `fit_chunk_latents(seed, i)` for chunks i = 0, 1, ...

@@ -1,4 +1,4 @@
-"""Bicubic downscaling, the degradation operator ``D`` of PULSE (PULSE_SPEC.md section 5).
+"""Bicubic downscaling, the degradation operator ``D`` of PULSE (docs/method.md section 5).
 
 The reference filters with one 1-D kernel of ``4 * factor`` taps, first along H
 and then along W, each pass a reflect-padded, stride-``factor`` depthwise
@@ -15,8 +15,8 @@ to float32 rounding: the matmul sums the taps in another order.
 
 Precision is explicit: the contractions use ``Precision.HIGHEST`` because the
 default float32 matmul precision on GPUs and TPUs (TF32 / bfloat16 passes)
-alone moves the result far beyond the golden tolerance (spec section 1,
-"Precision"). On CPU, HIGHEST is what the default already does.
+alone moves the result far beyond the golden tolerance (docs/method.md
+section 8.3). On CPU, HIGHEST is what the default already does.
 """
 
 import functools
@@ -31,7 +31,7 @@ _CUBIC_A = -0.5
 
 
 def _cubic(t: float) -> float:
-    """The cubic convolution kernel with ``a = -0.5`` (spec section 5)."""
+    """The cubic convolution kernel with ``a = -0.5`` (docs/method.md section 5)."""
     t = abs(t)
     a = _CUBIC_A
     if t <= 1.0:
@@ -47,7 +47,7 @@ def _check_factor(factor: int) -> None:
 
 
 def bicubic_kernel(factor: int) -> np.ndarray:
-    """The 1-D bicubic antialiasing kernel of the reference (spec section 5).
+    """The 1-D bicubic antialiasing kernel of the reference (docs/method.md section 5).
 
     Args:
       factor: the integer downscaling factor.
@@ -108,7 +108,7 @@ def bicubic_downscale(images: jax.Array, factor: int) -> jax.Array:
     """Downscale NHWC images by an integer factor with the reference's bicubic filter.
 
     Separable: the H pass runs first, then the W pass, each per channel
-    (spec section 5). Differentiable and jit-able; ``factor`` must be static.
+    (docs/method.md section 5). Differentiable and jit-able; ``factor`` must be static.
 
     Factor 1 returns ``images`` unchanged. (The reference would still apply
     its 4-tap kernel at stride 1, a half-pixel-shifted interpolation; a

@@ -1,16 +1,15 @@
 """The one work loop of runs and sweeps: a fixed work list in fixed groups, resumable.
 
 A unit of work is one result, an (input, seed, sample) triple (`WorkItem`). Its start
-depends on nothing else: `fold_in(fold_in(key(seed), image_id), sample)`, with
-`image_id` the input's index among the input files (`inputs.load_inputs`). A run is
+depends on nothing else (docs/method.md section 8.1), with `image_id` the input's index
+among the input files (`inputs.load_inputs`). A run is
 this engine with one seed on one process; a sweep with many seeds on many.
 
 Groups (`work_groups`): the work list (inputs x seeds x samples, in that order) is cut
 into fixed chunks of `group_size` results of one input size, the last chunk of a size
 padded by repeating its last result. A group is what one device optimizes at once, so
-its composition decides a result at the rounding level: XLA:CPU picks kernels whose
-rounding depends on a row's position in the batch on some machines (AMD EPYC) and not
-on others (AVX-512 Xeon). Groups are a function of the work list alone, never of what
+its composition decides a result at the rounding level (docs/method.md section 8.2).
+Groups are a function of the work list alone, never of what
 is left to do: a resumed run recomputes every group that is not wholly recorded, as a
 whole, and writes only what is missing, so it equals an uninterrupted one byte for byte
 on the same machine kind, whatever the number of devices. (A run's `fit_groups`: a size

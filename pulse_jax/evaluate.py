@@ -69,7 +69,7 @@ class EvalConfig:
         `search.resize`, centre-cropped and resized to it); or
       synthetic: that many faces drawn by the generator (used when `input_dir` is None).
       data_seed: seeds the synthetic faces' latents and the observation noise.
-      samples: K samples per face (starts `fold_in(fold_in(key(seed), i), s)`).
+      samples: K samples per face (seeded as in docs/method.md section 8.1).
       lr_size: the observation's side.
       batch_size: faces per solve call; 0: all at once.
       plot_faces: faces shown in the L2-curve and image grids.

@@ -313,7 +313,7 @@ def working_sizes(resolution: int) -> list[int]:
     """The square input sides a generator of `resolution` px accepts, largest first.
 
     A side works when it divides the resolution, so the HR image downscales to
-    it by an integer factor (PULSE_SPEC's bicubic operator).
+    it by an integer factor (PULSE's bicubic operator, docs/method.md section 5).
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")

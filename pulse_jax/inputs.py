@@ -2,8 +2,8 @@
 
 Inputs are every file of the folder except hidden files and a README (the folder's
 description). An input's `image_id` is its index among the input files, sorted by
-name: the id its starts are seeded with (`fold_in(fold_in(key(seed), image_id),
-sample)`), so a result does not depend on which other inputs are usable.
+name: the id its starts are seeded with (docs/method.md section 8.1), so a result does
+not depend on which other inputs are usable.
 """
 
 from __future__ import annotations

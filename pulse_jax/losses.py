@@ -1,8 +1,8 @@
-"""PULSE's loss terms and loss-string parser (PULSE_SPEC.md section 4).
+"""PULSE's loss terms and loss-string parser (docs/method.md section 4).
 
 Everything here is per sample: the reference sums its terms over the batch,
 which does not couple the samples' gradients but does hide which sample is
-done (spec section 8), so pulse_jax keeps the sample axes and leaves any
+done (docs/method.md section 10), so pulse_jax keeps the sample axes and leaves any
 reduction to the caller. Summing these per-sample values over the batch gives
 the reference's numbers.
 """
@@ -95,7 +95,7 @@ def l1_error(gen_lr: jax.Array, ref: jax.Array) -> jax.Array:
 
 
 def geocross(dlatents: jax.Array) -> jax.Array:
-    """The geodesic cross loss of PULSE, per sample (spec section 4).
+    """The geodesic cross loss of PULSE, per sample (docs/method.md section 4).
 
     Penalises the angles between the style layers' dlatents, so that the
     layers of a sample stay close to one common latent. For rows ``u_i``:
@@ -133,7 +133,7 @@ def loss_terms(
     stops a sample's gradient from that term once it is below ``eps``.
     ``GEOCROSS = geocross(dlatents)``, or zero when the latent is tiled (all
     style layers equal) or there are no dlatents (a generator without style
-    layers, spec section 7).
+    layers, docs/method.md section 2.3).
 
     Args:
       gen_lr: ``[..., H, W, C]`` downscaled generated images.

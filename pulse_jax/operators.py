@@ -1,6 +1,6 @@
 """Degradation operators: what PULSE's loss compares a generated face with the input through.
 
-PULSE's own operator is the bicubic downscale (PULSE_SPEC section 5, `downscale.py`,
+PULSE's own operator is the bicubic downscale (docs/method.md section 5, `downscale.py`,
 unchanged here and the default). The paper argues the method is not tied to it: any
 differentiable map from the generator's images to the observation works, because the
 search only needs `L2 = mean((D(G(z)) - y)**2)` and its gradient. This module holds the

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules with torch.optim semantics (PULSE_SPEC.md section 6).
+"""Optimizers and learning-rate schedules with torch.optim semantics (docs/method.md section 7).
 
 The reference steps ``torch.optim`` optimizers under a ``LambdaLR`` schedule,
 and the golden runs compare trajectories step by step, so the updates here are
@@ -45,7 +45,7 @@ _F32_MOMENTUM = np.float32(_MOMENTUM)
 
 
 def lr_factor(schedule: str, step: Any, steps: int) -> Any:
-    """The learning-rate multiplier of update ``step`` (0-based), spec section 6.
+    """The learning-rate multiplier of update ``step`` (0-based), docs/method.md section 7.2.
 
     Written exactly as the reference's ``LambdaLR`` lambdas (same operation
     order), for ``n = steps``:

@@ -7,7 +7,7 @@ results need no seed folder (`<out>/<stem>/sample_<s>_hr.png`, `layout`) and
 `batch_size` inputs with all their samples side by side (a size with fewer inputs gets
 one group of them all, not padding).
 
-Sample s of the input with `image_id` i starts from `fold_in(fold_in(key(seed), i), s)`,
+Sample s of the input with `image_id` i is seeded as in docs/method.md section 8.1,
 exactly as `solve(lr[None], generator, seed=seed, image_ids=[i], sample_ids=[[s]])`
 seeds it: equal to the line up to float32 rounding, which Adam amplifies over the
 steps; bit for bit through the line's own group (`engine.recompute`), on the same

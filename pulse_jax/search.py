@@ -1,4 +1,4 @@
-"""PULSE's latent search (PULSE_SPEC sections 2-6), optax-style: `init`, `step`, `finalize`.
+"""PULSE's latent search (docs/method.md sections 2-7), optax-style: `init`, `step`, `finalize`.
 
 The search is pure functions over one typed state, `SearchState`: the trainable
 variables (the start's leaves the generator marks trainable; `None` where a leaf is
@@ -9,7 +9,7 @@ state, so the state is an ordinary pytree for `jax.jit`, `lax.scan` and `device_
 
 Every sample of every image is a row of one leading axis N = images x samples; the loss
 is a sum of per-sample terms, the optimizers are elementwise and the sphere projection
-is per row, so no sample ever influences another (spec section 8).
+is per row, so no sample ever influences another (docs/method.md section 10).
 
 A notebook steps a search by hand:
 
@@ -184,7 +184,7 @@ class SearchState:
       trainable: the optimized leaves of the start's tree (None at fixed leaves).
       fixed: the fixed leaves (None at trainable ones).
       opt_state: the optimizer's state over `trainable`.
-      radii: each trainable leaf's row radii before the first step (spec section 3).
+      radii: each trainable leaf's row radii before the first step (docs/method.md section 3).
       best: the best step so far, per row.
       failed: [N] the row's loss turned NaN (its variables stop changing).
       count: the number of steps taken.
@@ -270,7 +270,7 @@ def _step(state: SearchState) -> tuple[SearchState, dict]:
     updates, opt_state = program.optimizer().update(grads, state.opt_state, state.trainable)
     moved = optax.apply_updates(state.trainable, updates)
     moved = sphere.tree_project(moved, state.radii, program.partition()[1])
-    # A sample whose loss turned NaN keeps its last finite variables (spec: isolated).
+    # A sample whose loss turned NaN keeps its last finite variables (docs/method.md section 7.5).
     moved = _where_rows(failed, state.trainable, moved)
     new_state = dataclasses.replace(
         state,
@@ -467,7 +467,7 @@ def _check_ids(name: str, values, length: int | None, *, ndim: int) -> np.ndarra
 
 
 def _seeded_starts(program: Program, seed, image_ids, samples: np.ndarray):
-    """Sample (b, s) starts from `fold_in(fold_in(key(seed[b]), image_ids[b]), samples[b, s])`."""
+    """The starts of samples [B, S], seeded as docs/method.md section 8.1 states."""
     batch = samples.shape[0]
     ids = np.arange(batch) if image_ids is None else np.asarray(image_ids)
     if ids.shape != (batch,):

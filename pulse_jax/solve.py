@@ -2,7 +2,7 @@
 
 Every sample of every image is optimized at once, as the rows of one leading axis
 N = images x samples (unlike the reference, success, the best image and NaN handling are
-decided per sample; spec section 8). `solve` checks its inputs into a `search.Problem`,
+decided per sample; docs/method.md section 10). `solve` checks its inputs into a `search.Problem`,
 then runs `search.start_state`, a `lax.scan` of `search.step` and `search.final_rows`
 under one `jax.jit` (`lower` gives that program without running it). The program
 (arch, options, degradation) is static; the generator's parameters, the targets and the
@@ -20,12 +20,11 @@ batch_per_device with copies of the last row, which are dropped from the
 result. With `batch_per_device` fixed every device runs the same program on
 the same shapes, so a sample's result does not depend on the device count
 (bitwise, tests/test_sharding.py). It may depend, at the rounding level, on its
-position in its group and so on the other samples: XLA:CPU rounds a row by its
-position on some machines (AMD EPYC, 1e-5 after 3 steps) and not on others
-(AVX-512 Xeon); launchers therefore form groups from the fixed work list
-(`sweep.work_groups`). Left to its default (all rows at once) the per-device batch follows N and the
-device count, and compilers may round differently for other batch sizes; Adam's
-normalised steps then grow rounding-level differences into visible ones.
+position in its group and so on the other samples (docs/method.md section 8.2);
+launchers therefore form groups from the fixed work list (`engine.work_groups`). Left
+to its default (all rows at once) the per-device batch follows N and the device count,
+and compilers may round differently for other batch sizes; Adam's normalised steps then
+grow rounding-level differences into visible ones.
 """
 
 from __future__ import annotations
@@ -70,10 +69,9 @@ def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
       lr_images: float32 [B, h, w, 3] in [0, 1], square, h dividing the generator's resolution.
       generator: from `pulse_jax.load_generator`.
       num_samples: S samples per image, each from its own start.
-      seed: sample (b, s) starts from
-        `fold_in(fold_in(key(seed[b]), image_ids[b]), sample_ids[b, s])`, so a start
-        depends only on the seed, the image's id and the sample index. An int (every
-        image) or [B] non-negative ints below 2**32 (one seed per image).
+      seed: an int (every image) or [B] non-negative ints below 2**32 (one seed per
+        image); a start depends only on the seed, the image's id and the sample index
+        (docs/method.md section 8.1).
       init: an explicit start, {"latent": [B, S, ...], "noise": L arrays [B, S, r, r, 1]}
         (noise for StyleGAN only), instead of drawing one from `seed`.
       downscale: any differentiable degradation [N, R, R, 3] -> [N, h, w, 3], used as it
@@ -93,8 +91,7 @@ def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
         devices x batch_per_device and run in groups of that many, one after the other.
         Default: all at once. With it fixed, results do not change with the device count
         (bitwise); with the same groups they are bitwise equal on the same machine kind,
-        and otherwise equal up to rounding (XLA:CPU may round a row by its position in its
-        group; tests/test_sharding.py).
+        and otherwise equal up to rounding (docs/method.md section 8.2).
       remat: rematerialize the generator's activations in the backward pass
         (`search.Program.remat`): larger batches fit, the same result up to rounding. An
         execution setting, not a search option.

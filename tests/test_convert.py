@@ -21,7 +21,7 @@ def golden_mapping(golden_dir):
 
 
 def numpy_mapping(sd, z):
-    """An independent float64 numpy mapping network (PULSE_SPEC section 1)."""
+    """An independent float64 numpy mapping network (docs/method.md section 9.1)."""
     x = z.astype(np.float64)
     x = x / np.sqrt(np.mean(x**2, axis=1, keepdims=True) + 1e-8)
     for i in range(8):

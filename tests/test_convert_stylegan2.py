@@ -95,6 +95,7 @@ def test_readme_command_converts_each_format(tmp_path, fmt, monkeypatch):
     assert wf.config["conv_clamp"] == expected_clamp
 
 
+@pytest.mark.slow
 def test_readme_command_as_a_process(tmp_path):
     """`python -m pulse_jax.convert` itself (the README's ADA command, PULSE's full 1e6 fit)."""
     fixture_files(tmp_path)
@@ -190,6 +191,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.npz")]
 
 
+@pytest.mark.slow
 def test_run_py_searches_a_converted_stylegan2(tmp_path):
     """experiments/run.py --generator on a converted StyleGAN2 file, PULSE's defaults."""
     from PIL import Image

@@ -173,6 +173,7 @@ def _launch(*args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_launcher_end_to_end(dcgan64, tmp_path):
     del dcgan64  # weights ready
     out = tmp_path / "eval"

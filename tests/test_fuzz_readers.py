@@ -18,12 +18,15 @@ from pathlib import Path
 
 import ada_writer
 import numpy as np
+import pytest
 import test_nvidia_pickle as official
 from hostile import MEMORY_LIMIT, PEAK, ROOT
 from test_convert import tiny_dcgan_params
 from torch_writer import TensorView, save_torch_legacy, save_torch_zip
 
 from pulse_jax.checkpoints import torch_format, weights_file
+
+pytestmark = pytest.mark.slow  # thousands of mutated files in a child process
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
 

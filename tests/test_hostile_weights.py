@@ -180,6 +180,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         weights_file.save_weights(tmp_path / "w.npz", kind="gan", params=params, config=CONFIG)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher,name", [("run", "wrong_shape"), ("run", "meta_deep"), ("sweep", "encrypted")]
 )

@@ -9,6 +9,8 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel and the whole notebook
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "experiments" / "pulse_demo.ipynb"
 
 

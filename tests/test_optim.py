@@ -1,4 +1,4 @@
-"""Tests for pulse_jax.optim: schedules and torch.optim-equivalent optimizers (spec section 6).
+"""Tests for pulse_jax.optim: schedules, torch.optim optimizers (docs/method.md section 7).
 
 The optimizers are compared with small numpy transcriptions of torch's CPU
 single-tensor algorithms (torch/optim/{sgd,adam,adamax}.py, torch 2.13). Those
@@ -39,7 +39,7 @@ f32 = np.float32
     ],
 )
 def test_schedule_values(schedule, step, expected):
-    # Hand-computed from the spec's formulas with n = 100 steps.
+    # Hand-computed from the formulas of docs/method.md section 7.2 with n = 100 steps.
     np.testing.assert_allclose(lr_factor(schedule, step, 100), expected, rtol=1e-12)
     traced = jax.jit(lambda j: lr_factor(schedule, j, 100))(jnp.int32(step))
     np.testing.assert_allclose(float(traced), expected, rtol=1e-6)

@@ -310,6 +310,7 @@ def test_tiny_stylegan_with_noise_flags(run_py, tiny_stylegan_path, tmp_path):
     assert _size(out / "face" / "sample_0_lr.png") == (16, 16)
 
 
+@pytest.mark.slow
 def test_noise_flags_refused_for_dcgan(tmp_path, inputs):
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -98,6 +98,7 @@ def eight_device_gaps(dcgan64):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dcgan", "stylegan"])
 def test_one_and_eight_devices_give_the_same_result(eight_device_gaps, name):
     gaps = eight_device_gaps[name]
@@ -254,6 +255,7 @@ np.savez(sys.argv[3], hr=r.hr, latent=r.latent, l2=r.l2, total=r.history["TOTAL"
 """
 
 
+@pytest.mark.slow
 def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, tmp_path):
     run_two_processes(
         lambda address, i: [
@@ -275,6 +277,7 @@ def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, 
         np.testing.assert_array_equal(got["total"], want.history["TOTAL"])
 
 
+@pytest.mark.slow
 def test_results_across_machine_kinds(dcgan64):
     # Per-step L2 of two 20-step searches against vectors made on another machine
     # (tests/golden/machine_reference.npz, Intel Xeon AVX-512). On that kind: max relative

@@ -84,6 +84,7 @@ def golden_run(request, golden_dir, tiny_stylegan):
     return name, run, result
 
 
+@pytest.mark.slow
 def test_first_step_matches_reference(golden_run):
     name, run, result = golden_run
     latent = result.trajectory["latent"][0, :, 0]  # after the first update [B, L, 512]
@@ -95,6 +96,7 @@ def test_first_step_matches_reference(golden_run):
         np.testing.assert_allclose(noise, nhwc(run[f"noise_{i}_per_step"][0]), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_whole_run_follows_reference_l2_trajectory(golden_run):
     name, run, result = golden_run
     l2 = result.history["L2"][:, :, 0]
@@ -105,6 +107,7 @@ def test_whole_run_follows_reference_l2_trajectory(golden_run):
     np.testing.assert_allclose(total[0], run["total_per_step"][0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_success_agrees_with_reference_where_it_can_decide(golden_run):
     name, run, result = golden_run
     if name == "succeeds":  # batch of one: the reference's batch-wide success is per sample

@@ -1,4 +1,4 @@
-"""Tests for pulse_jax.sphere: PULSE's row-wise spherical projection (spec section 3)."""
+"""Tests for pulse_jax.sphere: PULSE's row-wise spherical projection (docs/method.md section 3)."""
 
 import jax
 import jax.numpy as jnp

@@ -99,6 +99,7 @@ def random_state_dict(shapes, rng):
     return sd
 
 
+@pytest.mark.slow
 def test_full_ffhq_1024_layout_converts_and_synthesizes(tmp_path):
     tables = read_key_table(Path(__file__).parent / "data" / "stylegan_ffhq1024_keys.tsv")
     assert len(tables["synthesis"]) == 100 and len(tables["mapping"]) == 16

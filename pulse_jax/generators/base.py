@@ -9,7 +9,7 @@ A generator is split in two so that `solve` compiles once per architecture:
 The search space of a sample is a pytree "start" (e.g. {"latent", "noise"});
 `trainable(options)` marks the leaves that are optimized, `sphere_axes(options)`
 gives, for each batched leaf [N, ...], the axes over which its rows' radii are
-taken (PULSE_SPEC section 3), and `render(params, variables, options)` turns
+taken (docs/method.md section 3), and `render(params, variables, options)` turns
 batched variables into images in [0, 1] plus the dlatents GEOCROSS needs (or
 None where GEOCROSS does not apply).
 `prepare(params)` gives the parameters with everything that depends on the

@@ -1,4 +1,4 @@
-"""The embedded default generator: a pretrained 64 px face DCGAN (PULSE_SPEC section 7).
+"""The embedded default generator: a pretrained 64 px face DCGAN (docs/method.md section 9.3).
 
 `z [B, 100]` -> five transposed convs without bias (100->512 k4 s1 p0, then
 k4 s2 p1 each), eval-mode batch norm and ReLU after the first four, tanh last.

@@ -2,7 +2,7 @@
 
 Precision is a string so that it can live in a hashable, static architecture:
 "highest" (full float32 on every backend; the default, needed for parity with
-the golden vectors on GPU/TPU, PULSE_SPEC section 1), "high", "default"
+the golden vectors on GPU/TPU, docs/method.md section 8.3), "high", "default"
 (TF32/bfloat16 passes on accelerators; full float32 on CPU anyway).
 """
 

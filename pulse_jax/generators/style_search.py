@@ -1,4 +1,4 @@
-"""PULSE's search space over a style-based generator (PULSE_SPEC sections 2-3; STYLEGAN2_SPEC 3).
+"""PULSE's search space over a style-based generator (docs/method.md sections 2-3, 9.2).
 
 StyleGAN (v1) and StyleGAN2 are searched the same way: a latent of `num_layers` style rows
 (or one row, tiled) that reaches the generator as `leaky_relu_0.2(latent * std + mean)`
@@ -77,8 +77,9 @@ class StyleSearchSpace:
         return {"latent": True, "noise": noise}
 
     def sphere_axes(self, options: SearchOptions) -> dict:
-        """Axes of a batched leaf [N, ...] over which each row's radius is taken (section 3):
-        one row per (sample, style row) for the latent, per (sample, channel) for noise."""
+        """Axes of a batched leaf [N, ...] over which each row's radius is taken: one row per
+        (sample, style row) for the latent, per (sample, channel) for noise (docs/method.md
+        section 3)."""
         return {"latent": (2,), "noise": [(1, 2)] * self.num_noise_layers}
 
     def render(self, params: dict, variables: dict, options: SearchOptions):

@@ -1,4 +1,4 @@
-"""StyleGAN (v1) as PULSE uses it: mapping and synthesis as pure functions (PULSE_SPEC section 1).
+"""StyleGAN (v1) as PULSE uses it: its mapping and synthesis, pure (docs/method.md section 9.1).
 
 Parameters are nested dicts whose keys follow PULSE's checkpoints
 (`params["synthesis"]["blocks"]["8x8"]["conv0_up"]["weight"]`), stored unscaled
@@ -188,7 +188,7 @@ def _prepare_upscale(p: dict, fused: bool) -> dict:
 
 
 def _epilogue(p: dict, x: jax.Array, noise: jax.Array, dlatent: jax.Array, precision: str):
-    """noise -> leaky ReLU -> instance norm -> style modulation (PULSE_SPEC section 1).
+    """noise -> leaky ReLU -> instance norm -> style modulation (docs/method.md section 9.1).
 
     The instance norm's moments are taken in one pass (variance as E[x^2] - E[x]^2, clamped
     at 0) and the norm and the modulation are folded into one per-channel affine map, so the

@@ -1,4 +1,4 @@
-"""StyleGAN2 (config F, "skip") as pure functions in NHWC (STYLEGAN2_SPEC section 1).
+"""StyleGAN2 (config F, "skip") as pure functions in NHWC (docs/method.md section 9.2).
 
 The function is NVIDIA's StyleGAN2-ADA generator (`training/networks.py`) in float32.
 Parameters are nested dicts built from the generator's state dict under NVIDIA's names
