@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
+
+# Launchers started by tests (subprocesses inherit this) leave the user's compilation cache
+# alone; tests/test_compile_cache.py gives them a folder of its own.
+os.environ["PULSE_JAX_COMPILATION_CACHE"] = ""
 
 
 @pytest.fixture(scope="session")
