@@ -1,14 +1,16 @@
 """What reduced matmul/conv precision does to PULSE, emulated on the CPU (pulse_jax.precision).
 
     python experiments/precision.py                        # goldens and evaluation, x4 and x8
-    python experiments/precision.py --evaluate=false       # the golden runs only (~1 minute)
+    python experiments/precision.py --evaluate=false --renders=   # the golden runs only
     python experiments/precision.py --precisions highest,bf16 --lr_sizes 16
 
 For each precision ("highest" is float32; "tf32" and "bf16" round every conv and matmul
-operand of the generator as an H100's TF32 tensor cores and a TPU's one-pass bfloat16 do):
+operand of the generator as an H100's TF32 tensor cores and a TPU's one-pass bfloat16 do,
+"bf16_3x" emulates a TPU's three-pass "high"):
 - the golden runs (StyleGAN v1: tests/golden/run_*.npz, StyleGAN2:
   tests/golden/stylegan2/sg2_run_*.npz, the reference's float32 searches from their own
   starts): each sample's L2 at every step against the reference's, as the tests replay them;
+- one render and one gradient at 1024 px (the benchmark's random-weight generators);
 - the evaluation (`pulse_jax.evaluate`, as experiments/evaluate.py --synthetic N --seeds K):
   success rate, LR PSNR, HR PSNR, per observation size. Each precision draws the synthetic
   truth faces with its own generator, as a user on that chip would; how far those faces
@@ -25,15 +27,21 @@ from pathlib import Path
 
 import jax
 from absl import app, flags
-from precision_lib import evaluation_rows, golden_rows, write_docs
+from precision_lib import evaluation_rows, golden_rows, render_rows, write_docs
 
 from pulse_jax.store import cpu_model
 
 _PRECISIONS = flags.DEFINE_list(
-    "precisions", ["highest", "tf32", "bf16"], "Precisions, float32 first."
+    "precisions", ["highest", "tf32", "bf16", "bf16_3x"], "Precisions, float32 first."
 )
 _GOLDENS = flags.DEFINE_boolean("goldens", True, "Replay the golden runs.")
 _EVALUATE = flags.DEFINE_boolean("evaluate", True, "Run the evaluation.")
+_RENDERS = flags.DEFINE_list(
+    "renders",
+    ["stylegan1024", "stylegan2_1024"],
+    "Benchmark generators (experiments/benchmark.py's names) whose render and gradient are "
+    "compared; empty: none.",
+)
 _GOLDEN_DIR = flags.DEFINE_string("golden_dir", "tests/golden", "The golden vectors' folder.")
 _SYNTHETIC = flags.DEFINE_integer("synthetic", 32, "Evaluation faces.", lower_bound=1)
 _SEEDS = flags.DEFINE_integer("seeds", 4, "Samples per face.", lower_bound=1)
@@ -73,6 +81,7 @@ def main(argv) -> int:
             else []
         ),
     }
+    figures["renders"] = render_rows(precisions, _RENDERS.value)
     figures["seconds"] = round(time.perf_counter() - t0, 1)
     write_docs(figures, Path(_DOCS.value))
     print(Path(_DOCS.value).with_suffix(".md").read_text())

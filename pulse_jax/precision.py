@@ -4,7 +4,7 @@ emulation on the CPU of what GPUs and TPUs do at reduced precision.
 A generator's precision is a name (hashable, so it lives in the static architecture):
 
 - "highest": full float32 products on every backend (on a TPU, six bfloat16 passes).
-- "high": on a TPU, three bfloat16 passes; elsewhere as the backend gives it.
+- "high": on a TPU, three bfloat16 passes; on a GPU, TF32 like "default".
 - "default": the backend's fast float32 path: on a TPU one bfloat16 pass (operands rounded
   to bfloat16, products summed in float32), on an NVIDIA GPU since Ampere TF32 tensor cores
   (operands rounded to a 10-bit mantissa, summed in float32). On a CPU, full float32.
@@ -12,9 +12,13 @@ A generator's precision is a name (hashable, so it lives in the static architect
   generator (forward and backward) is rounded to a 7-bit (bfloat16) or a 10-bit (TF32)
   mantissa, round-to-nearest-even on the float32 bit pattern, and the products are summed in
   float32 at HIGHEST precision. On an accelerator they compute the same thing, at float32
-  cost. XLA's own algorithm presets do not emulate this on the CPU (measured with jax
-  0.10.2: `DotAlgorithmPreset.BF16_BF16_F32` gives the float32 result there, TF32 is
-  refused), hence explicit rounding.
+  cost.
+- "bf16_3x": the emulation of a TPU's "high": each operand split into a bfloat16 part and a
+  bfloat16 remainder, and the three larger of the four cross products summed in float32.
+
+XLA's own algorithm presets do not emulate these on the CPU (measured with jax 0.10.2:
+`DotAlgorithmPreset.BF16_BF16_F32` gives the float32 result there, TF32 is refused), hence
+the explicit rounding.
 
 What the reduced precisions do to PULSE, and why each platform's default is what it is:
 docs/precision.md and the README's "Precision on GPUs and TPUs".
@@ -34,7 +38,9 @@ LAX_PRECISIONS = {
 }
 # Emulated names -> the mantissa bits their operands keep (float32 keeps 23).
 EMULATED = {"bf16": 7, "tf32": 10}
-NAMES = tuple(LAX_PRECISIONS) + tuple(EMULATED)
+# Emulated three-pass names -> the bits of each part (see `bilinear`).
+THREE_PASS = {"bf16_3x": 7}
+NAMES = tuple(LAX_PRECISIONS) + tuple(EMULATED) + tuple(THREE_PASS)
 
 # The precision `load_generator(precision=None)` gives on each platform
 # (`jax.default_backend()`), chosen from docs/precision.md's measurements.
@@ -110,11 +116,56 @@ def bilinear(op, a: jax.Array, b: jax.Array, name: str) -> jax.Array:
     """`op(a, b, lax_precision)` (a matmul or conv, linear in each operand) at precision
     `name`. For an emulated name, both operands are rounded and the products summed in
     float32; differentiated, each backward product again reads rounded operands: the
-    stored (rounded) operand and the rounded cotangent. Other names call `op` as it is."""
+    stored (rounded) operand and the rounded cotangent. A three-pass name sums three such
+    products over the operands' parts, backward too. Other names call `op` as it is."""
+    if name in THREE_PASS:
+        return _three_pass(op, a, b, THREE_PASS[name])
     bits = EMULATED.get(name)
     if bits is None:
         return op(a, b, lax_precision(name))
     return _result(op(_operand(a, bits), _operand(b, bits), jax.lax.Precision.HIGHEST), bits)
+
+
+def _parts(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+    high = round_mantissa(x, bits)
+    return high, round_mantissa(x - high, bits)
+
+
+def _three_pass_products(op, a, b, bits):
+    """op's three passes over (high, low) parts: a_low b_high + a_high b_low + a_high b_high,
+    the small ones summed first."""
+    (ah, al), (bh, bl) = _parts(a, bits), _parts(b, bits)
+    hi = jax.lax.Precision.HIGHEST
+    return (op(al, bh, hi) + op(ah, bl, hi)) + op(ah, bh, hi)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _three_pass(op, a, b, bits):
+    return _three_pass_products(op, a, b, bits)
+
+
+def _three_pass_fwd(op, a, b, bits):
+    return _three_pass_products(op, a, b, bits), (a, b)
+
+
+def _three_pass_bwd(op, bits, residuals, g):
+    """Each backward product in three passes too: op's transposes, bilinear in (cotangent,
+    the other operand), over their parts."""
+    a, b = residuals
+
+    def grad_a(cot, other):
+        return jax.vjp(lambda x: op(x, other, jax.lax.Precision.HIGHEST), a)[1](cot)[0]
+
+    def grad_b(cot, other):
+        return jax.vjp(lambda y: op(other, y, jax.lax.Precision.HIGHEST), b)[1](cot)[0]
+
+    return (
+        _three_pass_products(lambda c, o, _: grad_a(c, o), g, b, bits),
+        _three_pass_products(lambda c, o, _: grad_b(c, o), g, a, bits),
+    )
+
+
+_three_pass.defvjp(_three_pass_fwd, _three_pass_bwd)
 
 
 def dot(x: jax.Array, w: jax.Array, name: str) -> jax.Array:

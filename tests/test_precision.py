@@ -6,8 +6,10 @@ Tolerances, justified:
 - Rounding: bitwise, against ml_dtypes' float32 -> bfloat16 conversion (the same
   round-to-nearest-even) and against a float64 round-half-even of the 11-bit significand
   (TF32); both exact by construction.
-- Emulated products: 1e-6 max-abs against the same lax op on operands rounded by hand; the
-  float32 result lies 1e-3 or more away, so the check tells the two apart.
+- Emulated products: 1e-6 max-abs against the same lax op on operands rounded by hand
+  (1e-5 for the 2x upsampling's gradient, a sum of 16 products more); the float32 result
+  lies 1e-3 or more away, so the check tells the two apart. Three passes: 1e-6 against the
+  three part products by hand; within 1e-3 of float32, a single bfloat16 pass not.
 - Golden run `sgd_fixed` (tiny StyleGAN, 20 SGD steps): measured worst relative L2
   deviation from the reference 0.13% (tf32) and 0.72% (bf16), against 0.02% at float32;
   asserted 0.5% and 2%, and at least 0.05% (the emulation acts).
@@ -90,18 +92,23 @@ def test_emulated_conv_reads_rounded_operands_forward_and_backward(name):
             precision=jax.lax.Precision.HIGHEST,
         )  # fmt: skip
 
-    rx, rk, rg = _rounded(x, name), _rounded(kernel, name), _rounded(g, name)
-    out, vjp = jax.vjp(lambda a, k: ops.conv2d(a, ops.prepare_conv(k), 1, name), x, kernel)
-    want, want_vjp = jax.vjp(conv, rx, rk)
-    full = conv(x, kernel)
-    for got, expected, float32 in zip(
-        (out, *vjp(g)),
-        (want, *want_vjp(rg)),
-        (full, *jax.vjp(conv, x, kernel)[1](g)),
-        strict=True,
-    ):
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-        assert np.abs(np.asarray(float32) - np.asarray(expected)).max() > 1e-3
+    def emulated(a, k, c):
+        out, vjp = jax.vjp(lambda a, k: ops.conv2d(a, ops.prepare_conv(k), 1, name), a, k)
+        return (out, *vjp(c))
+
+    def by_hand(a, k, c):  # the plain conv (and its transposes) of rounded operands
+        ra, rk, rc = _rounded(a, name), _rounded(k, name), _rounded(c, name)
+        out, vjp = jax.vjp(conv, ra, rk)
+        return (out, *vjp(rc))
+
+    def float32(a, k, c):
+        out, vjp = jax.vjp(conv, a, k)
+        return (out, *vjp(c))
+
+    got, want, full = (jax.jit(f)(x, kernel, g) for f in (emulated, by_hand, float32))
+    for got_i, want_i, full_i in zip(got, want, full, strict=True):
+        np.testing.assert_allclose(got_i, want_i, rtol=0, atol=1e-6)
+        assert np.abs(np.asarray(full_i) - np.asarray(want_i)).max() > 1e-3
 
 
 @pytest.mark.parametrize("name", ["bf16", "tf32"])
@@ -109,7 +116,7 @@ def test_emulated_dot_and_upsample_gradients_read_rounded_operands(name):
     keys = jax.random.split(jax.random.key(1), 4)
     x, w = jax.random.normal(keys[0], (3, 16)), jax.random.normal(keys[1], (16, 8))
     g = jax.random.normal(keys[2], (3, 8))
-    grad_x = jax.vjp(lambda a: ops.dot(a, w, name), x)[1](g)[0]
+    grad_x = jax.jit(lambda a, c: jax.vjp(lambda a: ops.dot(a, w, name), a)[1](c)[0])(x, g)
     want = jnp.dot(_rounded(g, name), _rounded(w, name).T, precision="highest")
     np.testing.assert_allclose(grad_x, want, rtol=0, atol=1e-6)
     # The 2x upsampling conv's custom input gradient: a stride-2 conv of the rounded
@@ -117,12 +124,39 @@ def test_emulated_dot_and_upsample_gradients_read_rounded_operands(name):
     kernel = jax.random.normal(keys[3], (4, 4, 3, 2))
     image = jax.random.normal(keys[0], (1, 5, 5, 3))
     cot = jax.random.normal(keys[1], (1, 10, 10, 2))
-    got = jax.vjp(lambda a: ops.upsample_conv2x(a, kernel, name), image)[1](cot)[0]
-    rounded_kernel = _rounded(kernel, name)
-    want = jax.vjp(lambda a: ops.upsample_conv2x(a, rounded_kernel, "highest"), image)[1](
-        _rounded(cot, name)
-    )[0]
+
+    @jax.jit
+    def grads(a, c):
+        got = jax.vjp(lambda a: ops.upsample_conv2x(a, kernel, name), a)[1](c)[0]
+        rounded_kernel = _rounded(kernel, name)
+        plain = jax.vjp(lambda a: ops.upsample_conv2x(a, rounded_kernel, "highest"), a)[1]
+        return got, plain(_rounded(c, name))[0]
+
+    got, want = grads(image, cot)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_three_pass_bf16_sums_the_three_larger_part_products_forward_and_backward():
+    keys = jax.random.split(jax.random.key(4), 3)
+    x, w = jax.random.normal(keys[0], (3, 64)), jax.random.normal(keys[1], (64, 8))
+    g = jax.random.normal(keys[2], (3, 8))
+
+    def parts(v):
+        high = precision.round_mantissa(v, 7)
+        return high, precision.round_mantissa(v - high, 7)
+
+    def three(a, b):
+        (ah, al), (bh, bl) = parts(a), parts(b)
+        return sum(jnp.dot(p, q, precision="highest") for p, q in ((al, bh), (ah, bl), (ah, bh)))
+
+    out, vjp = jax.jit(lambda a, b: jax.vjp(lambda a, b: ops.dot(a, b, "bf16_3x"), a, b))(x, w)
+    np.testing.assert_allclose(out, three(x, w), rtol=0, atol=1e-6)
+    grad_x, grad_w = vjp(g)
+    np.testing.assert_allclose(grad_x, three(g, w.T), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grad_w, three(x.T, g), rtol=0, atol=1e-6)
+    # Near float32 (parts of 16 bits), far nearer than one bfloat16 pass.
+    exact = jnp.dot(x, w, precision="highest")
+    assert np.abs(out - exact).max() < 1e-3 < np.abs(ops.dot(x, w, "bf16") - exact).max()
 
 
 def test_highest_is_the_plain_lax_op():
