@@ -31,18 +31,23 @@ OPTION_KEYS = (
 ).split()
 
 
-def tiny_generators(golden: Path, folder: Path) -> dict[str, Path]:
-    """The golden tiny generators as weights files: {"stylegan": path, "stylegan2": path}."""
+def write_tiny_stylegan(golden: Path, out: Path, source: str = "golden tiny synthesis") -> Path:
+    """The golden tiny StyleGAN (128 px, 12 style layers) with the golden mapping network and
+    PULSE's real gaussian fit, as a weights file at `out` (tests/conftest.py's too)."""
     fit = np.load(golden / "gaussian_fit.npz")
-    v1 = folder / "tiny_stylegan.npz"
     write_stylegan_weights(
-        v1,
+        out,
         torch_format.load_state_dict(golden / "stylegan_tiny_synthesis.pt"),
         torch_format.load_state_dict(golden / "stylegan_mapping.pt"),
         gaussian_fit={"mean": fit["mean"], "std": fit["std"]},
-        provenance={"source": "golden tiny synthesis"},
+        provenance={"source": source},
         show_progress=False,
     )
+    return out
+
+
+def tiny_generators(golden: Path, folder: Path) -> dict[str, Path]:
+    """The golden tiny generators as weights files: {"stylegan": path, "stylegan2": path}."""
     fit2 = np.load(golden / "stylegan2" / "sg2_gaussian_fit.npz")
     v2 = folder / "tiny_stylegan2.npz"
     write_stylegan2_weights(
@@ -51,7 +56,7 @@ def tiny_generators(golden: Path, folder: Path) -> dict[str, Path]:
         gaussian_fit={"mean": fit2["mean"], "std": fit2["std"]},
         show_progress=False,
     )
-    return {"stylegan": v1, "stylegan2": v2}
+    return {"stylegan": write_tiny_stylegan(golden, folder / "tiny_stylegan.npz"), "stylegan2": v2}
 
 
 def golden_problem(path: Path, layers: int):
