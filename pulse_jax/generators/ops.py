@@ -3,8 +3,8 @@
 Precision is a string so that it can live in a hashable, static architecture:
 "highest" (full float32 on every backend, needed for parity with the golden vectors),
 "high", "default" (TF32/bfloat16 passes on accelerators; full float32 on CPU anyway), and
-"bf16" / "tf32", their emulation on any backend (`pulse_jax.precision`): every conv and
-matmul here, the custom gradients' included, goes through `precision.bilinear`.
+"bf16" / "tf32" / "bf16_3x", their emulation on any backend (`pulse_jax.precision`): every
+conv and matmul here, the custom gradients' included, goes through `precision.bilinear`.
 """
 
 from __future__ import annotations
