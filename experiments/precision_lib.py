@@ -327,8 +327,12 @@ def write_docs(figures: dict, stem: Path) -> None:
         f"Made by `{figures['command']}` on {figures['machine']} (jax {figures['jax']}, "
         f"{figures['date']}), the CPU emulating each precision (`pulse_jax.precision`): "
         "tf32 and bf16 round every conv and matmul operand of the generator, forward and "
-        "backward, to a 10-bit or 7-bit mantissa and sum the products in float32. The "
-        "bicubic downscale stays float32 (HIGHEST) at every precision.",
+        "backward, to a 10-bit or 7-bit mantissa and sum the products in float32; bf16_3x "
+        "sums three such bfloat16 products of the operands' high and low parts (a TPU's "
+        '"high"). The bicubic downscale stays float32 (HIGHEST) at every precision. '
+        f"The whole run took {figures['seconds']:.0f} s (an evaluation whose report existed "
+        "with the same settings is read, not run again); the default precision each platform "
+        'takes from these figures, and why: the README\'s "Precision on GPUs and TPUs".',
     ]
     if figures["goldens"]:
         md += [

@@ -33,7 +33,7 @@ def tiny_stylegan_path(tmp_path_factory) -> Path:
 def tiny_stylegan(tiny_stylegan_path):
     from pulse_jax import load_generator
 
-    return load_generator(tiny_stylegan_path)
+    return load_generator(tiny_stylegan_path, precision="highest")  # parity on any platform
 
 
 @pytest.fixture(scope="session")
