@@ -62,7 +62,9 @@ def resolve(name: str | None, platform: str | None = None) -> str:
     `platform` (`jax.default_backend()` when None; "highest" for a platform not listed)."""
     if name is not None:
         return check(name)
-    return PLATFORM_DEFAULTS.get(platform or jax.default_backend(), "highest")
+    platform = platform or jax.default_backend()
+    platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)  # device platform names
+    return PLATFORM_DEFAULTS.get(platform, "highest")
 
 
 def lax_precision(name: str) -> jax.lax.Precision:

@@ -174,6 +174,7 @@ def test_highest_is_the_plain_lax_op():
 def test_default_precision_per_platform():
     assert precision.resolve(None, "cpu") == "highest"
     assert precision.resolve(None, "gpu") == "default"  # TF32 (docs/precision.md)
+    assert precision.resolve(None, "cuda") == "default"
     assert precision.resolve(None, "tpu") == "high"  # three bfloat16 passes; one is too coarse
     assert precision.resolve(None, "some_new_platform") == "highest"
     assert precision.resolve("bf16", "cpu") == "bf16"
