@@ -44,9 +44,9 @@ NAMES = tuple(LAX_PRECISIONS) + tuple(EMULATED) + tuple(THREE_PASS)
 
 # The precision `load_generator(precision=None)` gives on each platform
 # (`jax.default_backend()`), chosen from docs/precision.md's measurements (the README's
-# "Precision on GPUs and TPUs"): TF32 on a GPU leaves the evaluation as it is and 1024 px
-# renders within 53 dB of float32's; one bfloat16 pass does not (34 dB for StyleGAN v1),
-# three do (90 dB), at half the passes of "highest".
+# "Precision on GPUs and TPUs"): TF32 on a GPU leaves the evaluation as it is and renders a
+# 1024 px face 53 dB or more from float32's; one bfloat16 pass renders a StyleGAN v1 face
+# 34 dB from it, three passes 90 dB, at half the passes of "highest".
 PLATFORM_DEFAULTS = {"cpu": "highest", "gpu": "default", "tpu": "high"}
 
 
