@@ -18,6 +18,8 @@ import sys
 import benchmark_lib as benchmark
 from absl import app, flags
 
+from pulse_jax import cli, compile_cache
+
 _GENERATORS = flags.DEFINE_list(
     "generators",
     ["dcgan64", "stylegan256", "stylegan1024", "stylegan2_256", "stylegan2_1024"],
@@ -40,9 +42,13 @@ _NAME = flags.DEFINE_string(
     "name", "benchmark", "File stem: writes <out_dir>/<name>.json and <out_dir>/<name>.md."
 )
 
+# Off by default: the table's compile times would be cache reads on a second run.
+cli.define_cache_flag(default="")
+
 
 def main(argv: list[str]) -> None:
     del argv
+    compile_cache.enable(flags.FLAGS.compilation_cache)
     results = benchmark.run(
         _GENERATORS.value,
         [int(s) for s in _SAMPLES.value],

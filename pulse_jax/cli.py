@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from pulse_jax import config
+from pulse_jax import compile_cache, config
 from pulse_jax.checkpoints import CheckpointError, shown
 from pulse_jax.checkpoints.dcgan_package import FetchError
 from pulse_jax.images import ImageError
@@ -89,10 +89,27 @@ def exit_status(error: Exception, status: int) -> int:
     raise error
 
 
+def define_cache_flag(default: str | None = None) -> None:
+    """Defines --compilation_cache (once per process), the folder of JAX's persistent
+    compilation cache (`compile_cache`); `default` None: `compile_cache.default_dir()`."""
+    if "compilation_cache" in flags.FLAGS:
+        return
+    flags.DEFINE_string(
+        "compilation_cache",
+        compile_cache.default_dir() if default is None else default,
+        "Folder of JAX's persistent compilation cache: a later process on this host reads "
+        "the programs compiled here instead of compiling them again; '' turns it off "
+        f"(${compile_cache.ENV} sets the default).",
+    )
+
+
 def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
     """A launcher's `run(argv)` (for tests and in-process callers: flags of an earlier call
-    are reset first) and `main(argv)` (the `app.run` entry point, JAX's start-up notes kept
-    out of the output), both around `execute()`, which runs with the parsed flags."""
+    are reset first; the compilation cache is the caller's business) and `main(argv)` (the
+    `app.run` entry point: JAX's start-up notes kept out of the output, the persistent
+    compilation cache of --compilation_cache, defined here, in use), both around
+    `execute()`, which runs with the parsed flags."""
+    define_cache_flag()
 
     def run(argv: list[str]) -> int:
         flags.FLAGS.unparse_flags()
@@ -104,6 +121,7 @@ def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+        compile_cache.enable(flags.FLAGS.compilation_cache)
         return execute()
 
     return run, main

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from pulse_jax import precision as precisions
 from pulse_jax.checkpoints import CheckpointError, dcgan_package, refusing, weights_file
 from pulse_jax.generators import dcgan, stylegan, stylegan2
 from pulse_jax.generators.base import Generator
@@ -35,16 +36,18 @@ def weights_dir() -> Path:
     return Path.home() / ".cache" / "pulse_jax" / "weights"
 
 
-def load_generator(name_or_path: str | os.PathLike, *, precision: str = "highest") -> Generator:
+def load_generator(name_or_path: str | os.PathLike, *, precision: str | None = None) -> Generator:
     """Loads a generator for `solve` and notebooks.
 
     Args:
       name_or_path: a registered name (`"dcgan64"`, the embedded default, fetched and
         converted on first use) or the path of a weights file written by
         `python -m pulse_jax.convert`.
-      precision: matmul/conv precision, "highest" (full float32 everywhere, the
-        default and what parity with the original needs), "high" or "default"
-        (faster reduced-precision passes on GPU/TPU).
+      precision: matmul/conv precision (`pulse_jax.precision`): "highest" (full float32
+        everywhere, what parity with the original needs), "high" or "default" (faster
+        reduced-precision passes on GPU/TPU), "bf16" or "tf32" (their emulation); None: the
+        platform's default, `precision.PLATFORM_DEFAULTS` ("highest" on CPU; the README's
+        "Precision on GPUs and TPUs" says why).
 
     Returns:
       A `Generator` exposing `resolution`, `num_layers`, `gaussian_fit`, `map`,
@@ -92,13 +95,15 @@ ARCHS: dict[str, tuple[type, Callable]] = {
 
 
 def from_weights_file(
-    wf: weights_file.WeightsFile, *, precision: str = "highest", path: Path | None = None
+    wf: weights_file.WeightsFile, *, precision: str | None = None, path: Path | None = None
 ) -> Generator:
-    """A `Generator` from a loaded weights file (`weights_file.load_weights`).
+    """A `Generator` from a loaded weights file (`weights_file.load_weights`), at
+    `precision` (`load_generator`'s).
 
     Raises:
       CheckpointError: an unknown kind, or parameters that do not fit it.
     """
+    precision = precisions.resolve(precision)
     params = jax.tree.map(jnp.asarray, wf.params)
     try:
         if wf.kind not in ARCHS:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
+
+# Launchers started by tests (subprocesses inherit this) leave the user's compilation cache
+# alone; tests/test_compile_cache.py gives them a folder of its own.
+os.environ["PULSE_JAX_COMPILATION_CACHE"] = ""
 
 
 @pytest.fixture(scope="session")
@@ -19,27 +23,17 @@ def golden_dir() -> Path:
 def tiny_stylegan_path(tmp_path_factory) -> Path:
     """The golden tiny synthesis network (128 px, 12 style layers) with the golden mapping
     network and PULSE's real gaussian fit, converted to a pulse_jax weights file."""
-    from pulse_jax.checkpoints import torch_format
-    from pulse_jax.convert import write_stylegan_weights
+    from precision_lib import write_tiny_stylegan  # experiments/, on the tests' path
 
     out = tmp_path_factory.mktemp("weights") / "tiny_stylegan.npz"
-    fit = np.load(GOLDEN / "gaussian_fit.npz")
-    write_stylegan_weights(
-        out,
-        torch_format.load_state_dict(GOLDEN / "stylegan_tiny_synthesis.pt"),
-        torch_format.load_state_dict(GOLDEN / "stylegan_mapping.pt"),
-        gaussian_fit={"mean": fit["mean"], "std": fit["std"]},
-        provenance={"source": "golden tiny synthesis (tests)"},
-        show_progress=False,
-    )
-    return out
+    return write_tiny_stylegan(GOLDEN, out, "golden tiny synthesis (tests)")
 
 
 @pytest.fixture(scope="session")
 def tiny_stylegan(tiny_stylegan_path):
     from pulse_jax import load_generator
 
-    return load_generator(tiny_stylegan_path)
+    return load_generator(tiny_stylegan_path, precision="highest")  # parity on any platform
 
 
 @pytest.fixture(scope="session")

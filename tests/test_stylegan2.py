@@ -215,7 +215,7 @@ def tiny_sg2(tmp_path_factory):
         gaussian_fit={"mean": fit["mean"], "std": fit["std"]},
         show_progress=False,
     )
-    return pulse_jax.load_generator(out)
+    return pulse_jax.load_generator(out, precision="highest")
 
 
 def load_run(name):
@@ -370,7 +370,7 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
     out = tmp_path / "ffhq_sg2.npz"
     fit = {"mean": np.zeros(512, np.float32), "std": np.ones(512, np.float32)}
     write_stylegan2_weights(out, ck, gaussian_fit=fit, show_progress=False)
-    generator = pulse_jax.load_generator(out)
+    generator = pulse_jax.load_generator(out, precision="highest")
     assert generator.arch.conv_clamp == 256.0
     _check_ffhq_1024(generator)
     # The benchmark's random weights have exactly this layout.
@@ -396,6 +396,6 @@ def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):
     assert convert_main(["stylegan2", "--checkpoint", str(path), "--gaussian_fit", str(fit),
                          "--out", str(out)]) == 0  # fmt: skip
     path.unlink()
-    generator = pulse_jax.load_generator(out)
+    generator = pulse_jax.load_generator(out, precision="highest")
     assert generator.arch.conv_clamp is None
     _check_ffhq_1024(generator)

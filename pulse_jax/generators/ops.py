@@ -1,9 +1,11 @@
 """Layers shared by the generators, NHWC, with an explicit matmul/conv precision.
 
 Precision is a string so that it can live in a hashable, static architecture:
-"highest" (full float32 on every backend; the default, needed for parity with
-the golden vectors on GPU/TPU, docs/method.md section 8.3), "high", "default"
-(TF32/bfloat16 passes on accelerators; full float32 on CPU anyway).
+"highest" (full float32 on every backend, needed for parity with the golden vectors,
+docs/method.md section 8.3), "high", "default" (TF32/bfloat16 passes on accelerators; full
+float32 on CPU anyway), and "bf16" / "tf32" / "bf16_3x", their emulation on any backend
+(`pulse_jax.precision`): every conv and matmul here, the custom gradients' included, goes
+through `precision.bilinear`.
 """
 
 from __future__ import annotations
@@ -13,20 +15,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-PRECISIONS = {
-    "highest": jax.lax.Precision.HIGHEST,
-    "high": jax.lax.Precision.HIGH,
-    "default": jax.lax.Precision.DEFAULT,
-}
+from pulse_jax import precision as precisions
+
+dot = precisions.dot  # the generators' matmul: dot(x, w, precision)
+lax_precision = precisions.lax_precision
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def lax_precision(name: str) -> jax.lax.Precision:
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {name!r}") from None
 
 
 def leaky_relu(x: jax.Array, slope: float = 0.2) -> jax.Array:
@@ -72,14 +66,16 @@ def _conv(x: jax.Array, kernel: jax.Array, adjoint: jax.Array, padding, precisio
     return _conv_nhwc(x, kernel, padding, precision)
 
 
-def _conv_nhwc(x, kernel, padding, precision):
-    return jax.lax.conv_general_dilated(
+def _conv_nhwc(x, kernel, padding, precision, **dilation):
+    """Stride-1 NHWC/HWIO conv at `precision` (`precision.bilinear`); `dilation`:
+    conv_general_dilated's lhs_dilation, for the general transposed conv."""
+    return precisions.bilinear(
+        lambda a, b, p: jax.lax.conv_general_dilated(
+            a, b, (1, 1), padding, dimension_numbers=_NHWC, precision=p, **dilation
+        ),
         x,
         kernel,
-        window_strides=(1, 1),
-        padding=padding,
-        dimension_numbers=_NHWC,
-        precision=lax_precision(precision),
+        precision,
     )
 
 
@@ -118,19 +114,15 @@ def conv_transpose2d(x: jax.Array, kernel, stride: int, padding: int, precision:
         return upsample_conv2x(x, kernel, precision)
     if stride == 1 and padding == 0 and x.shape[1:3] == (1, 1):
         # Each output pixel (i, j) is x . kernel[i, j]: one matmul.
-        return jnp.einsum(
-            "bc,hwco->bhwo", x[:, 0, 0, :], kernel, precision=lax_precision(precision)
+        return precisions.bilinear(
+            lambda a, b, p: jnp.einsum("bc,hwco->bhwo", a, b, precision=p),
+            x[:, 0, 0, :],
+            kernel,
+            precision,
         )  # [B, kh, kw, out]
     pad_h, pad_w = kh - 1 - padding, kw - 1 - padding
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel[::-1, ::-1],
-        window_strides=(1, 1),
-        padding=[(pad_h, pad_h), (pad_w, pad_w)],
-        lhs_dilation=(stride, stride),
-        dimension_numbers=_NHWC,
-        precision=lax_precision(precision),
-    )
+    pads = ((pad_h, pad_h), (pad_w, pad_w))
+    return _conv_nhwc(x, kernel[::-1, ::-1], pads, precision, lhs_dilation=(stride, stride))
 
 
 def upsample_conv2x(x: jax.Array, kernel, precision: str, *, full: bool = False) -> jax.Array:
@@ -190,13 +182,13 @@ def _upsample_fwd(x, phases, adjoint, precision, full):
 def _upsample_bwd(precision, full, residuals, g):
     x, phases, adjoint = residuals
     pad = 0 if full else 1  # the transposed conv's padding
-    grad_x = jax.lax.conv_general_dilated(
+    grad_x = precisions.bilinear(
+        lambda a, b, p: jax.lax.conv_general_dilated(
+            a, b, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=_NHWC, precision=p
+        ),
         g,
         adjoint,  # [4, 4, out, in]
-        window_strides=(2, 2),
-        padding=[(pad, pad), (pad, pad)],
-        dimension_numbers=_NHWC,
-        precision=lax_precision(precision),
+        precision,
     )
     _, phases_vjp = jax.vjp(lambda k: _upsample_subpixel(x, k, precision, full), phases)
     return grad_x, phases_vjp(g)[0], jnp.zeros_like(adjoint)

@@ -152,7 +152,7 @@ def _scaled_dense(p: dict, gain: float, lrmul: float) -> dict:
 
 
 def _affine(dense: dict, x: jax.Array, precision: str) -> jax.Array:
-    return jnp.dot(x, dense["weight"], precision=ops.lax_precision(precision)) + dense["bias"]
+    return ops.dot(x, dense["weight"], precision) + dense["bias"]
 
 
 def _conv(p: dict, x, precision, *, padding: int = 1):

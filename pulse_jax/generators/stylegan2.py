@@ -112,12 +112,11 @@ class StyleGAN2Arch(StyleSearchSpace):
 
         `params` is params["mapping"]; broadcast w to [B, num_ws, w_dim] for `synthesize`.
         """
-        precision = ops.lax_precision(self.precision)
         x = z * jax.lax.rsqrt(jnp.mean(z * z, axis=1, keepdims=True) + 1e-8)
         for i in range(self.mapping_layers):
             fc = params[f"fc{i}"]
             gain = self.mapping_lr / math.sqrt(fc["weight"].shape[0])
-            x = jnp.dot(x, fc["weight"] * gain, precision=precision) + fc["bias"] * self.mapping_lr
+            x = ops.dot(x, fc["weight"] * gain, self.precision) + fc["bias"] * self.mapping_lr
             x = ops.leaky_relu(x, 0.2) * SQRT2
         if truncation_psi != 1:
             x = params["w_avg"] + truncation_psi * (x - params["w_avg"])
@@ -199,7 +198,7 @@ class StyleGAN2Arch(StyleSearchSpace):
 
 def _styles(affine: dict, w: jax.Array, precision: str) -> jax.Array:
     """The affine map of one w row [B, w_dim] -> styles [B, in] (gains applied by prepare)."""
-    return jnp.dot(w, affine["weight"], precision=ops.lax_precision(precision)) + affine["bias"]
+    return ops.dot(w, affine["weight"], precision) + affine["bias"]
 
 
 def _scaled_affine(affine: dict, gain: float = 1.0) -> dict:
@@ -239,8 +238,7 @@ def _layer(p, x, w, noise, clamp, precision, up):
     times sqrt(2), clamp: NVIDIA's SynthesisLayer. x [B, H, W, in] -> [B, H', W', out]."""
     styles = _styles(p["affine"], w, precision)  # [B, in]
     demod = jax.lax.rsqrt(
-        jnp.dot(styles * styles, p["weight_sq"], precision=ops.lax_precision(precision))
-        + DEMODULATION_EPS
+        ops.dot(styles * styles, p["weight_sq"], precision) + DEMODULATION_EPS
     )  # [B, out]
     x = x * styles[:, None, None, :]
     if up:
@@ -258,7 +256,7 @@ def _layer(p, x, w, noise, clamp, precision, up):
 def _torgb(p, x, w, clamp, precision):
     """1x1 modulated conv without demodulation, bias, clamp: x [B, H, W, in] -> [B, H, W, 3]."""
     styles = _styles(p["affine"], w, precision)  # [B, in]
-    y = jnp.dot(x * styles[:, None, None, :], p["weight"], precision=ops.lax_precision(precision))
+    y = ops.dot(x * styles[:, None, None, :], p["weight"], precision)
     y = y + p["bias"]
     return y if clamp is None else jnp.clip(y, -clamp, clamp)
 
