@@ -102,7 +102,9 @@ class Work:
         l2_curves.png beside it, every step's image.
       desc: the progress line's name.
       progress_every: process 0's progress line moves every that many steps during a
-        `solve` call (`solve(progress=...)`); 0: only when a call ends.
+        `solve` call (`solve(progress=...)`); 0: only when a call ends; None: every
+        `max(1, steps // 20)` steps (each report makes the device wait for the host: 2-4 ms
+        measured on CPU, docs/progress_cost_cpu.md).
     """
 
     input_dir: str
@@ -121,7 +123,7 @@ class Work:
     remat: bool = False
     desc: str = "pulse"
     log_interval: float = 10.0
-    progress_every: int = 1
+    progress_every: int | None = None
 
     def folder(self, input_name: str, seed: int) -> str:
         """A result's folder relative to the output folder."""
@@ -279,13 +281,16 @@ def run(
     store.cut_torn_line(shard)
     steps = work.search.steps
     options = {"remat": work.remat, "keep_intermediate": work.intermediate}
+    every = work.progress_every
+    if every is None:  # at most ~20 reports per call: each is a host round trip (~2-4 ms)
+        every = max(1, steps // 20)
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
             t0 = time.perf_counter()
             watch = _CallProgress(bar, sum(w.key not in done for g in call for w in g.items))
-            if index == 0 and work.progress_every:
-                options.update(progress=watch, progress_every=work.progress_every)
+            if index == 0 and every:
+                options.update(progress=watch, progress_every=every)
             result = _solve_groups(call, generator, work.search, devices, **options)
             seconds = time.perf_counter() - t0
             new = _write_call(work, generator, call, result, done, seconds, index, log)
