@@ -125,6 +125,12 @@ class Work:
     log_interval: float = 10.0
     progress_every: int | None = None
 
+    def report_every(self) -> int:
+        """`progress_every`, or its default: at most ~20 reports per call."""
+        if self.progress_every is None:
+            return max(1, self.search.steps // 20)
+        return self.progress_every
+
     def folder(self, input_name: str, seed: int) -> str:
         """A result's folder relative to the output folder."""
         return layout.result_folder(input_name, seed, seed_folders=self.seed_folders)
@@ -281,15 +287,13 @@ def run(
     store.cut_torn_line(shard)
     steps = work.search.steps
     options = {"remat": work.remat, "keep_intermediate": work.intermediate}
-    every = work.progress_every
-    if every is None:  # at most ~20 reports per call: each is a host round trip (~2-4 ms)
-        every = max(1, steps // 20)
+    every = work.report_every() if index == 0 else 0  # only process 0 reports
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
             t0 = time.perf_counter()
             watch = _CallProgress(bar, sum(w.key not in done for g in call for w in g.items))
-            if index == 0 and every:
+            if every:
                 options.update(progress=watch, progress_every=every)
             result = _solve_groups(call, generator, work.search, devices, **options)
             seconds = time.perf_counter() - t0

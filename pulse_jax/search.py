@@ -135,6 +135,11 @@ class Program:
       progress_every: > 0: the step loop hands the rows' best L2 so far to the host every
         that many steps and after the last (`report_progress`); 0: no host callback in
         the program. Results do not depend on it (tests/test_progress.py).
+      rows_one_at_a_time: each step runs the generator's forward and backward pass for
+        one row after the other (`lax.map`) instead of for all rows at once: the same
+        result up to rounding, the working set of one row. `solve` sets it where that is
+        faster (`solve.rows_one_at_a_time`: on CPU, for 1024 px generators;
+        docs/batch_curve_cpu.md).
     """
 
     arch: Arch
@@ -144,6 +149,7 @@ class Program:
     keep_intermediate: bool = False
     remat: bool = False
     progress_every: int = 0
+    rows_one_at_a_time: bool = False
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -311,10 +317,27 @@ def _objective(trainable, state: SearchState):
     return jnp.sum(total), (report, images, gen_lr)
 
 
+def _gradients(state: SearchState):
+    """The gradient of the summed loss and `_objective`'s report, images and downscales:
+    of all rows at once, or (`Program.rows_one_at_a_time`) one row after the other
+    (`lax.map`), each row's loss being its own (the rows are independent)."""
+    grad = jax.grad(_objective, has_aux=True)
+    if not state.program.rows_one_at_a_time or state.failed.shape[0] == 1:
+        return grad(state.trainable, state)
+
+    def one(rows):
+        trainable, fixed, ref = rows
+        return grad(trainable, dataclasses.replace(state, fixed=fixed, ref=ref))
+
+    rows = jax.tree.map(lambda x: x[:, None], (state.trainable, state.fixed, state.ref))
+    out = jax.lax.map(one, rows)  # leaves [N, 1, ...]
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+
 def _step(state: SearchState) -> tuple[SearchState, dict]:
     """`step`, traceable (solve's scan body)."""
     program = state.program
-    grads, (report, images, gen_lr) = jax.grad(_objective, has_aux=True)(state.trainable, state)
+    grads, (report, images, gen_lr) = _gradients(state)
     total = report["TOTAL"]
     failed = state.failed | ~jnp.isfinite(total)
     better = ~failed & (total < state.best.loss)

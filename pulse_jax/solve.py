@@ -46,7 +46,14 @@ from pulse_jax.generators.base import Generator
 from pulse_jax.options import with_options
 from pulse_jax.search import Problem, SearchProgress, SolveResult
 
-__all__ = ["SearchProgress", "SolveResult", "compiled_memory", "lower", "solve"]
+__all__ = [
+    "SearchProgress",
+    "SolveResult",
+    "compiled_memory",
+    "lower",
+    "rows_one_at_a_time",
+    "solve",
+]
 
 
 def _prepare(
@@ -59,7 +66,19 @@ def _prepare(
 ) -> tuple:
     """(the call, the problem, B): `solve`'s arguments checked and planned."""
     problem, batch = search.inputs(lr_images, generator, **kwargs)
-    return _plan(devices, batch_per_device, problem.ref.shape[0]), problem, batch
+    call = _plan(devices, batch_per_device, problem.ref.shape[0])
+    one_at_a_time = rows_one_at_a_time(problem.program.arch.resolution, call.devices)
+    program = dataclasses.replace(problem.program, rows_one_at_a_time=one_at_a_time)
+    return call, dataclasses.replace(problem, program=program), batch
+
+
+def rows_one_at_a_time(resolution: int, devices) -> bool:
+    """Whether `solve` runs a step's generator passes one row at a time
+    (`search.Program.rows_one_at_a_time`): on CPU devices, for generators of 1024 px and
+    more, where a batch of 4 rows at once ran slower per row than one row
+    (docs/batch_curve_cpu.md); batches at once everywhere else (at 256 px on CPU, 4 rows at
+    once were faster per row than one)."""
+    return resolution >= 1024 and all(d.platform == "cpu" for d in devices)
 
 
 @with_options(_prepare, search.inputs)
