@@ -9,7 +9,9 @@ under one `jax.jit` (`lower` gives that program without running it). The program
 starting point are traced, so a second call with the same shapes and options does not
 recompile. Before the loop the generator's weights are prepared once (`arch.prepare`:
 scaled, transposed and sub-pixel kernels), so a step runs the layers and nothing that
-depends on the weights alone.
+depends on the weights alone. On CPU devices, a 1024 px generator's rows go through it one
+after the other inside each step (`rows_one_at_a_time`: a call's working set stays one
+sample's; docs/batch_curve_cpu.md); elsewhere all rows at once.
 
 Devices: the sample axis is sharded over the devices `solve` is given (a 1-D
 `Mesh` named "samples"; rows split with `NamedSharding(mesh, P("samples"))`,
