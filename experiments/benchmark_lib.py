@@ -12,7 +12,9 @@ under one `lax.scan`):
   reported apart, as the call overhead;
 - latent-steps per second: samples / (seconds per step);
 - FLOPs per step from XLA's cost analysis of the compiled program (XLA counts a
-  `while` body once, so the program's count is one step plus the setup), and the
+  `while` body once, so the program's count is one step plus the setup; where the step
+  runs its rows one at a time, `pulse_jax.solve.rows_one_at_a_time`, one row's step,
+  multiplied by the rows), and the
   achieved FLOP/s = FLOPs per step / seconds per step;
 - memory: XLA's buffer assignment of the compiled program (arguments + outputs +
   temporaries - aliased), and the process's peak resident set so far;
@@ -54,6 +56,7 @@ import pulse_jax
 from pulse_jax import testing
 from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
+from pulse_jax.solve import rows_one_at_a_time
 from pulse_jax.store import cpu_model
 
 FIELDS = (
@@ -219,6 +222,8 @@ def measure(generator: Generator, name: str, samples: int, *, steps: int, repeat
     long = min(_timed(lambda: solve_call(2 * steps))[0] for _ in range(repeats))
     s_per_step = (long - short) / steps if long > short else long / (2 * steps)
     flops = float(cost.get("flops", float("nan")))
+    if rows_one_at_a_time(generator.resolution, jax.local_devices()[:1]):
+        flops *= samples  # the rows' passes are a loop inside the step: counted once too
     xla_bytes = None
     if mem is not None:
         xla_bytes = (

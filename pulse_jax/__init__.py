@@ -8,19 +8,20 @@ result.hr, result.success, result.history["L2"]
 A search step by step (search.py): `state = pulse_jax.init(lr_images, generator, steps=50)`,
 `state, out = pulse_jax.step(state)` per step, `pulse_jax.finalize(state, outputs)`.
 The options are `pulse_jax.SearchOptions`' fields; `pulse_jax.lower(...)` is the program
-`solve` would run.
+`solve` would run; `solve(..., progress=fn)` hands `fn` a `SearchProgress` during the search.
 """
 
 from pulse_jax.generators.base import Generator
 from pulse_jax.loading import load_generator
 from pulse_jax.options import SearchOptions
-from pulse_jax.search import SearchState, SolveResult, finalize, init, step
+from pulse_jax.search import SearchProgress, SearchState, SolveResult, finalize, init, step
 from pulse_jax.solve import lower, solve
 
 __version__ = "0.1.0"
 __all__ = [
     "Generator",
     "SearchOptions",
+    "SearchProgress",
     "SearchState",
     "SolveResult",
     "finalize",

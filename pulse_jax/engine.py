@@ -101,6 +101,10 @@ class Work:
       sheets, plots, intermediate: also write comparison.png per (input, seed),
         l2_curves.png beside it, every step's image.
       desc: the progress line's name.
+      progress_every: process 0's progress line moves every that many steps during a
+        `solve` call (`solve(progress=...)`); 0: only when a call ends; None: every
+        `max(1, steps // 20)` steps (each report makes the device wait for the host: 2-4 ms
+        measured on CPU, docs/progress_cost_cpu.md).
     """
 
     input_dir: str
@@ -119,6 +123,13 @@ class Work:
     remat: bool = False
     desc: str = "pulse"
     log_interval: float = 10.0
+    progress_every: int | None = None
+
+    def report_every(self) -> int:
+        """`progress_every`, or its default: at most ~20 reports per call."""
+        if self.progress_every is None:
+            return max(1, self.search.steps // 20)
+        return self.progress_every
 
     def folder(self, input_name: str, seed: int) -> str:
         """A result's folder relative to the output folder."""
@@ -276,10 +287,14 @@ def run(
     store.cut_torn_line(shard)
     steps = work.search.steps
     options = {"remat": work.remat, "keep_intermediate": work.intermediate}
+    every = work.report_every() if index == 0 else 0  # only process 0 reports
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
             t0 = time.perf_counter()
+            watch = _CallProgress(bar, sum(w.key not in done for g in call for w in g.items))
+            if every:
+                options.update(progress=watch, progress_every=every)
             result = _solve_groups(call, generator, work.search, devices, **options)
             seconds = time.perf_counter() - t0
             new = _write_call(work, generator, call, result, done, seconds, index, log)
@@ -289,7 +304,7 @@ def run(
             stats["latent_steps"] += len(new) * steps
             stats["solve_seconds"] += seconds
             bar.update(
-                len(new) * steps,
+                len(new) * steps - watch.counted,
                 l2=float(np.mean([r["l2"] for r in new])) if new else 0.0,
                 reached_eps=f"{stats['successes']}/{stats['done']}",
             )
@@ -298,6 +313,24 @@ def run(
     rows = distributed.gather([stats[k] for k in names])
     summary.per_process = [dict(zip(names, map(float, row), strict=True)) for row in rows]
     return summary
+
+
+class _CallProgress:
+    """`solve(progress=...)` of one call: moves the progress line by the call's pending
+    results x the steps done, and shows the call's best L2 so far and how many of its rows
+    are below eps (`counted`: the latent-steps it added)."""
+
+    def __init__(self, bar: Progress, pending: int):
+        self.bar, self.pending, self.counted = bar, pending, 0
+
+    def __call__(self, report) -> None:
+        steps = round(report.fraction * report.steps)
+        self.bar.update(
+            self.pending * steps - self.counted,
+            best_l2=report.best_l2,
+            below_eps=f"{report.below_eps}/{report.l2.size}",
+        )
+        self.counted = self.pending * steps
 
 
 def _start(work: Work, generator: Generator, index: int, log: TextIO):
@@ -342,10 +375,9 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
     return inputs, summary, done
 
 
-def _solve_groups(
-    groups: Sequence[Group], generator, search, devices, *, remat=False, keep_intermediate=False
-):
-    """One `solve` call: group j on device j (padded with copies of the last group)."""
+def _solve_groups(groups: Sequence[Group], generator, search, devices, **execution):
+    """One `solve` call: group j on device j (padded with copies of the last group);
+    `execution`: solve's `remat`, `keep_intermediate`, `progress`, `progress_every`."""
     groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
     rows = [w for g in groups for w in g.rows()]
     side = rows[0].input.side
@@ -360,8 +392,7 @@ def _solve_groups(
         sample_ids=[[w.sample] for w in rows],
         devices=devices,
         batch_per_device=groups[0].size,
-        remat=remat,
-        keep_intermediate=keep_intermediate,
+        **execution,
         **kwargs,
     )
 

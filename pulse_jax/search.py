@@ -25,6 +25,7 @@ A notebook steps a search by hand:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -82,6 +83,43 @@ class SolveResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchProgress:
+    """What `solve(progress=fn)` hands `fn` during a search.
+
+    Attributes:
+      step: steps done by the group of rows running now (1..steps).
+      steps: the search's steps.
+      group, groups: the group running now (0-based) and how many run one after the other
+        (`batch_per_device`; 1 unless the rows are more than the devices take at once).
+      l2: every sample's best (lowest total loss) L2 so far, [B, S]; inf for the samples of
+        groups not started.
+      success: that L2 is <= eps and the loss never turned NaN, [B, S].
+    """
+
+    step: int
+    steps: int
+    group: int
+    groups: int
+    l2: np.ndarray
+    success: np.ndarray
+
+    @property
+    def fraction(self) -> float:
+        """The share of the search's steps done, over all groups."""
+        return (self.group * self.steps + self.step) / (self.groups * self.steps)
+
+    @property
+    def best_l2(self) -> float:
+        """The lowest L2 of any sample so far."""
+        return float(np.min(self.l2))
+
+    @property
+    def below_eps(self) -> int:
+        """How many samples reached eps so far."""
+        return int(np.sum(self.success))
+
+
+@dataclasses.dataclass(frozen=True)
 class Program:
     """Everything static about one search (hashable): equal programs share a compilation.
 
@@ -94,6 +132,14 @@ class Program:
       remat: rematerialize the generator's activations in the backward pass
         (`jax.checkpoint`, saving only conv and matmul outputs): larger batches fit, the
         result is the same up to rounding (the recomputed layers may fuse differently).
+      progress_every: > 0: the step loop hands the rows' best L2 so far to the host every
+        that many steps and after the last (`report_progress`); 0: no host callback in
+        the program. Results do not depend on it (tests/test_progress.py).
+      rows_one_at_a_time: each step runs the generator's forward and backward pass for
+        one row after the other (`lax.map`) instead of for all rows at once: the same
+        result up to rounding, the working set of one row. `solve` sets it where that is
+        faster (`solve.rows_one_at_a_time`: on CPU, for 1024 px generators;
+        docs/batch_curve_cpu.md).
     """
 
     arch: Arch
@@ -102,6 +148,8 @@ class Program:
     eps: float
     keep_intermediate: bool = False
     remat: bool = False
+    progress_every: int = 0
+    rows_one_at_a_time: bool = False
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -127,6 +175,7 @@ def make_program(
     downscale: Downscale | None = None,
     keep_intermediate: bool = False,
     remat: bool = False,
+    progress_every: int = 0,
 ) -> Program:
     """The program for `lr_size` px inputs; `options` are `SearchOptions` keywords.
 
@@ -142,7 +191,17 @@ def make_program(
         raise ConfigError("give downscale or operator, not both")
     else:
         eps = resolved.eps
-    return Program(generator.arch, resolved, downscale, eps, bool(keep_intermediate), bool(remat))
+    if progress_every < 0:
+        raise ValueError(f"progress_every must be >= 0, got {progress_every}")
+    return Program(
+        generator.arch,
+        resolved,
+        downscale,
+        eps,
+        bool(keep_intermediate),
+        bool(remat),
+        int(progress_every),
+    )
 
 
 def split(mask: Any, tree: Any) -> tuple[Any, Any]:
@@ -258,10 +317,27 @@ def _objective(trainable, state: SearchState):
     return jnp.sum(total), (report, images, gen_lr)
 
 
+def _gradients(state: SearchState):
+    """The gradient of the summed loss and `_objective`'s report, images and downscales:
+    of all rows at once, or (`Program.rows_one_at_a_time`) one row after the other
+    (`lax.map`), each row's loss being its own (the rows are independent)."""
+    grad = jax.grad(_objective, has_aux=True)
+    if not state.program.rows_one_at_a_time or state.failed.shape[0] == 1:
+        return grad(state.trainable, state)
+
+    def one(rows):
+        trainable, fixed, ref = rows
+        return grad(trainable, dataclasses.replace(state, fixed=fixed, ref=ref))
+
+    rows = jax.tree.map(lambda x: x[:, None], (state.trainable, state.fixed, state.ref))
+    out = jax.lax.map(one, rows)  # leaves [N, 1, ...]
+    return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
+
+
 def _step(state: SearchState) -> tuple[SearchState, dict]:
     """`step`, traceable (solve's scan body)."""
     program = state.program
-    grads, (report, images, gen_lr) = jax.grad(_objective, has_aux=True)(state.trainable, state)
+    grads, (report, images, gen_lr) = _gradients(state)
     total = report["TOTAL"]
     failed = state.failed | ~jnp.isfinite(total)
     better = ~failed & (total < state.best.loss)
@@ -377,8 +453,64 @@ def run_rows(program: Program, params, ref, start, num_samples: int = 1) -> dict
     `final_rows`, with the step outputs stacked [steps, N, ...]. Traceable; params as
     `arch.prepare` returns them."""
     state = start_state(program, params, ref, start, num_samples)
-    state, outputs = jax.lax.scan(lambda s, _: _step(s), state, length=program.options.steps)
+
+    def body(state, _):
+        state, outputs = _step(state)
+        report_progress(state)
+        return state, outputs
+
+    state, outputs = jax.lax.scan(body, state, length=program.options.steps)
     return dict(final_rows(state), **outputs)
+
+
+# -- progress from inside the compiled loop --------------------------------------------------
+
+# The host's receiver of the step loop's reports (`listening`). The callback compiled into
+# a program is this module's `_deliver`, the same function for every program and call, so
+# a report reaches whoever listens now and no call retraces.
+_LISTENER: list[Callable | None] = [None]
+
+
+def report_progress(state: SearchState) -> None:
+    """In the step loop (traceable): after steps `every`, `2 every`, ... and the last
+    (`Program.progress_every`), hands (steps done, each row's best L2 so far, which rows'
+    loss turned NaN) to the host (`listening`); nothing on other steps (`lax.cond`).
+
+    `jax.debug.callback` runs on the program's first device with the rows gathered there:
+    once per report, on the host (process) of that device."""
+    program = state.program
+    every = program.progress_every
+    if not every:
+        return
+    due = (state.count % every == 0) | (state.count == program.options.steps)
+    jax.lax.cond(
+        due,
+        lambda *args: jax.debug.callback(_deliver, *args),
+        lambda *args: None,
+        state.count,
+        state.best.l2,
+        state.failed,
+    )
+
+
+def _deliver(count, l2, failed) -> None:
+    listener = _LISTENER[0]
+    if listener is not None:
+        listener(int(count), np.asarray(l2), np.asarray(failed))
+
+
+@contextlib.contextmanager
+def listening(receive: Callable[[int, np.ndarray, np.ndarray], None]):
+    """Within the block, `receive(steps_done, l2 [W], failed [W])` gets the step loop's
+    reports (one group of W rows at a time). One listener at a time per process: a second
+    one is refused (ValueError), as is a nested block."""
+    if _LISTENER[0] is not None:
+        raise ValueError("another search reports its progress in this process")
+    _LISTENER[0] = receive
+    try:
+        yield
+    finally:
+        _LISTENER[0] = None
 
 
 @jax.jit
@@ -402,6 +534,7 @@ def inputs(
     sample_ids: Any = None,
     keep_intermediate: bool = False,
     remat: bool = False,
+    progress_every: int = 0,
     **options: Any,
 ) -> tuple[Problem, int]:
     """`solve`'s arguments (but devices and batch_per_device) checked and made into a
@@ -415,6 +548,7 @@ def inputs(
         downscale=downscale,
         keep_intermediate=keep_intermediate,
         remat=remat,
+        progress_every=progress_every,
     )
     if init is None and sample_ids is not None:
         samples = _check_ids("sample_ids", sample_ids, None, ndim=2)

@@ -9,7 +9,9 @@ under one `jax.jit` (`lower` gives that program without running it). The program
 starting point are traced, so a second call with the same shapes and options does not
 recompile. Before the loop the generator's weights are prepared once (`arch.prepare`:
 scaled, transposed and sub-pixel kernels), so a step runs the layers and nothing that
-depends on the weights alone.
+depends on the weights alone. On CPU devices, a 1024 px generator's rows go through it one
+after the other inside each step (`rows_one_at_a_time`: a call's working set stays one
+sample's; docs/batch_curve_cpu.md); elsewhere all rows at once.
 
 Devices: the sample axis is sharded over the devices `solve` is given (a 1-D
 `Mesh` named "samples"; rows split with `NamedSharding(mesh, P("samples"))`,
@@ -43,9 +45,16 @@ from jax.sharding import PartitionSpec as P
 from pulse_jax import search
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import with_options
-from pulse_jax.search import Problem, SolveResult
+from pulse_jax.search import Problem, SearchProgress, SolveResult
 
-__all__ = ["SolveResult", "compiled_memory", "lower", "solve"]
+__all__ = [
+    "SearchProgress",
+    "SolveResult",
+    "compiled_memory",
+    "lower",
+    "rows_one_at_a_time",
+    "solve",
+]
 
 
 def _prepare(
@@ -58,11 +67,29 @@ def _prepare(
 ) -> tuple:
     """(the call, the problem, B): `solve`'s arguments checked and planned."""
     problem, batch = search.inputs(lr_images, generator, **kwargs)
-    return _plan(devices, batch_per_device, problem.ref.shape[0]), problem, batch
+    call = _plan(devices, batch_per_device, problem.ref.shape[0])
+    one_at_a_time = rows_one_at_a_time(problem.program.arch.resolution, call.devices)
+    program = dataclasses.replace(problem.program, rows_one_at_a_time=one_at_a_time)
+    return call, dataclasses.replace(problem, program=program), batch
+
+
+def rows_one_at_a_time(resolution: int, devices) -> bool:
+    """Whether `solve` runs a step's generator passes one row at a time
+    (`search.Program.rows_one_at_a_time`): on CPU devices, for generators of 1024 px and
+    more, where a batch of 4 rows at once ran slower per row than one row
+    (docs/batch_curve_cpu.md); batches at once everywhere else (at 256 px on CPU, 4 rows at
+    once were faster per row than one)."""
+    return resolution >= 1024 and all(d.platform == "cpu" for d in devices)
 
 
 @with_options(_prepare, search.inputs)
-def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
+def solve(
+    lr_images,
+    generator: Generator,
+    *,
+    progress: Callable[[SearchProgress], None] | None = None,
+    **kwargs: Any,
+) -> SolveResult:
     """Searches the generator's latent space for images that downscale to `lr_images`.
 
     Args:
@@ -95,6 +122,18 @@ def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
       remat: rematerialize the generator's activations in the backward pass
         (`search.Program.remat`): larger batches fit, the same result up to rounding. An
         execution setting, not a search option.
+      progress: called during the search, from inside the compiled step loop, with a
+        `SearchProgress` after every `progress_every` steps of a group and after its last
+        (steps done, every sample's best L2 so far, which reached `eps`). It runs on the
+        host of the first device (process 0 of a multi-host call; other processes get no
+        calls) while the device waits; an exception it raises is raised when the search
+        ends. One search with `progress` at a time per process.
+      progress_every: how often the step loop reports (an execution setting: the result
+        is bitwise the same with any value). Default 0: no reports, no host callback in
+        the program; with `progress` given, 1 (every step, as PULSE printed). Each report
+        makes the device wait for the host: on a GPU or TPU with steps of milliseconds,
+        report every 10 or more steps. `lower(..., progress_every=k)` is the program
+        `solve(..., progress=fn, progress_every=k)` runs.
       **kwargs: the keywords above (but devices and batch_per_device, `search.inputs`) and
         the search options, `SearchOptions`' fields (below; PULSE's names and defaults;
         `bad_noise_layers` also takes PULSE's '.'-separated string).
@@ -106,8 +145,19 @@ def solve(lr_images, generator: Generator, **kwargs: Any) -> SolveResult:
       TypeError: an unknown keyword.
       ValueError: bad inputs; `options.ConfigError` (a ValueError) for a bad option.
     """
+    if progress is not None:
+        kwargs.setdefault("progress_every", 1)
+        if kwargs["progress_every"] < 1:
+            raise ValueError("progress needs progress_every >= 1")
     call, problem, batch = _prepare(lr_images, generator, **kwargs)
-    out = call.run(problem)
+    if progress is None:
+        out = call.run(problem)
+    else:
+        watch = _Watch(progress, call, batch, problem)
+        with search.listening(watch):
+            out = call.run(problem)
+        if watch.error is not None:
+            raise watch.error
     return search.to_result(out, batch, problem.num_samples, problem.program.options.steps)
 
 
@@ -247,6 +297,43 @@ def _plan(devices, batch_per_device: int | None, rows: int) -> _Call:
     groups = -(-rows // width)
     mesh = Mesh(np.asarray(devices), ("samples",))
     return _Call(_run if groups == 1 else _run_groups, devices, mesh, groups, width)
+
+
+class _Watch:
+    """The host's side of `solve(progress=...)`: the step loop's reports of one group's rows
+    -> a `SearchProgress` over every sample (groups run one after the other)."""
+
+    def __init__(self, progress: Callable, call: _Call, batch: int, problem: Problem):
+        self.progress, self.batch, self.problem = progress, batch, problem
+        self.groups = call.groups
+        rows = call.groups * call.width if call.mesh is not None else problem.ref.shape[0]
+        self.l2 = np.full(rows, np.inf, np.float32)
+        self.failed = np.zeros(rows, bool)
+        self.group, self.last = 0, 0
+        self.error: Exception | None = None
+
+    def __call__(self, count: int, l2: np.ndarray, failed: np.ndarray) -> None:
+        if count <= self.last:  # the next group's loop started
+            self.group += 1
+        self.last = count
+        at = slice(self.group * l2.shape[0], (self.group + 1) * l2.shape[0])
+        self.l2[at], self.failed[at] = l2, failed
+        program, samples = self.problem.program, self.problem.num_samples
+        n = self.batch * samples
+        l2_rows = self.l2[:n].reshape(self.batch, samples).copy()  # a report keeps its figures
+        failed_rows = self.failed[:n].reshape(self.batch, samples)
+        report = SearchProgress(
+            step=count,
+            steps=program.options.steps,
+            group=self.group,
+            groups=self.groups,
+            l2=l2_rows,
+            success=~failed_rows & (l2_rows <= np.float32(program.eps)),
+        )
+        try:
+            self.progress(report)
+        except Exception as e:  # noqa: BLE001 - raised by solve when the search ends
+            self.error = self.error or e
 
 
 def _ungroup(x):  # [G, W, ...] -> [G * W, ...]

@@ -1,0 +1,70 @@
+"""The CPU batch curve: latent-steps/s of one sample per call against several, in one run.
+
+Each case is (samples per call, how a step runs its rows): "batched" (all rows through
+the generator at once) or "rows" (one row after the other, `search.Program.
+rows_one_at_a_time`, what `solve` does on CPU at 1024 px). The script switches `solve`'s
+rule (`pulse_jax.solve.rows_one_at_a_time`) per case. Every case is compiled first; then
+`--rounds` rounds time every case in turn, so each round's figures come from the same
+conditions. Seconds per step: the call with `2 * steps` steps minus the call with
+`steps`, divided by `steps` (the once-per-call work cancels).
+
+    python experiments/batch_curve.py --generator stylegan2_1024 --cases 1:batched,4:rows
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+
+import benchmark_lib as benchmark
+import numpy as np
+from absl import app, flags
+
+import pulse_jax
+from pulse_jax.store import cpu_model
+
+_GENERATOR = flags.DEFINE_string("generator", "stylegan2_1024", "A benchmark generator name.")
+_CASES = flags.DEFINE_list(
+    "cases", ["1:batched", "4:batched", "4:rows"], "samples:batched or samples:rows."
+)
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds over every case.")
+_STEPS = flags.DEFINE_integer("steps", 1, "Steps of the shorter timed call.")
+
+_SOLVE = importlib.import_module("pulse_jax.solve")  # the module (pulse_jax.solve is the function)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    generator = benchmark.make_generator(_GENERATOR.value)
+    size = benchmark.lr_size(generator.resolution)
+    lr = np.random.default_rng(0).uniform(size=(1, size, size, 3)).astype(np.float32)
+    cases = [(int(c.split(":")[0]), c.split(":")[1] == "rows") for c in _CASES.value]
+
+    def seconds(samples: int, rows: bool, steps: int) -> float:
+        _SOLVE.rows_one_at_a_time = lambda resolution, devices: rows
+        start = time.perf_counter()
+        pulse_jax.solve(lr, generator, num_samples=samples, steps=steps, seed=0)
+        return time.perf_counter() - start
+
+    steps = _STEPS.value
+    for case in cases:  # compiles both step counts of every case
+        seconds(*case, steps), seconds(*case, 2 * steps)
+    rates = {case: [] for case in cases}
+    for round_ in range(_ROUNDS.value):
+        for samples, rows in cases:
+            short, long = seconds(samples, rows, steps), seconds(samples, rows, 2 * steps)
+            rates[(samples, rows)].append(samples * steps / (long - short))
+            print(round_, samples, rows, f"{rates[(samples, rows)][-1]:.4f}", file=sys.stderr)
+    print(f"{_GENERATOR.value} on {cpu_model()}, latent-steps/s per round:")
+    for (samples, rows), values in rates.items():
+        how = "rows one at a time" if rows else "batched"
+        print(
+            f"| {_GENERATOR.value} | {samples} | {how} | " + " | ".join(f"{v:.3f}" for v in values)
+        )
+    print(json.dumps({f"{s}:{'rows' if r else 'batched'}": v for (s, r), v in rates.items()}))
+
+
+if __name__ == "__main__":
+    app.run(main)
