@@ -48,6 +48,9 @@ from pulse_jax.inputs import InputImage, load_inputs
 from pulse_jax.progress import Progress, format_seconds, say
 from pulse_jax.solve import SolveResult, solve
 
+# Generators this size and up report progress during a call by default (`Work.report_every`).
+IN_CALL_PROGRESS_SIDE = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkItem:
@@ -102,9 +105,8 @@ class Work:
         l2_curves.png beside it, every step's image.
       desc: the progress line's name.
       progress_every: process 0's progress line moves every that many steps during a
-        `solve` call (`solve(progress=...)`); 0: only when a call ends; None: every
-        `max(1, steps // 20)` steps (each report makes the device wait for the host: 2-4 ms
-        measured on CPU, docs/progress_cost_cpu.md).
+        `solve` call (`solve(progress=...)`); 0: only when a call ends; None: `report_every`
+        decides from the generator's size.
     """
 
     input_dir: str
@@ -125,11 +127,18 @@ class Work:
     log_interval: float = 10.0
     progress_every: int | None = None
 
-    def report_every(self) -> int:
-        """`progress_every`, or its default: at most ~20 reports per call."""
-        if self.progress_every is None:
-            return max(1, self.search.steps // 20)
-        return self.progress_every
+    def report_every(self, resolution: int) -> int:
+        """`progress_every`, or its default: every `max(1, steps // 20)` steps for generators
+        of `IN_CALL_PROGRESS_SIDE` px and up, whose calls run for minutes; none during a call
+        below that, whose calls run for seconds. Reporting has two costs: each report makes
+        the device wait for the host (2-4 ms on CPU, docs/progress_cost_cpu.md), and JAX
+        does not keep a program with a host callback in its persistent compilation cache,
+        so a reporting search is compiled again by every launch."""
+        if self.progress_every is not None:
+            return self.progress_every
+        if resolution < IN_CALL_PROGRESS_SIDE:
+            return 0
+        return max(1, self.search.steps // 20)
 
     def folder(self, input_name: str, seed: int) -> str:
         """A result's folder relative to the output folder."""
@@ -287,7 +296,7 @@ def run(
     store.cut_torn_line(shard)
     steps = work.search.steps
     options = {"remat": work.remat, "keep_intermediate": work.intermediate}
-    every = work.report_every() if index == 0 else 0  # only process 0 reports
+    every = work.report_every(generator.resolution) if index == 0 else 0  # process 0 reports
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):

@@ -147,3 +147,15 @@ def test_the_progress_line_moves_during_a_call(tmp_path, dcgan64):
     assert [x.split()[2] for x in lines] == ["4/8", "8/8", "8/8"]
     assert "best_l2=" in lines[0] and re.search(r"below_eps=[0-2]/2", lines[0])
     assert "reached_eps=" in lines[-1]
+
+
+def test_launchers_report_during_a_call_from_256_px(tmp_path):
+    """Below 256 px a call runs for seconds and its program stays cacheable (JAX keeps no
+    program with a host callback in its persistent cache): no reports during a call."""
+    config = pipeline.RunConfig(str(tmp_path), str(tmp_path / "o"), SearchConfig(steps=100))
+    work = config.work()
+    assert work.report_every(64) == 0
+    assert work.report_every(engine.IN_CALL_PROGRESS_SIDE) == 5
+    assert work.report_every(1024) == 5
+    assert dataclasses.replace(work, progress_every=3).report_every(64) == 3
+    assert dataclasses.replace(work, progress_every=0).report_every(1024) == 0
