@@ -120,10 +120,15 @@ def lower(lr_images, generator: Generator, **kwargs: Any) -> jax.stages.Lowered:
     arguments (the one-device program, or the sharded group program), without running it:
     `.compile().memory_analysis()`, `.as_text()`, `.cost_analysis()`.
 
+    Nothing is placed on the devices: the program is lowered from abstract values
+    (`jax.ShapeDtypeStruct`) with the shapes and shardings `solve` would give its arrays, so
+    `devices` may be those of a compile-only topology (`jax.experimental.topologies`: a TPU
+    slice or a GPU without the hardware; `experiments/plan.py`).
+
     Args: as for `solve` (the keywords `solve` takes, checked the same way).
     """
     call, problem, _ = _prepare(lr_images, generator, **kwargs)
-    return call.fn.lower(call.place(problem))
+    return call.fn.lower(call.abstract(problem))
 
 
 def compiled_memory(
@@ -217,6 +222,22 @@ class _Call:
         params = jax.tree.map(lambda x: _place(x, NamedSharding(self.mesh, P())), problem.params)
         return dataclasses.replace(problem, params=params, ref=ref, start=start)
 
+    def abstract(self, problem: Problem) -> Problem:
+        """What `place` gives, as abstract values: the same shapes, dtypes and shardings,
+        no array placed (`lower` for devices that run nothing)."""
+        if self.mesh is None:
+            spec = jax.sharding.SingleDeviceSharding(self.devices[0])
+            return jax.tree.map(lambda x: _abstract(x, np.shape(x), spec), problem)
+        lead = (self.width,) if self.groups == 1 else (self.groups, self.width)
+        axes = P("samples") if self.groups == 1 else P(None, "samples")
+        rows = NamedSharding(self.mesh, axes)
+        ref, start = jax.tree.map(
+            lambda x: _abstract(x, lead + np.shape(x)[1:], rows), (problem.ref, problem.start)
+        )
+        whole = NamedSharding(self.mesh, P())
+        params = jax.tree.map(lambda x: _abstract(x, np.shape(x), whole), problem.params)
+        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+
     def run(self, problem: Problem) -> dict:
         """Runs the search: host arrays whose rows (axis 1 of the per-step outputs) may end
         with padding rows."""
@@ -272,6 +293,12 @@ def _pad_rows(x, pad: int):
     if not pad:
         return x
     return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+
+def _abstract(x, shape: tuple, sharding) -> jax.ShapeDtypeStruct:
+    """An abstract value of `x`'s dtype (and weak type) with this shape and sharding."""
+    weak = bool(getattr(getattr(x, "aval", None), "weak_type", False))
+    return jax.ShapeDtypeStruct(shape, np.result_type(x), sharding=sharding, weak_type=weak)
 
 
 def _place(x, sharding: NamedSharding) -> jax.Array:

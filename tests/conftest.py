@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The suite runs on the CPU: with libtpu installed (the test extra, for compiling for TPU
+# topologies) JAX would otherwise try to open a TPU first, and print its failure, in every
+# process the tests start.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
 import pytest
