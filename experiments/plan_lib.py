@@ -104,12 +104,23 @@ GIB = 2**30
 TARGETS = {
     t.name: t
     for t in (
+        # Memory: what the device reports (its target description's device_memory_size).
         # NVIDIA H100 SXM5 80 GB: 67 TFLOP/s FP32, 494.7 TF32 dense, 3.35 TB/s HBM3.
-        _gpu("h100", "h100_sxm.txtpb", 67e12, 494.7e12, 80e9, 3.35e12, "H100 Tensor Core GPU"),
+        _gpu(
+            "h100", "h100_sxm.txtpb", 67e12, 494.7e12, 84929347584, 3.35e12, "H100 Tensor Core GPU"
+        ),
         # NVIDIA H200 SXM 141 GB: the H100's compute, 4.8 TB/s HBM3e.
-        _gpu("h200", "h200.txtpb", 67e12, 494.7e12, 141e9, 4.8e12, "H200 Tensor Core GPU"),
+        _gpu("h200", "h200.txtpb", 67e12, 494.7e12, 151397597184, 4.8e12, "H200 Tensor Core GPU"),
         # NVIDIA A100 SXM4 80 GB: 19.5 TFLOP/s FP32, 156 TF32 dense, 2.039 TB/s HBM2e.
-        _gpu("a100", "a100_sxm_80.txtpb", 19.5e12, 156e12, 80e9, 2.039e12, "A100 Tensor Core GPU"),
+        _gpu(
+            "a100",
+            "a100_sxm_80.txtpb",
+            19.5e12,
+            156e12,
+            85100068864,
+            2.039e12,
+            "A100 Tensor Core GPU",
+        ),
         _tpu("v4", "2x2x1", 275e12, 32 * GIB, 1.2e12),
         _tpu("v5e", "2x2", 197e12, 16 * GIB, 819e9),
         _tpu("v5p", "2x2x1", 459e12, 95 * GIB, 2.765e12),
@@ -373,6 +384,9 @@ def markdown(results: dict) -> str:
         "the compiled program where it gives one (TPU), else the CPU lowering's; one step "
         "plus the once-per-call work (XLA counts a loop body once).",
         "",
+        summary(results),
+        "Every row in full (bound and XLA estimate at the compiled precision):",
+        "",
         HEADER,
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---:|",
     ]
@@ -399,12 +413,47 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bound_s(row: dict, target: Target, precision: str) -> float:
+    """The row's roofline bound in s/step at `precision`'s matmul peak (the FLOPs of the
+    program as compiled; the bytes where XLA's compiled count gives them)."""
+    memory_s = row["bytes_accessed"] / target.hbm_bytes_per_s
+    return max(
+        row["flops"] / target.peaks[precision],
+        memory_s if row["cost_source"] == "compiled" else 0.0,
+    )
+
+
+def summary(results: dict) -> str:
+    """The short table (README): per compiled row, memory, fit and the bound at both peaks."""
+    lines = [
+        "| target | generator | samples/chip | compile s | GiB/chip | fits | bound s/step "
+        "'highest' | bound s/step 'default' | latent-steps/s bound ('default') |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        if not r.get("compiles"):
+            lines.append(
+                f"| {r['target']} | {r['generator']} | {r['batch_per_device']} "
+                "| does not compile | | | | | |"
+            )
+            continue
+        t = TARGETS[r["target"]]
+        fast = bound_s(r, t, "default")
+        lines.append(
+            f"| {r['target']} | {r['generator']} | {r['batch_per_device']} "
+            f"| {r['lower_s'] + r['compile_s']:.0f} | {r['total_bytes'] / GIB:.2f} "
+            f"| {'yes' if r['fits'] else 'no'} | {bound_s(r, t, 'highest'):.3g} | {fast:.3g} "
+            f"| {r['batch_per_device'] / fast:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def merge(parts: list[dict]) -> dict:
     """Several plans' results as one (the first one's machine and config), each row's fit
     and the largest batches taken again from the targets here."""
     out = dict(parts[0], rows=[], largest=[], targets={})
     for part in parts:
-        out["targets"].update(part["targets"])
+        out["targets"].update({n: dataclasses.asdict(TARGETS[n]) for n in part["targets"]})
         out["rows"] += part["rows"]
         out["config"] = dict(
             out["config"],

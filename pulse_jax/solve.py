@@ -298,7 +298,8 @@ def _pad_rows(x, pad: int):
 def _abstract(x, shape: tuple, sharding) -> jax.ShapeDtypeStruct:
     """An abstract value of `x`'s dtype (and weak type) with this shape and sharding."""
     weak = bool(getattr(getattr(x, "aval", None), "weak_type", False))
-    return jax.ShapeDtypeStruct(shape, np.result_type(x), sharding=sharding, weak_type=weak)
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, weak_type=weak)
 
 
 def _place(x, sharding: NamedSharding) -> jax.Array:

@@ -27,7 +27,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from test_sharding import small_stylegan_generator  # noqa: E402
 
 import pulse_jax  # noqa: E402
+from pulse_jax import config  # noqa: E402
 from pulse_jax.downscale import bicubic_downscale  # noqa: E402
+from pulse_jax.sweep import plan_batch_size  # noqa: E402
 
 HAS_TPU = importlib.util.find_spec("libtpu") is not None
 HAS_CUDA = importlib.util.find_spec("jax_cuda12_plugin") is not None
@@ -104,7 +106,7 @@ def test_a_collective_in_the_loop_is_found(v5e):
     mesh = Mesh(np.asarray(devices), ("samples",))
 
     def body(_, x):
-        return jax.lax.psum(x, "samples") * 0.5
+        return x * 0.5 + jax.lax.psum(x, "samples")
 
     loop = jax.shard_map(
         lambda x: jax.lax.fori_loop(0, 3, body, x),
@@ -141,3 +143,14 @@ def test_a_target_without_its_extra_is_one_line(monkeypatch):
     with pytest.raises(plan_lib.MissingExtra) as error:
         plan_lib.check_installed(plan_lib.TARGETS["h100"])
     assert "'cuda' extra" in str(error.value) and "\n" not in str(error.value)
+
+
+@needs_tpu
+def test_plan_batch_size_on_a_compile_only_chip(generator, v5e):
+    """`--plan_memory`'s planner takes a compile-only device and the chip's memory."""
+    target, devices = v5e
+    search = config.SearchConfig(steps=2)
+    (row,) = plan_batch_size(
+        generator, 4, search, largest=1, device=devices[0], limit_bytes=target.memory_bytes
+    )
+    assert row["batch_per_device"] == 1 and row["fits"] and row["total_bytes"] > 0
