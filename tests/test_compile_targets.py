@@ -27,8 +27,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from test_sharding import small_stylegan_generator  # noqa: E402
 
 import pulse_jax  # noqa: E402
-from pulse_jax import config  # noqa: E402
-from pulse_jax.downscale import bicubic_downscale  # noqa: E402
+from pulse_jax import config, operators  # noqa: E402
 from pulse_jax.sweep import plan_batch_size  # noqa: E402
 
 HAS_TPU = importlib.util.find_spec("libtpu") is not None
@@ -128,13 +127,16 @@ def test_search_compiles_for_an_h100(generator, h100, remat):
 
 
 @needs_cuda
-def test_downscale_gradient_compiles_for_an_h100_at_1024_px(h100):
-    """The bicubic's transposed matmul once failed XLA's GPU tiling (issue 20) at 1024 px."""
+@pytest.mark.parametrize("name", list(operators.OperatorName))
+def test_operator_gradients_compile_for_an_h100_at_1024_px(h100, name):
+    """The bicubic's (and the other separable operators') transposed matmul once failed XLA's
+    GPU tiling at 1024 px under default flags (issue 20)."""
     _, devices = h100
     one = jax.sharding.SingleDeviceSharding(devices[0])
+    op = operators.make_operator(name, 32, 32)
     images = jax.ShapeDtypeStruct((4, 1024, 1024, 3), jnp.float32, sharding=one)
     target = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32, sharding=one)
-    loss = jax.grad(lambda x, y: jnp.mean((bicubic_downscale(x, 32) - y) ** 2))
+    loss = jax.grad(lambda x, y: jnp.mean((op(x) - y) ** 2))
     assert jax.jit(loss).lower(images, target).compile().memory_analysis() is not None
 
 
