@@ -333,6 +333,7 @@ def run(
                     **case["kwargs"],
                 )
                 row["generator"] = case["name"]
+                row["remat"] = bool(case["kwargs"].get("remat"))
                 done.append(row)
                 results["rows"].append(row)
                 log(format_row(row))
@@ -341,7 +342,7 @@ def run(
                     checkpoint(results)
             fit = largest_fitting(done, target)
             results["largest"].append(
-                dict(fit, target=name, generator=case["name"], precision=case["precision"])
+                dict(fit, target=name, generator=_label(done[0]), precision=case["precision"])
             )
     return results
 
@@ -355,7 +356,7 @@ HEADER = (
 
 def format_row(r: dict) -> str:
     """One markdown table row (columns of `HEADER`)."""
-    head = f"| {r['target']} | {r.get('generator', '')} | {r['precision']} "
+    head = f"| {r['target']} | {_label(r)} | {r['precision']} "
     head += f"| {r['batch_per_device']} "
     if not r["compiles"]:
         return head + f"| no: {r['error'][:120]} |" + " |" * 12
@@ -424,24 +425,24 @@ def bound_s(row: dict, target: Target, precision: str) -> float:
 
 
 def summary(results: dict) -> str:
-    """The short table (README): per compiled row, memory, fit and the bound at both peaks."""
+    """The short table (README): per row, memory, fit and the bound at both peaks (from the
+    compiled program's FLOPs and bytes, whatever precision it was compiled at)."""
     lines = [
-        "| target | generator | samples/chip | compile s | GiB/chip | fits | bound s/step "
-        "'highest' | bound s/step 'default' | latent-steps/s bound ('default') |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "| target | generator | compiled at | samples/chip | compile s | GiB/chip | fits "
+        "| bound s/step 'highest' | bound s/step 'default' | latent-steps/s bound ('default') |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results["rows"]:
+        head = f"| {r['target']} | {_label(r)} | {r['precision']} | {r['batch_per_device']} "
         if not r.get("compiles"):
-            lines.append(
-                f"| {r['target']} | {r['generator']} | {r['batch_per_device']} "
-                "| does not compile | | | | | |"
-            )
+            found = re.search(r"memory required for HLO temporaries \(([\d.]+\w?)\)", r["error"])
+            why = f"XLA: out of memory ({found.group(1)} of temporaries)" if found else "error"
+            lines.append(head + f"| does not compile | | no: {why} | | | |")
             continue
         t = TARGETS[r["target"]]
         fast = bound_s(r, t, "default")
         lines.append(
-            f"| {r['target']} | {r['generator']} | {r['batch_per_device']} "
-            f"| {r['lower_s'] + r['compile_s']:.0f} | {r['total_bytes'] / GIB:.2f} "
+            head + f"| {r['lower_s'] + r['compile_s']:.0f} | {r['total_bytes'] / GIB:.2f} "
             f"| {'yes' if r['fits'] else 'no'} | {bound_s(r, t, 'highest'):.3g} | {fast:.3g} "
             f"| {r['batch_per_device'] / fast:.3g} |"
         )
@@ -464,11 +465,17 @@ def merge(parts: list[dict]) -> dict:
         target = TARGETS[row["target"]]
         if row.get("compiles"):
             row["fits"] = row["total_bytes"] <= target.headroom * target.memory_bytes
-        groups.setdefault((row["target"], row["generator"], row["precision"]), []).append(row)
+        key = (row["target"], _label(row), row["precision"])
+        groups.setdefault(key, []).append(row)
     for (name, generator, precision), rows in groups.items():
         fit = largest_fitting(rows, TARGETS[name])
         out["largest"].append(dict(fit, target=name, generator=generator, precision=precision))
     return out
+
+
+def _label(row: dict) -> str:
+    """The generator's name, marked where the program rematerializes."""
+    return row.get("generator", "") + (" (remat)" if row.get("remat") else "")
 
 
 def write(results: dict, out_dir: str | os.PathLike, stem: str = "plan") -> tuple[Path, Path]:
