@@ -383,7 +383,7 @@ def markdown(results: dict) -> str:
         f"fits = total at most {100 * GPU_HEADROOM:.0f}% of a GPU's memory (JAX's default "
         f"preallocation), {100 * TPU_HEADROOM:.0f}% of a TPU's. FLOPs and bytes: XLA's count of "
         "the compiled program where it gives one (TPU), else the CPU lowering's; one step "
-        "plus the once-per-call work (XLA counts a loop body once).",
+        "plus the once-per-call work (XLA counts a loop body once). " + results.get("note", ""),
         "",
         summary(results),
         "Every row in full (bound and XLA estimate at the compiled precision):",
