@@ -474,8 +474,10 @@ def merge(parts: list[dict]) -> dict:
 
 
 def _label(row: dict) -> str:
-    """The generator's name, marked where the program rematerializes."""
-    return row.get("generator", "") + (" (remat)" if row.get("remat") else "")
+    """The generator's name, marked where the program rematerializes or spans chips."""
+    chips = row.get("chips", 1)
+    marks = (["remat"] if row.get("remat") else []) + ([f"{chips} chips"] if chips > 1 else [])
+    return row.get("generator", "") + (f" ({', '.join(marks)})" if marks else "")
 
 
 def write(results: dict, out_dir: str | os.PathLike, stem: str = "plan") -> tuple[Path, Path]:
