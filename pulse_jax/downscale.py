@@ -5,8 +5,9 @@ and then along W, each pass a reflect-padded, stride-``factor`` depthwise
 convolution. A pass is linear in the samples along its axis, so here it is one
 matrix ``[n_out, n_in]`` (``bicubic_matrix``: row ``o`` holds the taps of output
 ``o``, the reflect padding folded in, so a sample that the padding repeats gets
-the sum of its taps) contracted against that axis: two matmuls per image and
-two for its gradient, with no padded or windowed copy of the image. Measured
+the sum of its taps) contracted against that axis: two matmuls per image plane
+(``separable``: ``M_h @ X @ M_w^T`` per channel) and two for its gradient, with no
+padded or windowed copy of the image. Measured
 under ``jax.jit`` on two CPU cores, value and gradient of a squared error for a
 ``[1, 1024, 1024, 3]`` image: 18.7 ms at factor 32 (40 ms for the former
 formulation, four shifted block windows and a contraction) and 58 ms at factor 2
@@ -95,13 +96,20 @@ def bicubic_matrix(n_in: int, factor: int) -> np.ndarray:
     return matrix
 
 
-def _downscale_axis(images: jax.Array, factor: int, axis: int) -> jax.Array:
-    """One reflect-padded, stride-``factor`` filtering pass along ``axis``, as a matmul."""
-    matrix = jnp.asarray(bicubic_matrix(images.shape[axis], factor))
-    out = jnp.tensordot(
-        matrix, images, axes=((1,), (axis,)), precision=jax.lax.Precision.HIGHEST
-    )  # [n_out, ...]
-    return jnp.moveaxis(out, 0, axis)
+def separable(images: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """``[..., H, W, C] -> [..., h, w, C]``: ``rows [h, H] @ X @ cols[w, W]^T`` on every
+    image's planes (one per channel), in float32 (``Precision.HIGHEST``).
+
+    The planes are contracted with the channel axis moved ahead of H and W: with the
+    channels innermost (``[..., H, W, C]`` contracted in place) the gradient's matmul has an
+    operand transposed around a 3-wide minor axis, which XLA's GPU matmul emitter (Triton,
+    default flags) fails to tile at 1024 px on an H100 (issue 20).
+    """
+    hi = jax.lax.Precision.HIGHEST
+    planes = jnp.moveaxis(images, -1, -3)  # [..., C, H, W]
+    planes = jnp.matmul(jnp.asarray(rows), planes, precision=hi)  # [..., C, h, W]
+    planes = jnp.matmul(planes, jnp.asarray(cols).T, precision=hi)  # [..., C, h, w]
+    return jnp.moveaxis(planes, -3, -1)
 
 
 def bicubic_downscale(images: jax.Array, factor: int) -> jax.Array:
@@ -137,8 +145,7 @@ def bicubic_downscale(images: jax.Array, factor: int) -> jax.Array:
         )
     if factor == 1:
         return images
-    x = _downscale_axis(images, factor, images.ndim - 3)
-    return _downscale_axis(x, factor, images.ndim - 2)
+    return separable(images, bicubic_matrix(height, factor), bicubic_matrix(width, factor))
 
 
 @functools.cache

@@ -167,10 +167,15 @@ def lower(lr_images, generator: Generator, **kwargs: Any) -> jax.stages.Lowered:
     arguments (the one-device program, or the sharded group program), without running it:
     `.compile().memory_analysis()`, `.as_text()`, `.cost_analysis()`.
 
+    Nothing is placed on the devices: the program is lowered from abstract values
+    (`jax.ShapeDtypeStruct`) with the shapes and shardings `solve` would give its arrays, so
+    `devices` may be those of a compile-only topology (`jax.experimental.topologies`: a TPU
+    slice or a GPU without the hardware; `experiments/plan.py`).
+
     Args: as for `solve` (the keywords `solve` takes, checked the same way).
     """
     call, problem, _ = _prepare(lr_images, generator, **kwargs)
-    return call.fn.lower(call.place(problem))
+    return call.fn.lower(call.abstract(problem))
 
 
 def compiled_memory(
@@ -262,6 +267,22 @@ class _Call:
             spec = NamedSharding(self.mesh, P(None, "samples"))
         ref, start = jax.tree.map(lambda x: _place(x, spec), rows)
         params = jax.tree.map(lambda x: _place(x, NamedSharding(self.mesh, P())), problem.params)
+        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+
+    def abstract(self, problem: Problem) -> Problem:
+        """What `place` gives, as abstract values: the same shapes, dtypes and shardings,
+        no array placed (`lower` for devices that run nothing)."""
+        if self.mesh is None:
+            spec = jax.sharding.SingleDeviceSharding(self.devices[0])
+            return jax.tree.map(lambda x: _abstract(x, np.shape(x), spec), problem)
+        lead = (self.width,) if self.groups == 1 else (self.groups, self.width)
+        axes = P("samples") if self.groups == 1 else P(None, "samples")
+        rows = NamedSharding(self.mesh, axes)
+        ref, start = jax.tree.map(
+            lambda x: _abstract(x, lead + np.shape(x)[1:], rows), (problem.ref, problem.start)
+        )
+        whole = NamedSharding(self.mesh, P())
+        params = jax.tree.map(lambda x: _abstract(x, np.shape(x), whole), problem.params)
         return dataclasses.replace(problem, params=params, ref=ref, start=start)
 
     def run(self, problem: Problem) -> dict:
@@ -356,6 +377,13 @@ def _pad_rows(x, pad: int):
     if not pad:
         return x
     return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+
+def _abstract(x, shape: tuple, sharding) -> jax.ShapeDtypeStruct:
+    """An abstract value of `x`'s dtype (and weak type) with this shape and sharding."""
+    weak = bool(getattr(getattr(x, "aval", None), "weak_type", False))
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding, weak_type=weak)
 
 
 def _place(x, sharding: NamedSharding) -> jax.Array:

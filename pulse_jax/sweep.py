@@ -105,6 +105,15 @@ def run_sweep(
     return summary
 
 
+def _memory_limit(device: jax.Device) -> int | None:
+    """The device's memory in bytes where it says (a compile-only device does not)."""
+    try:
+        stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    except Exception:  # noqa: BLE001 - compile-only and CPU devices may refuse
+        return None
+    return (stats or {}).get("bytes_limit")
+
+
 def plan_batch_size(
     generator: Generator,
     lr_size: int,
@@ -113,20 +122,22 @@ def plan_batch_size(
     remat: bool = False,
     largest: int = 256,
     device: jax.Device | None = None,
+    limit_bytes: int | None = None,
 ) -> list[dict]:
     """How much memory one device needs per `batch_per_device`, 1, 2, 4... up to `largest`.
 
     Each row is `solve.compiled_memory` for that batch, plus `fits` (total below 90% of
     the device's memory, when the device reports it). Stops after the first that does
     not fit. Run it on the machine that will run the sweep (a TPU/GPU host): the
-    compiler and memory are the device's.
+    compiler and memory are the device's. `device` may also be a compile-only device
+    (`jax.experimental.topologies`; nothing is placed on it), with the chip's memory as
+    `limit_bytes`; `experiments/plan.py` does this for whole chips without one.
 
     Returns:
       [{"batch_per_device", "total_bytes", ..., "limit_bytes", "fits"}].
     """
     device = device or jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    limit = (stats or {}).get("bytes_limit")
+    limit = limit_bytes if limit_bytes is not None else _memory_limit(device)
     kwargs = search.solve_kwargs(generator, lr_size)
     kwargs.pop("seed")
     rows, batch = [], 1

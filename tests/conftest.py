@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The suite runs on the CPU: with libtpu installed (CI installs the tpu extra, for compiling
+# for TPU topologies) JAX would otherwise try to open a TPU first, and print its failure, in
+# every process the tests start.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden"
