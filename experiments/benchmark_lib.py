@@ -537,13 +537,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(results: dict, out_dir: str | os.PathLike, stem: str = "benchmark") -> tuple[Path, Path]:
-    """Writes `<stem>.json` and `<stem>.md` into `out_dir`; returns their paths."""
+def write(
+    results: dict, out_dir: str | os.PathLike, stem: str = "benchmark", render=None
+) -> tuple[Path, Path]:
+    """Writes `<stem>.json` and `<stem>.md` (`render(results)`, this module's `markdown`
+    unless given) into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown(results))
+    md_path.write_text((render or markdown)(results))
     return json_path, md_path
 
 

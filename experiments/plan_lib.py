@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import time
@@ -482,9 +481,6 @@ def _label(row: dict) -> str:
 
 def write(results: dict, out_dir: str | os.PathLike, stem: str = "plan") -> tuple[Path, Path]:
     """Writes `<stem>.json` and `<stem>.md` into `out_dir`; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown(results))
-    return json_path, md_path
+    from benchmark_lib import write as write_report
+
+    return write_report(results, out_dir, stem, markdown)

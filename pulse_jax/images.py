@@ -20,7 +20,6 @@ import io
 import math
 import os
 import re
-import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from pulse_jax.checkpoints import CheckpointError, read_regular, shown
+from pulse_jax.checkpoints import CheckpointError, file_kind, read_regular, shown
 from pulse_jax.downscale import bicubic_downscale
 from pulse_jax.files import atomic_write
 
@@ -121,14 +120,7 @@ def special_files(folder: str | os.PathLike) -> dict[Path, str]:
         except OSError:
             found[path] = "a broken link"
             continue
-        kinds = {
-            stat.S_ISDIR: "a folder",
-            stat.S_ISFIFO: "a FIFO",
-            stat.S_ISSOCK: "a socket",
-            stat.S_ISCHR: "a character device",
-            stat.S_ISBLK: "a block device",
-        }
-        found[path] = next((k for test, k in kinds.items() if test(mode)), "not a regular file")
+        found[path] = file_kind(mode)
     return found
 
 

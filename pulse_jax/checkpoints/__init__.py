@@ -70,7 +70,7 @@ def check_regular(path, what: str = "file") -> os.stat_result:
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise CheckpointError(path, f"is {_kind(info.st_mode)}, not a regular {what}")
+        raise CheckpointError(path, f"is {file_kind(info.st_mode)}, not a regular {what}")
     return info
 
 
@@ -93,7 +93,7 @@ def read_regular(path, what: str = "file") -> FileBytes:
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(path, f"is {_kind(info.st_mode)}, not a regular {what}")
+            raise CheckpointError(path, f"is {file_kind(info.st_mode)}, not a regular {what}")
         try:
             data = f.read(info.st_size + 1)
         except OSError as e:
@@ -103,7 +103,8 @@ def read_regular(path, what: str = "file") -> FileBytes:
     return FileBytes(data, hashlib.sha256(data).hexdigest())
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, from its `st_mode` ("a FIFO", ...)."""
     kinds = {
         stat.S_ISDIR: "a folder",
         stat.S_ISFIFO: "a FIFO",
