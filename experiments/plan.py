@@ -39,7 +39,7 @@ _BATCH = flags.DEFINE_list(
     "batch_per_device", ["1", "2", "4", "8", "16", "32", "64"], "Samples per device to compile."
 )
 _PRECISION = flags.DEFINE_list(
-    "precision", ["highest"], "Generator precisions to compile: highest and/or default."
+    "precision", ["highest"], "Generator precisions to compile: highest, high and/or default."
 )
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialize activations in the backward pass.")
 _CHIPS = flags.DEFINE_integer(

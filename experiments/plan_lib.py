@@ -46,13 +46,16 @@ _GOOGLE = "Cloud TPU documentation, {} page (bf16 peak per chip, HBM)"
 # XLA on TPU runs a float32 matmul at HIGHEST as 6 bf16 passes (jax.lax.DotAlgorithmPreset
 # BF16_BF16_F32_X6), at DEFAULT as one: the "highest" peak is the bf16 peak / 6 (derived).
 _TPU_HIGHEST_PASSES = 6
+# At HIGH (pulse_jax.precision's TPU default) in 3 passes (BF16_BF16_F32_X3).
+_TPU_HIGH_PASSES = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     """A chip to compile for: how to get compile-only devices of it, and its published peaks.
 
-    peaks: matmul FLOP/s per precision name ("highest", "default"), memory_bytes, hbm_bytes_per_s;
+    peaks: matmul FLOP/s per precision name ("highest", "high", "default"), memory_bytes,
+      hbm_bytes_per_s;
     source: where each figure comes from.
     """
 
@@ -78,9 +81,14 @@ def _tpu(version: str, topology: str, bf16: float, memory: float, hbm: float) ->
         topology=f"{version}:{topology}",
         memory_bytes=memory,
         hbm_bytes_per_s=hbm,
-        peaks={"default": bf16, "highest": bf16 / _TPU_HIGHEST_PASSES},
+        peaks={
+            "default": bf16,
+            "high": bf16 / _TPU_HIGH_PASSES,
+            "highest": bf16 / _TPU_HIGHEST_PASSES,
+        },
         source=_GOOGLE.format(f"TPU {version}")
-        + f"; 'highest' = bf16 peak / {_TPU_HIGHEST_PASSES} (6-pass bf16 float32 matmul)",
+        + f"; 'highest' = bf16 peak / {_TPU_HIGHEST_PASSES} (6-pass bf16 float32 matmul),"
+        + f" 'high' = bf16 peak / {_TPU_HIGH_PASSES} (3 passes)",
     )
 
 
@@ -91,9 +99,10 @@ def _gpu(name, config, fp32, tf32, memory, hbm, model) -> Target:
         topology="1x1x1",
         memory_bytes=memory,
         hbm_bytes_per_s=hbm,
-        peaks={"highest": fp32, "default": tf32},
+        peaks={"highest": fp32, "high": tf32, "default": tf32},
         source=_NVIDIA.format(model)
-        + " (FP32 for 'highest', dense TF32 tensor core for 'default')",
+        + " (FP32 for 'highest', dense TF32 tensor core for 'default' and 'high', which JAX"
+        + " runs on TF32 where the chip has it)",
         config_file=config,
         headroom=GPU_HEADROOM,
     )
