@@ -253,20 +253,27 @@ class _Call:
     groups: int = 1  # > 1: rows reshaped [G, W, ...], run one group after the other
     width: int = 0  # rows per group: devices x batch_per_device
 
+    def _layout(self) -> tuple[tuple, NamedSharding, NamedSharding]:
+        """(the rows' leading shape, their sharding, the sharding of what every device holds
+        whole) on the mesh: what `place` puts and `abstract` describes."""
+        if self.groups == 1:  # each device runs the program of one group of the loop, bitwise
+            lead, axes = (self.width,), P("samples")
+        else:  # [G, W, ...]: groups one after the other, the rows of each over the devices
+            lead, axes = (self.groups, self.width), P(None, "samples")
+        return lead, NamedSharding(self.mesh, axes), NamedSharding(self.mesh, P())
+
     def place(self, problem: Problem) -> Problem:
         """The problem padded, grouped and put on the devices."""
         if self.mesh is None:
             return jax.device_put(problem, self.devices[0])
+        lead, rows, whole = self._layout()
         pad = self.groups * self.width - problem.ref.shape[0]
         # Padding repeats the last row: a real input, so the padding rows stay finite and cheap.
-        rows = jax.tree.map(lambda x: _pad_rows(x, pad), (problem.ref, problem.start))
-        if self.groups == 1:  # each device runs the program of one group of the loop, bitwise
-            spec = NamedSharding(self.mesh, P("samples"))
-        else:  # [G, W, ...]: groups one after the other, the rows of each over the devices
-            rows = jax.tree.map(lambda x: x.reshape((self.groups, self.width) + x.shape[1:]), rows)
-            spec = NamedSharding(self.mesh, P(None, "samples"))
-        ref, start = jax.tree.map(lambda x: _place(x, spec), rows)
-        params = jax.tree.map(lambda x: _place(x, NamedSharding(self.mesh, P())), problem.params)
+        ref, start = jax.tree.map(
+            lambda x: _place(_pad_rows(x, pad).reshape(lead + x.shape[1:]), rows),
+            (problem.ref, problem.start),
+        )
+        params = jax.tree.map(lambda x: _place(x, whole), problem.params)
         return dataclasses.replace(problem, params=params, ref=ref, start=start)
 
     def abstract(self, problem: Problem) -> Problem:
@@ -275,13 +282,10 @@ class _Call:
         if self.mesh is None:
             spec = jax.sharding.SingleDeviceSharding(self.devices[0])
             return jax.tree.map(lambda x: _abstract(x, np.shape(x), spec), problem)
-        lead = (self.width,) if self.groups == 1 else (self.groups, self.width)
-        axes = P("samples") if self.groups == 1 else P(None, "samples")
-        rows = NamedSharding(self.mesh, axes)
+        lead, rows, whole = self._layout()
         ref, start = jax.tree.map(
             lambda x: _abstract(x, lead + np.shape(x)[1:], rows), (problem.ref, problem.start)
         )
-        whole = NamedSharding(self.mesh, P())
         params = jax.tree.map(lambda x: _abstract(x, np.shape(x), whole), problem.params)
         return dataclasses.replace(problem, params=params, ref=ref, start=start)
 
