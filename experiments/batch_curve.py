@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 import pulse_jax
-from pulse_jax.store import cpu_model
+from pulse_jax.runs.distributed import cpu_model
 
 _GENERATOR = flags.DEFINE_string("generator", "stylegan2_1024", "A benchmark generator name.")
 _CASES = flags.DEFINE_list(

@@ -18,7 +18,7 @@ import sys
 import benchmark_lib as benchmark
 from absl import app, flags
 
-from pulse_jax import cli, compile_cache
+from pulse_jax.runs import cli, compile_cache
 
 _GENERATORS = flags.DEFINE_list(
     "generators",

@@ -56,8 +56,8 @@ import pulse_jax
 from pulse_jax import testing
 from pulse_jax.generators import stylegan, stylegan2
 from pulse_jax.generators.base import Generator
+from pulse_jax.runs.distributed import cpu_model
 from pulse_jax.solve import rows_one_at_a_time
-from pulse_jax.store import cpu_model
 
 FIELDS = (
     "generator",

@@ -8,7 +8,7 @@
 Degrades HR faces (a folder of them, or --synthetic N faces the generator draws from seeded
 latents) with --operator, runs PULSE with --seeds samples per face and writes
 `<out>/report.json`, `<out>/report.md` and the plots `l2_curves.png`, `success_curve.png`
-(with the `plots` extra) and `grid.png` (what is measured: `pulse_jax/evaluate.py`).
+(with the `plots` extra) and `grid.png` (what is measured: `pulse_jax/evaluation/evaluate.py`).
 --summarize puts the aggregate rows of existing reports into one markdown table (printed
 and written to `<out>/summary.md`) and their success-rate curves into one plot
 (`<out>/success_curves.png`).
@@ -24,9 +24,10 @@ import sys
 
 from absl import app, flags
 
-from pulse_jax import cli, load_generator
-from pulse_jax import evaluate as evaluation
-from pulse_jax.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
+from pulse_jax import load_generator
+from pulse_jax.evaluation import evaluate as evaluation
+from pulse_jax.runs import cli
+from pulse_jax.runs.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
 
 FLAGS = flags.FLAGS
 _DEFAULTS = evaluation.EvalConfig(search=SearchConfig(), output_dir="")

@@ -7,7 +7,7 @@ Every example is a 16 x 16 face, which the default 64 px DCGAN upsamples x4:
 
 - `dcgan_seed<k>.png` / `.jpg`: faces the default generator renders from
   `z = jax.random.normal(jax.random.key(k), (1, 100))`, downscaled 64 -> 16 with
-  the project's bicubic operator (`pulse_jax.downscale.bicubic_downscale`, the
+  the project's bicubic operator (`pulse_jax.degrade.downscale.bicubic_downscale`, the
   degradation PULSE inverts). One is saved as JPEG (quality 95, no chroma
   subsampling) to show that inputs need not be PNG.
 - `astronaut.png`: NASA's public-domain portrait of astronaut Eileen Collins,
@@ -37,7 +37,7 @@ from absl import app, flags
 from PIL import Image
 
 from pulse_jax import load_generator
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.images import save_image, to_uint8
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"

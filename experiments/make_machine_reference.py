@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_sharding import small_stylegan_generator
 
 from pulse_jax import load_generator, solve
-from pulse_jax.store import cpu_model
+from pulse_jax.runs.distributed import cpu_model
 
 out = {}
 lr = np.random.default_rng(5).uniform(size=(2, 16, 16, 3)).astype(np.float32)

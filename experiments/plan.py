@@ -28,7 +28,8 @@ import benchmark_lib  # noqa: E402
 import plan_lib  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pulse_jax import cli, load_generator  # noqa: E402
+from pulse_jax import load_generator  # noqa: E402
+from pulse_jax.runs import cli
 
 cli.define_search_flags()
 _TARGET = flags.DEFINE_list(

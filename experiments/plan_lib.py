@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 import pulse_jax
-from pulse_jax.cli import one_line
+from pulse_jax.runs.cli import one_line
 
 TARGET_DIR = Path(__file__).parent / "targets"
 # A batch fits when its total memory is at most this share of the chip's: on a GPU, JAX's

@@ -11,7 +11,8 @@ operand of the generator as an H100's TF32 tensor cores and a TPU's one-pass bfl
   tests/golden/stylegan2/sg2_run_*.npz, the reference's float32 searches from their own
   starts): each sample's L2 at every step against the reference's, as the tests replay them;
 - one render and one gradient at 1024 px (the benchmark's random-weight generators);
-- the evaluation (`pulse_jax.evaluate`, as experiments/evaluate.py --synthetic N --seeds K):
+- the evaluation (`pulse_jax.evaluation.evaluate`, as experiments/evaluate.py --synthetic N
+  --seeds K):
   success rate, LR PSNR, HR PSNR, per observation size. Each precision draws the synthetic
   truth faces with its own generator, as a user on that chip would; how far those faces
   lie from float32's is reported beside them.
@@ -29,7 +30,7 @@ import jax
 from absl import app, flags
 from precision_lib import evaluation_rows, golden_rows, render_rows, write_docs
 
-from pulse_jax.store import cpu_model
+from pulse_jax.runs.distributed import cpu_model
 
 _PRECISIONS = flags.DEFINE_list(
     "precisions", ["highest", "tf32", "bf16", "bf16_3x"], "Precisions, float32 first."

@@ -13,15 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import pulse_jax
-from pulse_jax import evaluate as evaluation
-from pulse_jax import metrics
 from pulse_jax.checkpoints import torch_format
+from pulse_jax.checkpoints.convert import write_stylegan2_weights, write_stylegan_weights
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
-from pulse_jax.config import SearchConfig
-from pulse_jax.convert import write_stylegan2_weights, write_stylegan_weights
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
+from pulse_jax.evaluation import evaluate as evaluation
+from pulse_jax.evaluation import metrics
 from pulse_jax.files import atomic_write
 from pulse_jax.options import SearchOptions
+from pulse_jax.runs.config import SearchConfig
 
 # The golden families: (runs, noise layers, the PULSE layers the tiny generator lacks).
 V1_LAYERS, SG2_LAYERS = 12, 9

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 import pulse_jax
-from pulse_jax.store import cpu_model
+from pulse_jax.runs.distributed import cpu_model
 
 _GENERATORS = flags.DEFINE_list("generators", ["dcgan64", "stylegan256"], "Benchmark names.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Steps per solve call.")

@@ -5,7 +5,7 @@
 Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
 and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input (with `--plots`
 also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs
-and seeding: the docstrings of `pulse_jax/pipeline.py` and `pulse_jax/engine.py`). Flags
+and seeding: the docstrings of `pulse_jax/pipeline.py` and `pulse_jax/runs/engine.py`). Flags
 and defaults are PULSE's own, plus `--generator`, `--operator` (the degradation, with
 its parameters), `--resize`, `--plots` and `--align`.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 from absl import app, flags
 
-from pulse_jax import cli, load_generator, pipeline
-from pulse_jax.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
+from pulse_jax import load_generator, pipeline
 from pulse_jax.images import ImageError
+from pulse_jax.runs import cli
+from pulse_jax.runs.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
 
 FLAGS = flags.FLAGS
 _DEFAULTS = SearchConfig()

@@ -10,7 +10,7 @@ Elsewhere pass --coordinator_address, --num_processes and --process_id (or set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Run it again after
 an interruption: finished results are kept and the rest is done. Choose
 --batch_per_device with --plan_memory. Layout and guarantees: the docstring of
-`pulse_jax/sweep.py` and `pulse_jax/engine.py`.
+`pulse_jax/runs/sweep.py` and `pulse_jax/runs/engine.py`.
 
 Exit status: 0 when every input was used, 1 when some input files could not be
 used (each is named, the others are processed), 2 when the settings or folders
@@ -23,10 +23,11 @@ import sys
 
 from absl import app, flags
 
-from pulse_jax import cli, distributed, load_generator
-from pulse_jax import sweep as sweeps
-from pulse_jax.config import NOISE_OPTIONS, ConfigError, check_applicable
-from pulse_jax.inputs import load_inputs
+from pulse_jax import load_generator
+from pulse_jax.runs import cli, distributed
+from pulse_jax.runs import sweep as sweeps
+from pulse_jax.runs.config import NOISE_OPTIONS, ConfigError, check_applicable
+from pulse_jax.runs.inputs import load_inputs
 
 FLAGS = flags.FLAGS
 cli.define_search_flags()

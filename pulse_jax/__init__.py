@@ -11,11 +11,14 @@ The options are `pulse_jax.SearchOptions`' fields; `pulse_jax.lower(...)` is the
 `solve` would run; `solve(..., progress=fn)` hands `fn` a `SearchProgress` during the search.
 """
 
+from pulse_jax import _moved
+from pulse_jax.checkpoints.loading import load_generator
 from pulse_jax.generators.base import Generator
-from pulse_jax.loading import load_generator
 from pulse_jax.options import SearchOptions
 from pulse_jax.search import SearchProgress, SearchState, SolveResult, finalize, init, step
 from pulse_jax.solve import lower, solve
+
+_moved.install()  # old module paths (before the regroup) keep working for a release
 
 __version__ = "0.1.0"
 __all__ = [

@@ -30,7 +30,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.images import (
     ImageError,
     list_images,

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pulse_jax.checkpoints import CheckpointError, file_kind, read_regular, shown
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.files import atomic_write
 
 # 4096 x 4096 (16.8 megapixels, above a 12 MP phone photo): far above any face PULSE

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pulse_jax import losses, operators
-from pulse_jax.operators import OperatorName
+from pulse_jax import losses
+from pulse_jax.degrade import operators
+from pulse_jax.degrade.operators import OperatorName
 
 
 class ConfigError(ValueError):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TextIO
 
-from pulse_jax import engine, store
-from pulse_jax.config import ConfigError, SearchConfig
 from pulse_jax.generators.base import Generator
+from pulse_jax.runs import engine, store
+from pulse_jax.runs.config import ConfigError, SearchConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -191,7 +191,7 @@ def compiled_memory(
     Compiles the search for one group of `batch_per_device` samples of `lr_size` px inputs
     for `device` (`lower`) and reads XLA's memory analysis of it. This is how to choose
     `batch_per_device`: the largest whose `total_bytes` fits in the device's memory with
-    some headroom (`pulse_jax.sweep.plan_batch_size` tries powers of two). Measure on the
+    some headroom (`pulse_jax.runs.sweep.plan_batch_size` tries powers of two). Measure on the
     accelerator that will run the search: the CPU compiler's figures differ, and there it
     also undoes `remat` (it merges the recomputation with the forward pass).
 

@@ -23,10 +23,10 @@ TIME_LIMIT = 60.0  # seconds before a reader's process counts as hung
 READERS = {
     "torch": "from pulse_jax.checkpoints.torch_format import load_torch_checkpoint as r; r(path)",
     "state_dict": "from pulse_jax.checkpoints.torch_format import load_state_dict as r; r(path)",
-    "nvidia": "from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle as r; r(path)",
+    "nvidia": "from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle as r; r(path)",
     "stylegan2": "from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2 as r; r(path)",
     "weights": "from pulse_jax.checkpoints.weights_file import load_weights as r; r(path)",
-    "generator": "from pulse_jax.loading import load_generator as r; r(path)",
+    "generator": "from pulse_jax.checkpoints.loading import load_generator as r; r(path)",
     "image": "from pulse_jax.images import load_image as r; r(path)",
 }
 _CHILD = """

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pulse_jax import align
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.images import load_image, save_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""The launchers' persistent compilation cache (pulse_jax/compile_cache.py, --compilation_cache):
+"""The launchers' persistent compilation cache (pulse_jax/runs/compile_cache.py,
+--compilation_cache):
 a second process reads what the first compiled."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from pulse_jax import compile_cache
+from pulse_jax.runs import compile_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 HIT = "Persistent compilation cache hit"

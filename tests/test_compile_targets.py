@@ -27,8 +27,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from test_sharding import small_stylegan_generator  # noqa: E402
 
 import pulse_jax  # noqa: E402
-from pulse_jax import config, operators  # noqa: E402
-from pulse_jax.sweep import plan_batch_size  # noqa: E402
+from pulse_jax import operators  # noqa: E402
+from pulse_jax.runs import config
+from pulse_jax.runs.sweep import plan_batch_size  # noqa: E402
 
 HAS_TPU = importlib.util.find_spec("libtpu") is not None
 HAS_CUDA = importlib.util.find_spec("jax_cuda12_plugin") is not None

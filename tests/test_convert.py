@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from torch_writer import Call, Global, save_torch_zip
 
-from pulse_jax import convert
-from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
+from pulse_jax.checkpoints import CheckpointError, convert, pulse_format, torch_format, weights_file
 from pulse_jax.generators import stylegan
 
 

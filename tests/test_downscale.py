@@ -1,4 +1,4 @@
-"""Tests for pulse_jax.downscale against the reference's bicubic downscales.
+"""Tests for pulse_jax.degrade.downscale against the reference's bicubic downscales.
 
 Golden: tests/golden/bicubic.npz (NCHW, from the reference's BicubicDownSample).
 """
@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from pulse_jax.downscale import bicubic_downscale, bicubic_kernel, bicubic_matrix, make_bicubic
+from pulse_jax.degrade.downscale import (
+    bicubic_downscale,
+    bicubic_kernel,
+    bicubic_matrix,
+    make_bicubic,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "bicubic.npz"
 FACTORS = (2, 4, 8, 16, 32)

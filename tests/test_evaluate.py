@@ -1,4 +1,5 @@
-"""pulse_jax.metrics, pulse_jax.evaluate and experiments/evaluate.py (tiny: 2 faces, 3 steps)."""
+"""pulse_jax.evaluation.metrics, pulse_jax.evaluation.evaluate and experiments/evaluate.py
+(tiny: 2 faces, 3 steps)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pulse_jax import evaluate as evaluation
-from pulse_jax import metrics
-from pulse_jax.config import SearchConfig
+from pulse_jax.evaluation import evaluate as evaluation
+from pulse_jax.evaluation import metrics
 from pulse_jax.generators.base import SearchOptions
+from pulse_jax.runs.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE_PY = ROOT / "experiments" / "evaluate.py"

@@ -42,7 +42,7 @@ limit, counts, seed = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import numpy as np
 from pulse_jax.checkpoints import CheckpointError, weights_file
-from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.checkpoints.torch_format import load_torch_bytes
 

@@ -13,8 +13,9 @@ import pytest
 from hostile import assert_refused, read_isolated
 from PIL import Image
 
-from pulse_jax import engine, images
-from pulse_jax.inputs import load_inputs
+from pulse_jax import images
+from pulse_jax.runs import engine
+from pulse_jax.runs.inputs import load_inputs
 
 COLLIDING = [
     "a.png", "a.bmp", "a_png.bmp", "A.PNG", "a_png_2.gif", "results.jsonl.png",

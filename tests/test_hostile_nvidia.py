@@ -11,7 +11,7 @@ import test_nvidia_pickle as official
 from hostile import Asm, assert_refused, read_isolated
 
 from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
 
 NUMPY = "numpy.core.multiarray"
 

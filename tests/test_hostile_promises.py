@@ -36,8 +36,14 @@ from test_nvidia_pickle import write_pickle
 from test_stylegan2_readers import tf_pickle_from_ada
 from torch_writer import save_torch_legacy, save_torch_zip
 
-from pulse_jax import convert
-from pulse_jax.checkpoints import CheckpointError, refusing, shown, stylegan2_ada, weights_file
+from pulse_jax.checkpoints import (
+    CheckpointError,
+    convert,
+    refusing,
+    shown,
+    stylegan2_ada,
+    weights_file,
+)
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.images import output_names
 
@@ -424,15 +430,15 @@ import gc, hashlib, io, json, os, resource, sys, tempfile, time, traceback
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import numpy as np
-from pulse_jax import convert
+from pulse_jax.checkpoints import convert
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.checkpoints.torch_format import load_torch_checkpoint
-from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
 from pulse_jax.checkpoints.weights_file import load_weights
 from pulse_jax.images import ImageError, load_image
-from pulse_jax.inputs import load_inputs
-from pulse_jax.loading import load_generator
+from pulse_jax.runs.inputs import load_inputs
+from pulse_jax.checkpoints.loading import load_generator
 {PEAK}
 READ = {"torch": load_torch_checkpoint, "stylegan2": read_stylegan2,
         "nvidia": read_nvidia_pickle, "generator": load_generator, "image": load_image}
@@ -721,9 +727,9 @@ def test_the_boundary_keeps_bugs_and_numeric_warnings_apart(monkeypatch):
 def test_a_run_summary_cannot_be_forged_by_file_names(tmp_path):
     """Class 5 at the launcher: an input named to print a line of its own, and a FIFO named
     with an ANSI escape, appear in the run's summary escaped, one line each."""
-    from pulse_jax.engine import Summary
     from pulse_jax.images import special_files
-    from pulse_jax.inputs import load_inputs
+    from pulse_jax.runs.engine import Summary
+    from pulse_jax.runs.inputs import load_inputs
 
     (tmp_path / "x\nsamples: 1 written, 1 reached eps.png").write_bytes(b"not an image")
     os.mkfifo(tmp_path / "\x1b[1Afifo")

@@ -18,10 +18,9 @@ from hostile import Asm, assert_refused, read_isolated
 from test_hostile_nvidia import _dag, array, dtype
 from torch_writer import Call, Global, TensorView, save_torch_legacy, save_torch_zip
 
-from pulse_jax import convert
-from pulse_jax.checkpoints import CheckpointError, torch_format, weights_file
+from pulse_jax.checkpoints import CheckpointError, convert, torch_format, weights_file
+from pulse_jax.checkpoints.loading import load_generator
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
-from pulse_jax.loading import load_generator
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
 PERSISTENCE = ("torch_utils.persistence", "_reconstruct_persistent_obj")

@@ -14,8 +14,7 @@ import pytest
 from hostile import Asm, assert_refused, read_isolated
 from torch_writer import save_torch_legacy, save_torch_zip
 
-from pulse_jax import convert
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, convert
 from pulse_jax.checkpoints.torch_format import (
     load_state_dict,
     load_torch_bytes,

@@ -200,7 +200,7 @@ def test_launchers_print_one_line_and_write_nothing(outcomes, tmp_path, launcher
 def test_convert_refuses_a_gaussian_fit_of_strings(tmp_path, golden_dir, capsys):
     from torch_writer import save_torch_legacy
 
-    from pulse_jax import convert
+    from pulse_jax.checkpoints import convert
 
     fit = tmp_path / "fit.pt"
     save_torch_legacy({"mean": "a" * 100, "std": [1.0] * 3}, fit)

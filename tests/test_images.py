@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from pulse_jax import images
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.images import ImageError
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.losses import (
     TERMS,
     geocross,

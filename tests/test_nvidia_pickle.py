@@ -29,11 +29,10 @@ import numpy as np
 import pytest
 from torch_writer import save_torch_legacy, save_torch_zip
 
-from pulse_jax import convert
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.nvidia_pickle import read_nvidia_pickle
+from pulse_jax.checkpoints import CheckpointError, convert
+from pulse_jax.checkpoints.loading import load_generator
+from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
 from pulse_jax.checkpoints.torch_format import load_state_dict
-from pulse_jax.loading import load_generator
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_ATOL = 1e-4  # float32 on CPU against the reference's float32 outputs

@@ -1,4 +1,5 @@
-"""Tests for pulse_jax.operators: shapes, linearity, gradients, bicubic unchanged, eps rules."""
+"""Tests for pulse_jax.degrade.operators: shapes, linearity, gradients, bicubic unchanged, eps
+rules."""
 
 import dataclasses
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pulse_jax import operators
-from pulse_jax.downscale import bicubic_downscale, make_bicubic
-from pulse_jax.operators import OperatorName, make_operator
+from pulse_jax.degrade import operators
+from pulse_jax.degrade.downscale import bicubic_downscale, make_bicubic
+from pulse_jax.degrade.operators import OperatorName, make_operator
 
 NAMES = list(OperatorName)
 R, SIDE = 32, 8  # factor 4

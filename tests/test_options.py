@@ -11,10 +11,12 @@ import pytest
 from absl import flags
 
 import pulse_jax
-from pulse_jax import cli, config, operators, options
+from pulse_jax import options
+from pulse_jax.degrade import operators
 from pulse_jax.generators import dcgan, stylegan
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import ConfigError, LRSchedule, NoiseType, OptName, SearchOptions
+from pulse_jax.runs import cli, config
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchOptions)}
 

@@ -22,8 +22,9 @@ import pytest
 from test_sharding import small_stylegan_generator
 
 import pulse_jax
-from pulse_jax import engine, pipeline, search
-from pulse_jax.config import SearchConfig
+from pulse_jax import pipeline, search
+from pulse_jax.runs import engine
+from pulse_jax.runs.config import SearchConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
 KWARGS = {"steps": 5, "num_samples": 2, "bad_noise_layers": ()}

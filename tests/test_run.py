@@ -1,4 +1,4 @@
-"""experiments/run.py and the run it calls (pulse_jax/pipeline.py over pulse_jax/engine.py).
+"""experiments/run.py and the run it calls (pulse_jax/pipeline.py over pulse_jax/runs/engine.py).
 
 Most runs are in-process through `run.run(argv)` so the compiled search is shared;
 the refusal of flags is also checked through the real command line.
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pulse_jax import engine, layout, store
-from pulse_jax import sweep as sweeps
-from pulse_jax.config import ConfigError, SearchConfig
-from pulse_jax.inputs import InputImage, load_inputs
+from pulse_jax.runs import engine, layout, store
+from pulse_jax.runs import sweep as sweeps
+from pulse_jax.runs.config import ConfigError, SearchConfig
+from pulse_jax.runs.inputs import InputImage, load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_PY = ROOT / "experiments" / "run.py"
@@ -483,7 +483,7 @@ def test_operator_and_plots(run_py, inputs, tmp_path, capsys):
         assert _size(out / name / layout.L2_PLOT)[0] > 0
         assert _size(out / name / "comparison.png")[0] > 0
     # The loss compared the masked input: sample_0_lr.png is black where the mask is 0.
-    from pulse_jax import operators
+    from pulse_jax.degrade import operators
 
     mask = operators.make_operator("inpaint", 16, 4, mask="random").mask
     with Image.open(out / "dcgan_seed0" / "sample_0_lr.png") as im:

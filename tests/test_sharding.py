@@ -244,7 +244,7 @@ def test_clear_errors(small_stylegan, targets, kwargs, message):
 TWO_HOSTS = r"""
 import sys
 import numpy as np
-from pulse_jax import distributed
+from pulse_jax.runs import distributed
 assert distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax
 from pulse_jax import load_generator, solve

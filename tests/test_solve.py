@@ -38,7 +38,7 @@ import pytest
 
 import pulse_jax
 from pulse_jax import losses, search
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.options import SearchOptions
 
 RUNS = {

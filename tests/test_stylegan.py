@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from torch_writer import save_torch_legacy
 
-from pulse_jax import convert, load_generator
-from pulse_jax.checkpoints import pulse_format, torch_format
+from pulse_jax import load_generator
+from pulse_jax.checkpoints import convert, pulse_format, torch_format
 from pulse_jax.generators import stylegan
 from pulse_jax.generators.base import Generator, SearchOptions
 

@@ -32,10 +32,10 @@ import pytest
 import pulse_jax
 from pulse_jax import losses, testing
 from pulse_jax.checkpoints import stylegan2_layout
+from pulse_jax.checkpoints.convert import main as convert_main
+from pulse_jax.checkpoints.convert import write_stylegan2_weights
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
-from pulse_jax.convert import main as convert_main
-from pulse_jax.convert import write_stylegan2_weights
-from pulse_jax.downscale import bicubic_downscale
+from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.generators import ops, stylegan2
 from pulse_jax.generators.base import SearchOptions
 from pulse_jax.solve import compiled_memory

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 from two_processes import run_two_processes
 
-from pulse_jax import distributed, engine, layout, solve, store
-from pulse_jax import sweep as sweeps
-from pulse_jax.config import ConfigError, SearchConfig
+from pulse_jax import solve
 from pulse_jax.images import load_image, save_image
-from pulse_jax.inputs import load_inputs
+from pulse_jax.runs import distributed, engine, layout, store
+from pulse_jax.runs import sweep as sweeps
+from pulse_jax.runs.config import ConfigError, SearchConfig
+from pulse_jax.runs.inputs import load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1)

@@ -33,10 +33,10 @@ import numpy as np
 from pulse_jax.checkpoints import (
     CheckpointError,
     FileBytes,
-    nvidia_pickle,
     read_regular,
     refuses,
     stylegan2_layout,
+    tf_pickle,
     torch_format,
 )
 from pulse_jax.checkpoints.safe_pickle import (
@@ -117,7 +117,7 @@ def _set(items=()) -> set:
 def _policy(session: Session) -> Policy:
     """The globals of an ADA pickle, each building fresh values within `session`."""
     tensors = torch_format.tensor_globals(session)
-    numpy_globals, numpy_build = nvidia_pickle.stand_ins(session)
+    numpy_globals, numpy_build = tf_pickle.stand_ins(session)
 
     def load_from_bytes(data):
         """`torch.storage._load_from_bytes(b)`: a legacy `torch.save` of one storage, read by
@@ -147,7 +147,7 @@ def _policy(session: Session) -> Policy:
         )
     }
     return Policy(
-        allowed, nvidia_pickle.refusal(KIND, allowed), build=build, encoding="latin1", sets=True
+        allowed, tf_pickle.refusal(KIND, allowed), build=build, encoding="latin1", sets=True
     )
 
 
@@ -161,7 +161,7 @@ def read_tree(
       CheckpointError: a global outside the allow-list (nothing is called), a tensor
         outside its storage, the limits exceeded, a truncated or corrupt pickle.
     """
-    return nvidia_pickle.load_pickle(
+    return tf_pickle.load_pickle(
         os.fspath(path),
         limits,
         policy=_policy,

@@ -2,7 +2,7 @@
 
 The pickle is the tuple `(G, D, Gs)` of `dnnlib.tflib.network.Network`
 objects, as for StyleGAN (v1), and is decoded with the v1 reader's policy
-(`nvidia_pickle.load_pickle`, on the shared bounded interpreter): its
+(`tf_pickle.load_pickle`, on the shared bounded interpreter): its
 `build_module_src` is never run. StyleGAN2
 networks have state version 4 or later. The variables are renamed to NVIDIA
 StyleGAN2-ADA's state-dict layout with the rules of NVIDIA's `legacy.py`
@@ -25,10 +25,10 @@ import numpy as np
 from pulse_jax.checkpoints import (
     CheckpointError,
     FileBytes,
-    nvidia_pickle,
     read_regular,
     refuses,
     stylegan2_layout,
+    tf_pickle,
 )
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 
@@ -50,14 +50,14 @@ def _select(path, top, network: str) -> tuple[dict, list]:
         raise CheckpointError(path, f"holds a {type(top).__name__}, expected the (G, D, Gs) tuple")
     names = [
         item.state["name"][:40]
-        if isinstance(item, nvidia_pickle.NetworkStub)
+        if isinstance(item, tf_pickle.NetworkStub)
         and isinstance(item.state, dict)
         and isinstance(item.state.get("name"), str)
         else None
         for item in top
     ]
     net = top[index]
-    if not isinstance(net, nvidia_pickle.NetworkStub):
+    if not isinstance(net, tf_pickle.NetworkStub):
         raise CheckpointError(path, f"index {index} is a {type(net).__name__}, not a Network")
     state = net.state
     if not isinstance(state, dict):
@@ -92,7 +92,7 @@ def _collect_into(path, params: dict, prefix: str, net_state: dict, depth: int) 
     for key, kind in (("variables", list), ("components", dict)):
         if not isinstance(net_state.get(key), kind):
             raise CheckpointError(path, f"{prefix or 'Gs'}: its state has no {key!r}")
-    for name, value in nvidia_pickle.variables(path, net_state, prefix or "Gs").items():
+    for name, value in tf_pickle.variables(path, net_state, prefix or "Gs").items():
         stylegan2_layout.check_name(path, name, prefix or "Gs", "\0")
         if prefix + name in params:
             raise CheckpointError(path, f"the variable {prefix}{name} appears twice")
@@ -101,9 +101,7 @@ def _collect_into(path, params: dict, prefix: str, net_state: dict, depth: int) 
             raise CheckpointError(path, "the network holds too many variables to be a generator")
     for name, component in net_state["components"].items():
         stylegan2_layout.check_name(path, name, prefix or "Gs", "/")
-        if not (
-            isinstance(component, nvidia_pickle.NetworkStub) and isinstance(component.state, dict)
-        ):
+        if not (isinstance(component, tf_pickle.NetworkStub) and isinstance(component.state, dict)):
             raise CheckpointError(path, f"component {describe(name)} is not a Network")
         _collect_into(path, params, f"{prefix}{name}/", component.state, depth + 1)
 
@@ -248,7 +246,7 @@ def read_tf_pickle(
     if network not in ("G_ema", "G"):
         raise CheckpointError(path, f"network {network!r:.40}: choose 'G_ema' or 'G'")
     file = file or read_regular(path)
-    top = nvidia_pickle.load_pickle(
+    top = tf_pickle.load_pickle(
         path, limits, kind=KIND, zip_hint="read it with read_stylegan2", file=file
     )
     state, names = _select(path, top, network)

@@ -46,7 +46,7 @@ from pulse_jax.checkpoints import (
     refuses,
 )
 from pulse_jax.checkpoints.safe_pickle import Limits, Refusal, Session
-from pulse_jax.files import atomic_write  # noqa: F401 - also imported from here by plots, evaluate
+from pulse_jax.files import atomic_write
 
 FORMAT = "pulse_jax.weights"
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ import numpy as np
 
 from pulse_jax.options import Scope, SearchOptions
 
-__all__ = ["Arch", "Generator", "Prepared", "SearchOptions"]
+__all__ = ["Arch", "Generator", "Prepared"]
 
 
 class Prepared(dict):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pulse_jax.checkpoints.weights_file import atomic_write
+from pulse_jax.files import atomic_write
 
 
 def available() -> bool:

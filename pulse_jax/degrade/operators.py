@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pulse_jax.downscale import make_bicubic, separable
+from pulse_jax.degrade.downscale import make_bicubic, separable
 from pulse_jax.images import ImageError, load_image
 
 # ITU-R BT.601 luma, as Pillow's convert("L") weighs R, G, B.

@@ -1,10 +1,12 @@
 """Converting foreign checkpoints into the project's weights file, once.
 
-    python -m pulse_jax.convert pulse --synthesis synthesis.pt --mapping mapping.pt --out OUT.npz
-    python -m pulse_jax.convert pulse --synthesis synthesis.pt --gaussian_fit gaussian_fit.pt \
+    python -m pulse_jax.checkpoints.convert pulse --synthesis synthesis.pt --mapping mapping.pt \
         --out OUT.npz
-    python -m pulse_jax.convert nvidia --pkl karras2019stylegan-ffhq-1024x1024.pkl --out OUT.npz
-    python -m pulse_jax.convert stylegan2 --checkpoint ffhq.pkl --out OUT.npz
+    python -m pulse_jax.checkpoints.convert pulse --synthesis synthesis.pt \
+        --gaussian_fit gaussian_fit.pt --out OUT.npz
+    python -m pulse_jax.checkpoints.convert nvidia --pkl karras2019stylegan-ffhq-1024x1024.pkl \
+        --out OUT.npz
+    python -m pulse_jax.checkpoints.convert stylegan2 --checkpoint ffhq.pkl --out OUT.npz
       (NVIDIA StyleGAN2-ADA .pkl, rosinality .pt or NVIDIA TF StyleGAN2 .pkl; told from
       the content)
 
@@ -28,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pulse_jax import cli
 from pulse_jax.checkpoints import (
     CheckpointError,
     FileBytes,
@@ -42,7 +43,8 @@ from pulse_jax.checkpoints import (
 )
 from pulse_jax.checkpoints.safe_pickle import Limits, describe
 from pulse_jax.generators import ops, stylegan, stylegan2
-from pulse_jax.progress import Progress
+from pulse_jax.runs import cli
+from pulse_jax.runs.progress import Progress
 
 FIT_SAMPLES = 1_000_000
 FIT_CHUNK = 10_000
@@ -274,16 +276,14 @@ def _read_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
 
 
 def convert_nvidia(args: argparse.Namespace) -> None:
-    from pulse_jax.checkpoints import nvidia_pickle
+    from pulse_jax.checkpoints import stylegan_tf
 
     files = _read_inputs(args, ("pkl", "gaussian_fit"))
     record, pkl = files["pkl"]
     if args.sha256:
         _check_sha256(args.pkl, args.sha256, record["sha256"])
     limits = _limits(args)
-    synthesis_sd, mapping_sd, _ = nvidia_pickle.read_nvidia_pickle(
-        args.pkl, limits=limits, file=pkl
-    )
+    synthesis_sd, mapping_sd, _ = stylegan_tf.read_nvidia_pickle(args.pkl, limits=limits, file=pkl)
     provenance = {"source": "NVIDIA StyleGAN pickle (Gs)", "pkl": record}
     fit = None
     if args.gaussian_fit:
@@ -438,7 +438,7 @@ def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pulse_jax.convert",
+        prog="python -m pulse_jax.checkpoints.convert",
         description="Convert StyleGAN checkpoints into a pulse_jax weights file (.npz, no pickle).",
     )
     sub = parser.add_subparsers(dest="source", required=True)

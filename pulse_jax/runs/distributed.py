@@ -10,12 +10,14 @@ host's own.
 A sweep's results are independent of one another, so hosts share the work
 without talking: `process_share` hands each process a fixed slice of the work
 list and each runs `solve` on its local devices. The only collective is the
-final `gather` of a few numbers per host.
+final `gather` of a few numbers per host. `cpu_model` names the host's CPU for manifests,
+reports and benchmarks.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -111,3 +113,15 @@ def gather(values: Sequence[float]) -> np.ndarray:
     fine = (row - coarse.astype(np.float64)).astype(np.float32)
     both = multihost_utils.process_allgather(np.stack([coarse, fine]))  # [P, 2, V]
     return both[:, 0].astype(np.float64) + both[:, 1].astype(np.float64)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`lscpu`'s), or the architecture where the OS does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -39,13 +39,14 @@ from typing import TextIO
 import jax
 import numpy as np
 
-from pulse_jax import distributed, layout, plots, store
 from pulse_jax.checkpoints import shown
-from pulse_jax.config import ConfigError, SearchConfig, check_operator, check_search
+from pulse_jax.evaluation import plots
 from pulse_jax.generators.base import Generator
 from pulse_jax.images import ImageError, special_files
-from pulse_jax.inputs import InputImage, load_inputs
-from pulse_jax.progress import Progress, format_seconds, say
+from pulse_jax.runs import distributed, layout, store
+from pulse_jax.runs.config import ConfigError, SearchConfig, check_operator, check_search
+from pulse_jax.runs.inputs import InputImage, load_inputs
+from pulse_jax.runs.progress import Progress, format_seconds, say
 from pulse_jax.solve import SolveResult, solve
 
 # Generators this size and up report progress during a call by default (`Work.report_every`).

@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from pulse_jax import compile_cache, config
 from pulse_jax.checkpoints import CheckpointError, shown
-from pulse_jax.checkpoints.dcgan_package import FetchError
+from pulse_jax.checkpoints.fetch import FetchError
 from pulse_jax.images import ImageError
 from pulse_jax.options import ConfigError, check_value, option_fields, option_types
+from pulse_jax.runs import compile_cache, config
 
 # The flags of `SearchConfig`'s fields; the seed has launcher-specific flags.
 SEARCH_FLAGS = tuple(f.name for f in option_fields(config.SearchConfig))

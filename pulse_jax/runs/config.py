@@ -9,9 +9,9 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from pulse_jax import operators
+from pulse_jax.degrade import operators
+from pulse_jax.generators import DEFAULT_GENERATOR
 from pulse_jax.generators.base import Generator
-from pulse_jax.loading import DEFAULT_GENERATOR
 from pulse_jax.options import (
     ConfigError,
     Scope,
@@ -50,7 +50,8 @@ class SearchConfig(SearchOptions):
     generator: str = option(
         DEFAULT_GENERATOR,
         "A registered generator name (dcgan64: the embedded 64 px face DCGAN) or the path of "
-        "a weights file written by `python -m pulse_jax.convert` (e.g. weights/ffhq1024.npz).",
+        "a weights file written by `python -m pulse_jax.checkpoints.convert` (e.g. "
+        "weights/ffhq1024.npz).",
     )
     seed: int = 0  # the launchers have their own seed flags
     resize: bool = option(

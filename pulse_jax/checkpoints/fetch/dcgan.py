@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
+from pulse_jax.checkpoints.fetch import FetchError
 
 PACKAGE = "gan-face-generate"
 VERSION = "1.1.1"
@@ -26,10 +27,6 @@ MEMBER = "gan_face_generate/weights.tar"
 MEMBER_SIZE = 14_322_251
 MEMBER_SHA256 = "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"
 STATE_DICT_KEY = "netG_state_dict"
-
-
-class FetchError(RuntimeError):
-    """The default generator could not be obtained; the message says what to do."""
 
 
 def download_wheel(cache_dir: Path) -> Path:

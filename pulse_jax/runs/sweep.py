@@ -21,11 +21,11 @@ from typing import TextIO
 
 import jax
 
-from pulse_jax import engine, store
-from pulse_jax.config import ConfigError, SearchConfig
 from pulse_jax.files import atomic_write
 from pulse_jax.generators.base import Generator
-from pulse_jax.progress import say
+from pulse_jax.runs import engine, store
+from pulse_jax.runs.config import ConfigError, SearchConfig
+from pulse_jax.runs.progress import say
 from pulse_jax.solve import compiled_memory
 
 SUMMARY = "summary.json"

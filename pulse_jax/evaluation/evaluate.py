@@ -34,10 +34,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pulse_jax import metrics, plots
-from pulse_jax.checkpoints.weights_file import atomic_write
-from pulse_jax.config import ConfigError, SearchConfig, check_search
-from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax.evaluation import metrics, plots
+from pulse_jax.files import atomic_write
+from pulse_jax.generators.base import Generator
 from pulse_jax.images import (
     ImageError,
     comparison_sheet,
@@ -47,9 +46,11 @@ from pulse_jax.images import (
     save_image,
     upscale_bicubic,
 )
-from pulse_jax.inputs import is_readme
+from pulse_jax.options import SearchOptions
+from pulse_jax.runs.config import ConfigError, SearchConfig, check_search
+from pulse_jax.runs.distributed import cpu_model
+from pulse_jax.runs.inputs import is_readme
 from pulse_jax.solve import solve
-from pulse_jax.store import cpu_model
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 L2_PLOT, SUCCESS_PLOT, GRID = "l2_curves.png", "success_curve.png", "grid.png"

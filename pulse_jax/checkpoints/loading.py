@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax import precision as precisions
-from pulse_jax.checkpoints import CheckpointError, dcgan_package, refusing, weights_file
+from pulse_jax.checkpoints import CheckpointError, refusing, weights_file
+from pulse_jax.checkpoints.fetch.dcgan import ensure_dcgan64
 from pulse_jax.generators import dcgan, stylegan, stylegan2
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import Scope
 
 # Registered names -> a function that returns the path of their weights file,
 # obtaining it first where the project can (the embedded default).
-REGISTRY: dict[str, Callable[[Path], Path]] = {"dcgan64": dcgan_package.ensure_dcgan64}
-DEFAULT_GENERATOR = "dcgan64"
+REGISTRY: dict[str, Callable[[Path], Path]] = {"dcgan64": ensure_dcgan64}
 
 
 def weights_dir() -> Path:
@@ -42,7 +42,7 @@ def load_generator(name_or_path: str | os.PathLike, *, precision: str | None = N
     Args:
       name_or_path: a registered name (`"dcgan64"`, the embedded default, fetched and
         converted on first use) or the path of a weights file written by
-        `python -m pulse_jax.convert`.
+        `python -m pulse_jax.checkpoints.convert`.
       precision: matmul/conv precision (`pulse_jax.precision`): "highest" (full float32
         everywhere, what parity with the original needs), "high" or "default" (faster
         reduced-precision passes on GPU/TPU), "bf16" or "tf32" (their emulation); None: the

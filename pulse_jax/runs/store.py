@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -38,9 +37,10 @@ from typing import NamedTuple
 import jax
 import jaxlib
 
-from pulse_jax.config import ConfigError, recorded_settings, settings_diff
 from pulse_jax.files import atomic_write
-from pulse_jax.inputs import InputImage
+from pulse_jax.runs.config import ConfigError, recorded_settings, settings_diff
+from pulse_jax.runs.distributed import cpu_model
+from pulse_jax.runs.inputs import InputImage
 
 REQUIRED = frozenset({"input", "seed", "sample"})
 RUN_MANIFEST = "results.jsonl"
@@ -145,18 +145,6 @@ def machine_record() -> dict:
         "device_kind": device.device_kind,
         "cpu": cpu_model(),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (`lscpu`'s), or the architecture where the OS does not say."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def group_field(record: dict, name: str, default):
