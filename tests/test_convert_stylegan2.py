@@ -97,7 +97,7 @@ def test_readme_command_converts_each_format(tmp_path, fmt, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_command_as_a_process(tmp_path):
-    """`python -m pulse_jax.convert` itself (docs/converting.md's ADA command, PULSE's full 1e6 fit)."""
+    """`python -m pulse_jax.convert` itself (the docs' ADA command, PULSE's full 1e6 fit)."""
     fixture_files(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "pulse_jax.convert", *README_COMMANDS["ada-pickle"].split()],
