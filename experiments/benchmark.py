@@ -5,8 +5,8 @@
         --samples 1,2,4 --steps 3 --out_dir results/benchmark
 
 Writes `<out_dir>/<name>.json` (every measurement, the machine, the matmul peak) and
-`<out_dir>/<name>.md` (the table the README shows); `--profile` adds where each case's time
-goes. The README's table comes from
+`<out_dir>/<name>.md` (the table docs/performance.md shows); `--profile` adds where each case's time
+goes. docs/performance.md's table comes from
 
     python experiments/benchmark.py --out_dir docs --name benchmark_cpu --profile
 """

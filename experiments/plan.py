@@ -7,7 +7,7 @@ without the chip (`plan_lib`: ahead-of-time compilation for compile-only devices
 Targets: h100, h200, a100 (need the 'cuda' extra: pip install -e ".[cuda]"), tpu-v4:2x2x1,
 tpu-v5e:2x2, tpu-v5p:2x2x1, tpu-v6e:2x2 (the 'tpu' extra). --generator also takes the
 benchmark's random-weight generators of the FFHQ layouts (stylegan1024, stylegan2_1024), and
-several names separated by commas. The search options are the launchers' flags (README).
+several names separated by commas. The search options are the launchers' flags (docs/usage.md).
 Writes `<out_dir>/<name>.json` and `<out_dir>/<name>.md`; the table goes to stdout.
 """
 

@@ -433,7 +433,7 @@ def bound_s(row: dict, target: Target, precision: str) -> float:
 
 
 def summary(results: dict) -> str:
-    """The short table (README): per row, memory, fit and the bound at both peaks (from the
+    """The short table (docs/sweeps.md): per row, memory, fit and the bound at both peaks (from the
     compiled program's FLOPs and bytes, whatever precision it was compiled at)."""
     lines = [
         "| target | generator | compiled at | samples/chip | compile s | GiB/chip | fits "

@@ -332,7 +332,7 @@ def write_docs(figures: dict, stem: Path) -> None:
         '"high"). The bicubic downscale stays float32 (HIGHEST) at every precision. '
         f"The whole run took {figures['seconds']:.0f} s (an evaluation whose report existed "
         "with the same settings is read, not run again); the default precision each platform "
-        'takes from these figures, and why: the README\'s "Precision on GPUs and TPUs".',
+        'takes from these figures, and why: "Precision on GPUs and TPUs" in docs/parity.md.',
     ]
     if figures["goldens"]:
         md += [

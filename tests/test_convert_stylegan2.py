@@ -2,8 +2,9 @@
 format.
 
 Each converted file is loaded with `load_generator` and synthesizes the goldens' images
-(max-abs 1e-4 x max(1, |image|), as tests/test_stylegan2.py). The commands are the
-README's ("which file do you have"), with the fixture files under the real files' names;
+(max-abs 1e-4 x max(1, |image|), as tests/test_stylegan2.py). The commands are
+docs/converting.md's ("which file do you have"), with the fixture files under the real
+files' names;
 `--fit_samples` is lowered from PULSE's 1,000,000 where noted, for test time only.
 """
 
@@ -61,7 +62,7 @@ def assert_image_close(got, want):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
 
 
-# The README's commands (its "which file do you have" section), one per format.
+# docs/converting.md's commands (and the README's table), one per format.
 README_COMMANDS = {
     "ada-pickle": "stylegan2 --checkpoint ffhq.pkl --out weights/ffhq_sg2.npz",
     "rosinality": "stylegan2 --checkpoint stylegan2-ffhq-config-f.pt --out weights/ffhq_sg2.npz",
@@ -97,8 +98,8 @@ def test_readme_command_converts_each_format(tmp_path, fmt, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_command_as_a_process(tmp_path):
-    """`python -m pulse_jax.checkpoints.convert` itself (the README's ADA command, PULSE's full
-    1e6 fit)."""
+    """`python -m pulse_jax.checkpoints.convert` itself (the docs' ADA command, PULSE's full 1e6
+    fit)."""
     fixture_files(tmp_path)
     proc = subprocess.run(
         [

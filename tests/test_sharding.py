@@ -181,7 +181,7 @@ def test_position_in_a_group_changes_a_result_by_rounding_only(small_stylegan):
     # a row by its position (issue 15), so this is a tolerance, not equality. Measured
     # max-abs after 3 steps on Intel Xeon (AVX-512): 0. Latents are not compared: Adam's
     # first steps are sign(gradient) x lr, so an element whose gradient is at rounding
-    # level may step the other way (README, "Parity"); the image and its L2 may not move.
+    # level may step the other way (docs/parity.md); the image and its L2 may not move.
     lr = np.random.default_rng(4).uniform(size=(6, 8, 8, 3)).astype(np.float32)
     order = np.array([3, 0, 5, 1, 4, 2])
     kwargs = dict(num_samples=1, steps=3, seed=7, batch_per_device=6)
