@@ -1,12 +1,13 @@
 """How often PULSE succeeds, how consistent and how diverse its faces are, what it costs.
 
-    python experiments/evaluate.py --synthetic 32 --seeds 4 --output_dir results/eval_x4
-    python experiments/evaluate.py --synthetic 32 --seeds 4 --lr_size 8 --output_dir results/eval_x8
+    python experiments/evaluate.py --synthetic 32 --samples 4 --output_dir results/eval_x4
+    python experiments/evaluate.py --synthetic 32 --samples 4 --lr_size 8 \\
+        --output_dir results/eval_x8
     python experiments/evaluate.py --input_dir my_hr_faces --operator gaussian --blur_sigma 2
     python experiments/evaluate.py --summarize "results/eval_*/report.json"
 
 Degrades HR faces (a folder of them, or --synthetic N faces the generator draws from seeded
-latents) with --operator, runs PULSE with --seeds samples per face and writes
+latents) with --operator, runs PULSE with --samples samples per face and writes
 `<out>/report.json`, `<out>/report.md` and the plots `l2_curves.png`, `success_curve.png`
 (with the `plots` extra) and `grid.png` (what is measured: `pulse_jax/evaluation/evaluate.py`).
 --summarize puts the aggregate rows of existing reports into one markdown table (printed
@@ -43,7 +44,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "data_seed", _DEFAULTS.data_seed, "Seeds the synthetic faces and the observation noise."
 )
-flags.DEFINE_integer("seeds", _DEFAULTS.samples, "Samples (starts) per face, K.", lower_bound=1)
+flags.DEFINE_integer("samples", _DEFAULTS.samples, "Samples (starts) per face, K.", lower_bound=1)
+cli.define_old_name("seeds", "samples")
 flags.DEFINE_integer(
     "seed",
     0,
@@ -82,7 +84,7 @@ def execute() -> int:
             input_dir=FLAGS.input_dir,
             synthetic=FLAGS.synthetic,
             data_seed=FLAGS.data_seed,
-            samples=FLAGS.seeds,
+            samples=FLAGS.samples,
             lr_size=FLAGS.lr_size,
             batch_size=FLAGS.batch_size,
             plot_faces=FLAGS.plot_faces,

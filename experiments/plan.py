@@ -78,11 +78,15 @@ def execute() -> int:
         for name in FLAGS.generator.split(","):
             for precision in _PRECISION.value:
                 generator = generator_for(name, precision)
-                kwargs = search.solve_kwargs(generator, _LR_SIZE.value)
-                kwargs.pop("seed")
-                kwargs["remat"] = _REMAT.value
+                search.options.degradation(_LR_SIZE.value, generator.resolution)  # checked here
                 cases.append(
-                    {"name": name, "precision": precision, "generator": generator, "kwargs": kwargs}
+                    {
+                        "name": name,
+                        "precision": precision,
+                        "generator": generator,
+                        "options": search.options,
+                        "remat": _REMAT.value,
+                    }
                 )
         results = plan_lib.run(
             cases,

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 import pulse_jax
+from pulse_jax.options import SearchOptions
 from pulse_jax.runs.cli import one_line
 
 TARGET_DIR = Path(__file__).parent / "targets"
@@ -202,17 +203,19 @@ def compile_case(
     target: Target,
     devices_: list,
     batch: int,
+    options: SearchOptions | None = None,
     *,
     chips: int = 1,
     lr_size: int = 32,
     precision: str = "highest",
-    **kwargs,
+    remat: bool = False,
 ) -> dict:
     """Compiles one sweep group (`batch` samples on each of `chips` devices) for the target
     and reads it (module docstring); a failure to compile is a row with its one-line error.
 
+    options: the search options (default `SearchOptions()`).
     precision: the generator's precision (the peak the roofline takes).
-    kwargs: `solve`'s keywords that shape the program (search options, downscale, remat).
+    remat: `solve`'s.
     """
     row = {"target": target.name, "precision": precision, "batch_per_device": batch, "chips": chips}
     images = np.zeros((1, lr_size, lr_size, 3), np.float32)
@@ -221,10 +224,11 @@ def compile_case(
         return pulse_jax.lower(
             images,
             generator,
+            options,
             num_samples=batch * len(devs),
             devices=devs,
             batch_per_device=batch,
-            **kwargs,
+            remat=remat,
         )
 
     try:
@@ -311,7 +315,8 @@ def run(
     checkpoint=None,
 ) -> dict:
     """Compiles every (target, case, batch); a case is {"name", "precision", "generator",
-    "kwargs"} (the generator built at that precision, `solve`'s keywords). Returns
+    "options", "remat"} (the generator built at that precision, the search options, remat
+    or not). Returns
     {"machine", "config", "targets", "rows", "largest"}; `checkpoint(results so far)` is
     called after every row (a long plan keeps what it has)."""
     from benchmark_lib import machine_info
@@ -335,13 +340,14 @@ def run(
                     target,
                     devs,
                     batch,
+                    case.get("options"),
                     chips=chips,
                     lr_size=lr_size,
                     precision=case["precision"],
-                    **case["kwargs"],
+                    remat=bool(case.get("remat")),
                 )
                 row["generator"] = case["name"]
-                row["remat"] = bool(case["kwargs"].get("remat"))
+                row["remat"] = bool(case.get("remat"))
                 done.append(row)
                 results["rows"].append(row)
                 log(format_row(row))

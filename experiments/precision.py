@@ -12,7 +12,7 @@ operand of the generator as an H100's TF32 tensor cores and a TPU's one-pass bfl
   starts): each sample's L2 at every step against the reference's, as the tests replay them;
 - one render and one gradient at 1024 px (the benchmark's random-weight generators);
 - the evaluation (`pulse_jax.evaluation.evaluate`, as experiments/evaluate.py --synthetic N
-  --seeds K):
+  --samples K):
   success rate, LR PSNR, HR PSNR, per observation size. Each precision draws the synthetic
   truth faces with its own generator, as a user on that chip would; how far those faces
   lie from float32's is reported beside them.

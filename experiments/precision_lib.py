@@ -353,7 +353,7 @@ def write_docs(figures: dict, stem: Path) -> None:
             "",
             "## Evaluation",
             "",
-            f"`experiments/evaluate.py --synthetic {figures['synthetic']} --seeds "
+            f"`experiments/evaluate.py --synthetic {figures['synthetic']} --samples "
             f"{figures['seeds']}` on the default DCGAN (64 px faces), x = 64 / observation "
             "side; each precision draws its own truth faces (their distance from float32's "
             "is given). Solve seconds are the CPU's, emulation included, under contention: "

@@ -5,7 +5,7 @@
 Writes, for every input `<stem>` and sample `<s>`, `<out>/<stem>/sample_<s>_hr.png`
 and `sample_<s>_lr.png`, one `<out>/<stem>/comparison.png` per input (with `--plots`
 also `l2_curves.png`), and a line per sample in `<out>/results.jsonl` (layout, re-runs
-and seeding: the docstrings of `pulse_jax/pipeline.py` and `pulse_jax/runs/engine.py`). Flags
+and seeding: the docstring of `pulse_jax/runs/engine.py`, `Work.for_run`). Flags
 and defaults are PULSE's own, plus `--generator`, `--operator` (the degradation, with
 its parameters), `--resize`, `--plots` and `--align`.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from absl import app, flags
 
-from pulse_jax import load_generator, pipeline
+from pulse_jax import load_generator
 from pulse_jax.images import ImageError
-from pulse_jax.runs import cli
+from pulse_jax.runs import cli, engine
 from pulse_jax.runs.config import NOISE_OPTIONS, ConfigError, SearchConfig, check_applicable
 
 FLAGS = flags.FLAGS
@@ -39,7 +39,8 @@ flags.DEFINE_string(
     "Folder of LR images: every file (any image format) except hidden files and a README.",
 )
 flags.DEFINE_string("output_dir", "results/runs", "Folder for the results and results.jsonl.")
-flags.DEFINE_integer("duplicates", 1, "Samples per input, each from its own start.", lower_bound=1)
+flags.DEFINE_integer("samples", 1, "Samples per input, each from its own start.", lower_bound=1)
+cli.define_old_name("duplicates", "samples")
 flags.DEFINE_integer("batch_size", 1, "Input images per solve call.", lower_bound=1)
 flags.DEFINE_integer(
     "seed",
@@ -73,23 +74,20 @@ flags.DEFINE_integer(
 )
 
 
-def config_from_flags() -> pipeline.RunConfig:
+def config_from_flags() -> engine.Work:
     """The run described by the parsed flags."""
-    search = cli.search_config(seed=FLAGS.seed)
-    return pipeline.RunConfig(
-        input_dir=FLAGS.input_dir,
-        output_dir=FLAGS.output_dir,
-        search=search,
-        duplicates=FLAGS.duplicates,
+    return engine.Work.for_run(
+        FLAGS.input_dir,
+        FLAGS.output_dir,
+        cli.search_config(seed=FLAGS.seed),
+        samples=FLAGS.samples,
         batch_size=FLAGS.batch_size,
         save_intermediate=FLAGS.save_intermediate,
         plots=FLAGS.plots,
     )
 
 
-def align_inputs(
-    config: pipeline.RunConfig, resolution: int
-) -> tuple[pipeline.RunConfig, list[ImageError]]:
+def align_inputs(work: engine.Work, resolution: int) -> tuple[engine.Work, list[ImageError]]:
     """Aligns the faces of the input folder into `<output_dir>/aligned/`.
 
     Returns:
@@ -106,10 +104,10 @@ def align_inputs(
             f"--align needs the face-alignment module pulse_jax.align and its extra ({e})"
         ) from None
     size = FLAGS.align_size or min(32, resolution // 4)
-    aligned = Path(config.output_dir) / "aligned"
+    aligned = Path(work.output_dir) / "aligned"
     try:
         faces = align.align_to_folder(
-            config.input_dir, aligned, output_size=size, resolution=resolution
+            work.input_dir, aligned, output_size=size, resolution=resolution
         )
     except align.AlignmentUnavailable as e:
         raise ConfigError(f"--align: {e}") from None
@@ -118,7 +116,7 @@ def align_inputs(
             raise
         raise ConfigError(f"--align: {e}") from None
     failed = [ImageError(path, reason) for path, reason in faces.skipped.items()]
-    return dataclasses.replace(config, input_dir=str(aligned)), failed
+    return dataclasses.replace(work, input_dir=str(aligned)), failed
 
 
 def execute() -> int:
@@ -126,14 +124,14 @@ def execute() -> int:
     if FLAGS.input_dir is None:
         print("error: --input_dir is required", file=sys.stderr)
         return 2
-    config = config_from_flags()
     not_aligned = []
     try:
-        generator = load_generator(config.search.generator)
+        work = config_from_flags()
+        generator = load_generator(work.search.generator)
         check_applicable(generator, [n for n in NOISE_OPTIONS if FLAGS[n].present])
         if FLAGS.align:
-            config, not_aligned = align_inputs(config, generator.resolution)
-        summary = pipeline.run_folder(config, generator)
+            work, not_aligned = align_inputs(work, generator.resolution)
+        summary = engine.run(work, generator, process=(0, 1))
     except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
         return cli.exit_status(e, 2)
     # Photos in which no face was found count as failed inputs too.

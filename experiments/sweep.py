@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 
 from pulse_jax import load_generator
-from pulse_jax.runs import cli, distributed
+from pulse_jax.runs import cli, distributed, engine
 from pulse_jax.runs import sweep as sweeps
 from pulse_jax.runs.config import NOISE_OPTIONS, ConfigError, check_applicable
 from pulse_jax.runs.inputs import load_inputs
@@ -87,13 +87,12 @@ def parse_seeds(values: list[str]) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def config_from_flags() -> sweeps.SweepConfig:
+def config_from_flags() -> engine.Work:
     """The sweep described by the parsed flags."""
-    search = cli.search_config()
-    return sweeps.SweepConfig(
-        input_dir=FLAGS.input_dir,
-        output_dir=FLAGS.output_dir,
-        search=search,
+    return engine.Work.for_sweep(
+        FLAGS.input_dir,
+        FLAGS.output_dir,
+        cli.search_config(),
         seeds=parse_seeds(FLAGS.seeds),
         samples=FLAGS.samples,
         batch_per_device=FLAGS.batch_per_device,
@@ -102,14 +101,14 @@ def config_from_flags() -> sweeps.SweepConfig:
     )
 
 
-def plan_memory(config: sweeps.SweepConfig, generator) -> None:
+def plan_memory(work: engine.Work, generator) -> None:
     """Prints the device memory per --batch_per_device for the inputs' largest size."""
-    inputs, _ = load_inputs(config.input_dir, generator.resolution, resize=config.search.resize)
+    inputs, _ = load_inputs(work.input_dir, generator.resolution, resize=work.search.resize)
     side = max(item.side for item in inputs)
     rows = sweeps.plan_batch_size(
-        generator, side, config.search, remat=config.remat, largest=config.batch_per_device
+        generator, side, work.search.options, remat=work.remat, largest=work.group_size
     )
-    print(f"device memory per batch_per_device ({side} px inputs, remat={config.remat}):")
+    print(f"device memory per batch_per_device ({side} px inputs, remat={work.remat}):")
     for row in rows:
         fits = {None: "", True: "  fits", False: "  does not fit"}[row["fits"]]
         print(f"  {row['batch_per_device']:4d}: {row['total_bytes'] / 2**30:8.2f} GiB{fits}")

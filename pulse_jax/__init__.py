@@ -2,12 +2,13 @@
 
 import pulse_jax
 generator = pulse_jax.load_generator("dcgan64")       # or a converted StyleGAN .npz
-result = pulse_jax.solve(lr_images, generator, num_samples=4, steps=100)
+options = pulse_jax.SearchOptions(steps=100)            # PULSE's options, typed, checked
+result = pulse_jax.solve(lr_images, generator, options, num_samples=4)
 result.hr, result.success, result.history["L2"]
 
-A search step by step (search.py): `state = pulse_jax.init(lr_images, generator, steps=50)`,
-`state, out = pulse_jax.step(state)` per step, `pulse_jax.finalize(state, outputs)`.
-The options are `pulse_jax.SearchOptions`' fields; `pulse_jax.lower(...)` is the program
+`solve(lr_images, generator, steps=100)` builds the same options. A search step by step:
+`state = pulse_jax.init(lr_images, generator, options)`, `state, out = pulse_jax.step(state)`
+per step, `pulse_jax.finalize(state, outputs)`. `pulse_jax.lower(...)` is the program
 `solve` would run; `solve(..., progress=fn)` hands `fn` a `SearchProgress` during the search.
 """
 
@@ -15,8 +16,9 @@ from pulse_jax import _moved
 from pulse_jax.checkpoints.loading import load_generator
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import SearchOptions
-from pulse_jax.search import SearchProgress, SearchState, SolveResult, finalize, init, step
-from pulse_jax.solve import lower, solve
+from pulse_jax.problem import SolveResult
+from pulse_jax.search import SearchState, step
+from pulse_jax.solve import SearchProgress, finalize, init, lower, solve
 
 _moved.install()  # old module paths (before the regroup) keep working for a release
 

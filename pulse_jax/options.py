@@ -3,8 +3,10 @@
 Each field is one option: its name (PULSE's own flag name), type, default and help, how it
 is checked (`Spec`: bounds, a check, a parser for its flag string) and its scope: options of
 `Scope.STYLE` exist only for generators with noise maps and style layers (StyleGAN v1, v2).
-`solve`'s keywords, the launchers' flags (`cli.define_search_flags`), the manifest's
-settings (`config.SearchConfig.settings`) and `compiled_memory` all derive from the fields.
+One value of it travels from the launchers' flags (`runs.cli.define_search_flags`,
+`runs.config.SearchConfig.options`) through `solve` into the compiled `search.Program`; the
+flags and the manifest's settings (`runs.config.SearchConfig.settings`) derive from the
+fields.
 
 A generator declares the scopes of the options it takes (`arch.option_scopes`) and its own
 defaults (`arch.option_defaults()`, e.g. PULSE's `bad_noise_layers` 17 for a 1024 px
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import inspect
 import numbers
 import typing
 from collections.abc import Callable
@@ -180,11 +181,6 @@ class SearchOptions:
             object.__setattr__(self, field.name, value)
 
     @property
-    def options(self) -> SearchOptions:
-        """The search options alone (a subclass may add fields that are not options)."""
-        return SearchOptions(**{f.name: getattr(self, f.name) for f in option_fields()})
-
-    @property
     def loss(self) -> tuple[tuple[float, str], ...]:
         """`loss_str` parsed: ((weight, TERM), ...)."""
         return losses.parse_loss_str(self.loss_str)
@@ -209,7 +205,7 @@ class SearchOptions:
           ConfigError: an option the generator does not have (set away from its default),
             or a value it cannot run (e.g. a noise layer it lacks).
         """
-        options = self.options
+        options = self
         extra = [
             f.name
             for f in option_fields()
@@ -244,40 +240,6 @@ def option_types(cls: type = SearchOptions) -> dict[str, Any]:
 
 
 OPTION_NAMES = tuple(f.name for f in option_fields())
-
-
-def with_options(*sources: Callable) -> Callable[[Callable], Callable]:
-    """A decorator for `fn(..., **kwargs)`: its signature (what `help()`, notebooks and
-    `inspect.signature` show) lists, after its own parameters, the keyword-only parameters
-    of `sources` (functions it passes `kwargs` on to) and the search options, and its
-    docstring ends with the options' help."""
-    hints = typing.get_type_hints(SearchOptions)
-    options = [
-        inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name]
-        )
-        for f in option_fields()
-    ]
-    borrowed = [
-        p
-        for source in sources
-        for p in inspect.signature(source).parameters.values()
-        if p.kind == inspect.Parameter.KEYWORD_ONLY
-    ]
-    lines = [f"      {f.name}: {f.metadata['option'].help}" for f in option_fields()]
-
-    def decorate(fn: Callable) -> Callable:
-        own = inspect.signature(fn)
-        if list(own.parameters.values())[-1].kind != inspect.Parameter.VAR_KEYWORD:
-            raise TypeError(f"{fn.__name__} takes no **kwargs")
-        kept = [p for p in own.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
-        fn.__signature__ = own.replace(parameters=kept + borrowed + options)
-        fn.__doc__ = (
-            (fn.__doc__ or "") + "\n    Search options (`SearchOptions`):\n" + "\n".join(lines)
-        )
-        return fn
-
-    return decorate
 
 
 def scoped(scope: Scope) -> tuple[str, ...]:

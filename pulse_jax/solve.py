@@ -1,10 +1,13 @@
-"""`solve`: the driver of PULSE's latent search (`search.py`) as one compiled program.
+"""`solve`: the driver of PULSE's latent search (`search.py`) as one compiled program; also
+`lower` (that program, not run) and `init`/`finalize` (a search stepped by hand).
 
-Every sample of every image is optimized at once, as the rows of one leading axis
-N = images x samples (unlike the reference, success, the best image and NaN handling are
-decided per sample; docs/method.md section 10). `solve` checks its inputs into a `search.Problem`,
-then runs `search.start_state`, a `lax.scan` of `search.step` and `search.final_rows`
-under one `jax.jit` (`lower` gives that program without running it). The program
+The settings arrive as one typed value, a `SearchOptions` (keywords naming its fields are
+a notebook's shorthand for the same value), and travel unchanged into the compiled
+`search.Program`. Every sample of every image is optimized at once, as the rows of one
+leading axis N = images x samples (unlike the reference, success, the best image and NaN
+handling are decided per sample; docs/method.md section 10). `solve` checks its inputs into
+a `problem.Problem`, then runs `search.start_state`, a `lax.scan` of `search.step` and
+`search.final_rows` under one `jax.jit` (`lower` gives that program without running it). The program
 (arch, options, degradation) is static; the generator's parameters, the targets and the
 starting point are traced, so a second call with the same shapes and options does not
 recompile. Before the loop the generator's weights are prepared once (`arch.prepare`:
@@ -23,7 +26,7 @@ result. With `batch_per_device` fixed every device runs the same program on
 the same shapes, so a sample's result does not depend on the device count
 (bitwise, tests/test_sharding.py). It may depend, at the rounding level, on its
 position in its group and so on the other samples (docs/method.md section 8.2);
-launchers therefore form groups from the fixed work list (`engine.work_groups`). Left
+launchers therefore form groups from the fixed work list (`runs.engine.work_groups`). Left
 to its default (all rows at once) the per-device batch follows N and the device count,
 and compilers may round differently for other batch sizes; Adam's normalised steps then
 grow rounding-level differences into visible ones.
@@ -32,7 +35,7 @@ grow rounding-level differences into visible ones.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -44,33 +47,75 @@ from jax.sharding import PartitionSpec as P
 
 from pulse_jax import search
 from pulse_jax.generators.base import Generator
-from pulse_jax.options import with_options
-from pulse_jax.search import Problem, SearchProgress, SolveResult
+from pulse_jax.options import SearchOptions
+from pulse_jax.problem import Problem, SolveResult, make_problem, to_result
+from pulse_jax.search import Downscale, SearchState
 
 __all__ = [
     "SearchProgress",
     "SolveResult",
     "compiled_memory",
+    "finalize",
+    "init",
     "lower",
     "rows_one_at_a_time",
     "solve",
 ]
 
 
-def _prepare(
-    lr_images,
-    generator: Generator,
-    *,
-    devices: Any = None,
-    batch_per_device: int | None = None,
-    **kwargs: Any,
-) -> tuple:
-    """(the call, the problem, B): `solve`'s arguments checked and planned."""
-    problem, batch = search.inputs(lr_images, generator, **kwargs)
-    call = _plan(devices, batch_per_device, problem.ref.shape[0])
-    one_at_a_time = rows_one_at_a_time(problem.program.arch.resolution, call.devices)
-    program = dataclasses.replace(problem.program, rows_one_at_a_time=one_at_a_time)
-    return call, dataclasses.replace(problem, program=program), batch
+@dataclasses.dataclass(frozen=True)
+class SearchProgress:
+    """What `solve(progress=fn)` hands `fn` during a search.
+
+    Attributes:
+      step: steps done by the group of rows running now (1..steps).
+      steps: the search's steps.
+      group, groups: the group running now (0-based) and how many run one after the other
+        (`batch_per_device`; 1 unless the rows are more than the devices take at once).
+      l2: every sample's best (lowest total loss) L2 so far, [B, S]; inf for the samples of
+        groups not started.
+      success: that L2 is <= eps and the loss never turned NaN, [B, S].
+    """
+
+    step: int
+    steps: int
+    group: int
+    groups: int
+    l2: np.ndarray
+    success: np.ndarray
+
+    @property
+    def fraction(self) -> float:
+        """The share of the search's steps done, over all groups."""
+        return (self.group * self.steps + self.step) / (self.groups * self.steps)
+
+    @property
+    def best_l2(self) -> float:
+        """The lowest L2 of any sample so far."""
+        return float(np.min(self.l2))
+
+    @property
+    def below_eps(self) -> int:
+        """How many samples reached eps so far."""
+        return int(np.sum(self.success))
+
+
+def with_overrides(options: SearchOptions | None, overrides: dict[str, Any]) -> SearchOptions:
+    """`options` (default `SearchOptions()`) with some fields replaced: the keyword
+    convenience of `solve(..., steps=50)`, which builds the same value as
+    `solve(..., SearchOptions(steps=50))`.
+
+    Raises:
+      TypeError: a keyword that is neither one of the function's nor an option.
+      ConfigError: a value that cannot work (naming the option).
+    """
+    options = SearchOptions() if options is None else options
+    if not isinstance(options, SearchOptions):
+        raise TypeError(f"options must be a SearchOptions, got {type(options).__name__}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SearchOptions)})
+    if unknown:
+        raise TypeError(f"unknown keyword argument(s): {', '.join(unknown)}")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
 
 def rows_one_at_a_time(resolution: int, devices) -> bool:
@@ -82,74 +127,84 @@ def rows_one_at_a_time(resolution: int, devices) -> bool:
     return resolution >= 1024 and all(d.platform == "cpu" for d in devices)
 
 
-@with_options(_prepare, search.inputs)
+def _planned(problem: Problem, call: _Call) -> Problem:
+    """The problem with the execution choices that depend on the devices made."""
+    one_at_a_time = rows_one_at_a_time(problem.program.arch.resolution, call.devices)
+    program = dataclasses.replace(problem.program, rows_one_at_a_time=one_at_a_time)
+    return dataclasses.replace(problem, program=program)
+
+
 def solve(
     lr_images,
     generator: Generator,
+    options: SearchOptions | None = None,
     *,
+    num_samples: int = 1,
+    seed: Any = 0,
+    init: dict | None = None,
+    image_ids: Any = None,
+    sample_ids: Any = None,
+    downscale: Downscale | None = None,
+    keep_intermediate: bool = False,
+    remat: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    batch_per_device: int | None = None,
     progress: Callable[[SearchProgress], None] | None = None,
-    **kwargs: Any,
+    progress_every: int | None = None,
+    **overrides: Any,
 ) -> SolveResult:
     """Searches the generator's latent space for images that downscale to `lr_images`.
 
     Args:
       lr_images: float32 [B, h, w, 3] in [0, 1], square, h dividing the generator's resolution.
       generator: from `pulse_jax.load_generator`.
+      options: the search options (PULSE's names and defaults); default `SearchOptions()`.
       num_samples: S samples per image, each from its own start.
-      seed: an int (every image) or [B] non-negative ints below 2**32 (one seed per
-        image); a start depends only on the seed, the image's id and the sample index
-        (docs/method.md section 8.1).
+      seed: an int or [B] ints in [0, 2**32); a start depends only on the seed, the image's
+        id and the sample index (docs/method.md section 8.1).
       init: an explicit start, {"latent": [B, S, ...], "noise": L arrays [B, S, r, r, 1]}
         (noise for StyleGAN only), instead of drawing one from `seed`.
-      downscale: any differentiable degradation [N, R, R, 3] -> [N, h, w, 3], used as it
-        is (with `eps` as the threshold) instead of the `operator` option.
       image_ids: [B] integer ids of the images for seeding (default 0..B-1); sweeps pass the
         images' global positions so that splitting work does not change any start.
-      sample_ids: [B, S] integer sample indices for seeding (default 0..S-1 for every
-        image; S is then `num_samples`); a sweep that resumes passes the indices it still
-        needs. Ignored with `init`.
+      sample_ids: [B, S] sample indices for seeding (default 0..S-1 for every image); a
+        resumed sweep passes the ones it still needs. Ignored with `init`.
+      downscale: any differentiable degradation [N, R, R, 3] -> [N, h, w, 3], used as it
+        is (with `options.eps` as the threshold) instead of the `operator` option.
       keep_intermediate: also return the image and the variables of every step.
-      devices: the devices the sample axis is sharded over (a 1-D `Mesh` "samples");
-        default all of `jax.devices()` (after `jax.distributed.initialize`, every device of
-        every host: then every process must make the same call, and each gets the whole
-        result). A list of one device runs the unsharded program on it.
-      batch_per_device: how many samples each device optimizes at once (the memory knob);
-        the N = B x S samples are padded with copies of the last row to a multiple of
-        devices x batch_per_device and run in groups of that many, one after the other.
-        Default: all at once. With it fixed, results do not change with the device count
-        (bitwise); with the same groups they are bitwise equal on the same machine kind,
-        and otherwise equal up to rounding (docs/method.md section 8.2).
       remat: rematerialize the generator's activations in the backward pass
-        (`search.Program.remat`): larger batches fit, the same result up to rounding. An
-        execution setting, not a search option.
-      progress: called during the search, from inside the compiled step loop, with a
-        `SearchProgress` after every `progress_every` steps of a group and after its last
-        (steps done, every sample's best L2 so far, which reached `eps`). It runs on the
-        host of the first device (process 0 of a multi-host call; other processes get no
-        calls) while the device waits; an exception it raises is raised when the search
-        ends. One search with `progress` at a time per process.
-      progress_every: how often the step loop reports (an execution setting: the result
-        is bitwise the same with any value). Default 0: no reports, no host callback in
-        the program; with `progress` given, 1 (every step, as PULSE printed). Each report
-        makes the device wait for the host: on a GPU or TPU with steps of milliseconds,
-        report every 10 or more steps. `lower(..., progress_every=k)` is the program
-        `solve(..., progress=fn, progress_every=k)` runs.
-      **kwargs: the keywords above (but devices and batch_per_device, `search.inputs`) and
-        the search options, `SearchOptions`' fields (below; PULSE's names and defaults;
-        `bad_noise_layers` also takes PULSE's '.'-separated string).
+        (`search.Program.remat`): larger batches fit, the same result up to rounding.
+      devices: the devices the sample axis is sharded over (module docstring); default all
+        of `jax.devices()` (after `jax.distributed.initialize`, of every host: every process
+        then makes the same call and gets the whole result). One device: unsharded.
+      batch_per_device: samples each device optimizes at once (the memory knob; the rows are
+        padded and run in groups of devices x batch_per_device); default all at once.
+        Results then depend on the groups only (docs/method.md section 8.2).
+      progress: called from inside the compiled step loop, on the host of the first device,
+        with a `SearchProgress` every `progress_every` steps and after the last; an
+        exception it raises is raised when the search ends. One at a time per process.
+      progress_every: default 1 with `progress` (PULSE printed every step), else 0 (no host
+        callback in the program). Results are bitwise the same with any value; each report
+        makes the device wait for the host (on a GPU or TPU report every 10 or more steps).
+      **overrides: search options by name (`solve(lr, g, steps=50)`), a notebook's
+        shorthand for `solve(lr, g, dataclasses.replace(options, steps=50))`.
 
-    Returns:
-      A `SolveResult`.
+    Returns a `SolveResult`.
 
     Raises:
       TypeError: an unknown keyword.
       ValueError: bad inputs; `options.ConfigError` (a ValueError) for a bad option.
     """
-    if progress is not None:
-        kwargs.setdefault("progress_every", 1)
-        if kwargs["progress_every"] < 1:
-            raise ValueError("progress needs progress_every >= 1")
-    call, problem, batch = _prepare(lr_images, generator, **kwargs)
+    if progress_every is None:
+        progress_every = 0 if progress is None else 1
+    if progress is not None and progress_every < 1:
+        raise ValueError("progress needs progress_every >= 1")
+    problem, batch = make_problem(
+        lr_images, generator, with_overrides(options, overrides), num_samples=num_samples,
+        seed=seed, init=init, image_ids=image_ids, sample_ids=sample_ids, downscale=downscale,
+        keep_intermediate=keep_intermediate, remat=remat, progress_every=progress_every,
+    )  # fmt: skip
+    call = _plan(devices, batch_per_device, problem.ref.shape[0])
+    problem = _planned(problem, call)
     if progress is None:
         out = call.run(problem)
     else:
@@ -158,50 +213,135 @@ def solve(
             out = call.run(problem)
         if watch.error is not None:
             raise watch.error
-    return search.to_result(out, batch, problem.num_samples, problem.program.options.steps)
+    return to_result(out, batch, problem.num_samples, problem.program.options.steps)
 
 
-@with_options(_prepare, search.inputs)
-def lower(lr_images, generator: Generator, **kwargs: Any) -> jax.stages.Lowered:
-    """The lowering of exactly the program `solve(lr_images, generator, ...)` runs for these
-    arguments (the one-device program, or the sharded group program), without running it:
+def lower(
+    lr_images,
+    generator: Generator,
+    options: SearchOptions | None = None,
+    *,
+    num_samples: int = 1,
+    downscale: Downscale | None = None,
+    keep_intermediate: bool = False,
+    remat: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    batch_per_device: int | None = None,
+    progress_every: int = 0,
+    **overrides: Any,
+) -> jax.stages.Lowered:
+    """The lowering of exactly the program `solve` runs for these arguments (the one-device
+    program, or the sharded group program), without running it:
     `.compile().memory_analysis()`, `.as_text()`, `.cost_analysis()`.
 
     Nothing is placed on the devices: the program is lowered from abstract values
     (`jax.ShapeDtypeStruct`) with the shapes and shardings `solve` would give its arrays, so
     `devices` may be those of a compile-only topology (`jax.experimental.topologies`: a TPU
-    slice or a GPU without the hardware; `experiments/plan.py`).
+    slice or a GPU without the hardware; `experiments/plan.py`). The seeds do not change
+    the program; `progress_every=k` is the program of `solve(..., progress=fn,
+    progress_every=k)`.
 
-    Args: as for `solve` (the keywords `solve` takes, checked the same way).
+    Args: as for `solve`.
     """
-    call, problem, _ = _prepare(lr_images, generator, **kwargs)
-    return call.fn.lower(call.abstract(problem))
+    problem, _ = make_problem(
+        lr_images,
+        generator,
+        with_overrides(options, overrides),
+        num_samples=num_samples,
+        downscale=downscale,
+        keep_intermediate=keep_intermediate,
+        remat=remat,
+        progress_every=progress_every,
+    )
+    call = _plan(devices, batch_per_device, problem.ref.shape[0])
+    return call.fn.lower(call.abstract(_planned(problem, call)))
+
+
+def init(
+    lr_images,
+    generator: Generator,
+    options: SearchOptions | None = None,
+    *,
+    num_samples: int = 1,
+    seed: Any = 0,
+    init: dict | None = None,
+    image_ids: Any = None,
+    sample_ids: Any = None,
+    downscale: Downscale | None = None,
+    keep_intermediate: bool = False,
+    **overrides: Any,
+) -> SearchState:
+    """The state of a search before its first step, on the default device (then
+    `pulse_jax.step` per step and `finalize`).
+
+    Args: as for `solve` (one device, all rows at once).
+    """
+    problem, _ = make_problem(
+        lr_images,
+        generator,
+        with_overrides(options, overrides),
+        num_samples=num_samples,
+        seed=seed,
+        init=init,
+        image_ids=image_ids,
+        sample_ids=sample_ids,
+        downscale=downscale,
+        keep_intermediate=keep_intermediate,
+    )
+    return _init_jit(problem)
+
+
+def finalize(state: SearchState, outputs: Sequence[dict] = ()) -> SolveResult:
+    """The `SolveResult` of a state, with the history (and, with `keep_intermediate`, the
+    images and variables) of the `step` outputs given, in order."""
+    rows = jax.device_get(_final_jit(state))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *outputs) if outputs else {}
+    rows.update(
+        history=stacked.get("history", {}),
+        **{k: stacked.get(k) for k in ("intermediate", "variables")},
+    )
+    n = state.failed.shape[0]
+    return to_result(rows, n // state.num_samples, state.num_samples, len(outputs))
+
+
+@jax.jit
+def _init_jit(problem: Problem) -> SearchState:
+    params = problem.program.arch.prepare(problem.params)
+    return search.start_state(
+        problem.program, params, problem.ref, problem.start, problem.num_samples
+    )
+
+
+_final_jit = jax.jit(search.final_rows)
 
 
 def compiled_memory(
     generator: Generator,
     lr_size: int,
     batch_per_device: int,
+    options: SearchOptions | None = None,
     *,
     device: jax.Device | None = None,
-    **options: Any,
+    downscale: Downscale | None = None,
+    keep_intermediate: bool = False,
+    remat: bool = False,
 ) -> dict[str, int]:
     """The memory one device needs for `solve(..., batch_per_device=...)`, without running it.
 
     Compiles the search for one group of `batch_per_device` samples of `lr_size` px inputs
     for `device` (`lower`) and reads XLA's memory analysis of it. This is how to choose
     `batch_per_device`: the largest whose `total_bytes` fits in the device's memory with
-    some headroom (`pulse_jax.runs.sweep.plan_batch_size` tries powers of two). Measure on the
-    accelerator that will run the search: the CPU compiler's figures differ, and there it
-    also undoes `remat` (it merges the recomputation with the forward pass).
+    some headroom (`pulse_jax.runs.sweep.plan_batch_size` tries powers of two). Measure on
+    the accelerator that will run the search: the CPU compiler's figures differ, and there
+    it also undoes `remat` (it merges the recomputation with the forward pass).
 
     Args:
       generator: from `pulse_jax.load_generator`.
       lr_size: side of the low-resolution inputs.
       batch_per_device: samples per device and group.
+      options: the search options (default `SearchOptions()`).
       device: where to compile for; default the first local device.
-      **options: `solve`'s keywords that shape the program: the search options,
-        `downscale`, `keep_intermediate`, `remat`.
+      downscale, keep_intermediate, remat: as for `solve`.
 
     Returns:
       {"argument_bytes", "output_bytes", "temp_bytes", "total_bytes"} (total = the sum).
@@ -212,7 +352,16 @@ def compiled_memory(
         raise ValueError(f"batch_per_device must be >= 1, got {batch_per_device}")
     images = np.zeros((batch_per_device, lr_size, lr_size, 3), np.float32)
     device = device or jax.local_devices()[0]
-    stats = lower(images, generator, devices=[device], **options).compile().memory_analysis()
+    lowered = lower(
+        images,
+        generator,
+        options,
+        devices=[device],
+        downscale=downscale,
+        keep_intermediate=keep_intermediate,
+        remat=remat,
+    )
+    stats = lowered.compile().memory_analysis()
     out = {
         "argument_bytes": int(stats.argument_size_in_bytes),
         "output_bytes": int(stats.output_size_in_bytes),

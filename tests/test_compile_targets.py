@@ -27,8 +27,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from test_sharding import small_stylegan_generator  # noqa: E402
 
 import pulse_jax  # noqa: E402
-from pulse_jax import operators  # noqa: E402
-from pulse_jax.runs import config
+from pulse_jax import SearchOptions  # noqa: E402
+from pulse_jax.degrade import operators  # noqa: E402
+from pulse_jax.problem import make_problem  # noqa: E402
 from pulse_jax.runs.sweep import plan_batch_size  # noqa: E402
 
 HAS_TPU = importlib.util.find_spec("libtpu") is not None
@@ -68,9 +69,9 @@ def test_lower_from_abstract_values_is_the_program_solve_places(generator):
     lr = np.random.default_rng(0).uniform(size=(3, 4, 4, 3)).astype(np.float32)
     cpu = jax.devices()[0]
     for devices, batch in (([cpu], None), ([cpu], 2)):  # one-device, then grouped sharded
-        call, problem, _ = solve_module._prepare(
-            lr, generator, devices=devices, batch_per_device=batch, steps=2
-        )
+        problem, _ = make_problem(lr, generator, SearchOptions(steps=2))
+        call = solve_module._plan(devices, batch, problem.ref.shape[0])
+        problem = solve_module._planned(problem, call)
         abstract = call.abstract(problem)
         assert not any(isinstance(x, jax.Array) for x in jax.tree.leaves(abstract))
         placed = call.fn.lower(call.place(problem)).as_text()
@@ -81,7 +82,12 @@ def test_lower_from_abstract_values_is_the_program_solve_places(generator):
 @needs_tpu
 def test_plan_of_a_tpu_chip(generator, tmp_path):
     """One chip through the plan command's `run`: the row, the fit, the table and files."""
-    case = {"name": "small", "precision": "highest", "generator": generator, "kwargs": {"steps": 2}}
+    case = {
+        "name": "small",
+        "precision": "highest",
+        "generator": generator,
+        "options": SearchOptions(steps=2),
+    }
     results = plan_lib.run([case], ["tpu-v5e:2x2"], [2], lr_size=4)
     (row,) = results["rows"]
     check_case(row)
@@ -95,7 +101,9 @@ def test_plan_of_a_tpu_chip(generator, tmp_path):
 @needs_tpu
 def test_sharded_group_compiles_for_four_tpu_chips(generator, v5e):
     target, devices = v5e
-    row = plan_lib.compile_case(generator, target, devices, 2, chips=4, lr_size=4, steps=2)
+    row = plan_lib.compile_case(
+        generator, target, devices, 2, SearchOptions(steps=2), chips=4, lr_size=4
+    )
     check_case(row)
 
 
@@ -123,7 +131,9 @@ def test_a_collective_in_the_loop_is_found(v5e):
 @pytest.mark.parametrize("remat", [False, True])
 def test_search_compiles_for_an_h100(generator, h100, remat):
     target, devices = h100
-    row = plan_lib.compile_case(generator, target, devices, 2, lr_size=4, steps=2, remat=remat)
+    row = plan_lib.compile_case(
+        generator, target, devices, 2, SearchOptions(steps=2), lr_size=4, remat=remat
+    )
     check_case(row)
 
 
@@ -152,8 +162,12 @@ def test_a_target_without_its_extra_is_one_line(monkeypatch):
 def test_plan_batch_size_on_a_compile_only_chip(generator, v5e):
     """`--plan_memory`'s planner takes a compile-only device and the chip's memory."""
     target, devices = v5e
-    search = config.SearchConfig(steps=2)
     (row,) = plan_batch_size(
-        generator, 4, search, largest=1, device=devices[0], limit_bytes=target.memory_bytes
+        generator,
+        4,
+        SearchOptions(steps=2),
+        largest=1,
+        device=devices[0],
+        limit_bytes=target.memory_bytes,
     )
     assert row["batch_per_device"] == 1 and row["fits"] and row["total_bytes"] > 0

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pulse_jax import SearchOptions
 from pulse_jax.evaluation import evaluate as evaluation
 from pulse_jax.evaluation import metrics
-from pulse_jax.generators.base import SearchOptions
 from pulse_jax.runs.config import SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_synthetic_faces_are_the_generators_own(dcgan64):
 @pytest.fixture(scope="module")
 def report(dcgan64):
     config = evaluation.EvalConfig(
-        search=SearchConfig(steps=STEPS, operator="inpaint"),
+        search=SearchConfig(options=SearchOptions(steps=STEPS, operator="inpaint")),
         output_dir="",
         synthetic=2,
         samples=2,
@@ -178,7 +178,7 @@ def _launch(*args) -> subprocess.CompletedProcess:
 def test_launcher_end_to_end(dcgan64, tmp_path):
     del dcgan64  # weights ready
     out = tmp_path / "eval"
-    args = ("--synthetic", 2, "--seeds", 2, "--steps", STEPS, "--operator", "colorize")
+    args = ("--synthetic", 2, "--samples", 2, "--steps", STEPS, "--operator", "colorize")
     done = _launch(*args, "--output_dir", out)
     assert done.returncode == 0, done.stderr
     assert "| colorize | 4 | 2 | 2 |" in done.stdout

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 from pulse_jax.generators import ops
-from pulse_jax.generators.base import SearchOptions
+from pulse_jax.options import SearchOptions
 
 ATOL = 1e-4
 NHWC = ("NHWC", "HWIO", "NHWC")

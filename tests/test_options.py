@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import typing
 
 import pytest
 from absl import flags
@@ -17,6 +18,7 @@ from pulse_jax.generators import dcgan, stylegan
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import ConfigError, LRSchedule, NoiseType, OptName, SearchOptions
 from pulse_jax.runs import cli, config
+from pulse_jax.solve import with_overrides
 
 FIELDS = {f.name: f for f in dataclasses.fields(SearchOptions)}
 
@@ -41,11 +43,13 @@ def test_every_field_is_an_option():
 
 
 def test_flags_agree_with_the_fields(parsed_flags):
-    types = options.option_types(config.SearchConfig)
-    names = [f.name for f in options.option_fields(config.SearchConfig)]
+    sources = (config.SearchConfig, SearchOptions)  # a launch's settings, the search options
+    types = {k: v for cls in sources for k, v in options.option_types(cls).items()}
+    fields = [f for cls in sources for f in options.option_fields(cls)]
+    names = [f.name for f in fields]
     assert set(names) == set(FIELDS) | {"generator", "resize"}  # seeds are the launchers'
     assert tuple(names) == cli.SEARCH_FLAGS
-    for field in options.option_fields(config.SearchConfig):
+    for field in fields:
         flag, spec, kind = parsed_flags[field.name], field.metadata["option"], types[field.name]
         assert flag.help.endswith(spec.help)  # enums: absl puts the choices first
         if spec.format is not None:  # bad_noise_layers: PULSE's string on the command line
@@ -61,20 +65,28 @@ def test_flags_agree_with_the_fields(parsed_flags):
     assert cli.search_config(parsed_flags) == config.SearchConfig()
 
 
-def test_solve_keywords_agree_with_the_fields():
-    for fn in (pulse_jax.solve, pulse_jax.lower):
+def test_solve_takes_one_options_value_with_a_real_signature():
+    """solve, lower and init take a `SearchOptions` (their own signatures, not rewritten at
+    import); keywords naming its fields build the same value."""
+    for fn in (pulse_jax.solve, pulse_jax.lower, pulse_jax.init):
+        assert not hasattr(fn, "__signature__") and not hasattr(fn, "__wrapped__")
         parameters = inspect.signature(fn).parameters
-        for name, field in FIELDS.items():
-            p = parameters[name]
-            assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default == field.default
-            assert p.annotation == inspect.get_annotations(SearchOptions, eval_str=True)[name]
-            assert field.metadata["option"].help in fn.__doc__
-        assert "options" not in parameters  # no bare **options left in what help() shows
-    assert set(inspect.signature(pulse_jax.solve).parameters) - set(FIELDS) == {
-        "lr_images", "generator", "num_samples", "seed", "init", "downscale", "image_ids",
-        "sample_ids", "keep_intermediate", "devices", "batch_per_device", "remat",
-        "progress", "progress_every",
+        assert list(parameters)[:3] == ["lr_images", "generator", "options"]
+        assert typing.get_type_hints(fn)["options"] == SearchOptions | None
+        assert not set(FIELDS) & set(parameters)  # options are not parameters of their own
+    assert set(inspect.signature(pulse_jax.solve).parameters) == {
+        "lr_images", "generator", "options", "num_samples", "seed", "init", "image_ids",
+        "sample_ids", "downscale", "keep_intermediate", "remat", "devices", "batch_per_device",
+        "progress", "progress_every", "overrides",
     }  # fmt: skip
+    base = SearchOptions(steps=7, eps=0.01)
+    assert with_overrides(base, {}) is base
+    assert with_overrides(base, {"steps": 3}) == SearchOptions(steps=3, eps=0.01)
+    assert with_overrides(None, {"opt_name": "sgd"}) == SearchOptions(opt_name="sgd")
+    with pytest.raises(TypeError, match="stepz"):
+        with_overrides(None, {"stepz": 3})
+    with pytest.raises(TypeError, match="SearchOptions"):
+        with_overrides({"steps": 3}, {})
 
 
 def test_flag_values_are_checked_when_parsed():
@@ -92,7 +104,7 @@ def test_flag_values_are_checked_when_parsed():
     values.unparse_flags()
     values(["test", "--bad_noise_layers", "11.17", "--opt_name", "sgd"])
     search = cli.search_config(values, seed=3)
-    assert search.bad_noise_layers == (11, 17) and search.opt_name is OptName.SGD
+    assert search.options.bad_noise_layers == (11, 17) and search.options.opt_name is OptName.SGD
     assert search.seed == 3
 
 
@@ -116,7 +128,7 @@ def test_bad_values_raise_one_error_naming_the_option(change, message):
     with pytest.raises(ConfigError, match=message):
         SearchOptions(**change)
     with pytest.raises(ConfigError, match=message):
-        config.SearchConfig(**change)
+        dataclasses.replace(SearchOptions(), **change)
 
 
 def test_values_take_their_types():
@@ -188,26 +200,25 @@ def test_settings_are_recorded_as_before():
     default = config.SearchConfig(generator="weights/x.npz")
     assert json.dumps(default.settings(style)) == SETTINGS_STYLE_DEFAULT
     set_ = config.SearchConfig(
-        generator="weights/x.npz", seed=7, steps=3, loss_str="1*L1", eps=0.01,
-        noise_type="fixed", num_trainable_noise_layers=2, tile_latent=True,
-        bad_noise_layers="11.3", opt_name="sgdm", learning_rate=0.1, lr_schedule="fixed",
-        resize=True, operator="gaussian", blur_sigma=1.5,
+        generator="weights/x.npz", seed=7, resize=True, options=SearchOptions(
+            steps=3, loss_str="1*L1", eps=0.01, noise_type="fixed",
+            num_trainable_noise_layers=2, tile_latent=True, bad_noise_layers="11.3",
+            opt_name="sgdm", learning_rate=0.1, lr_schedule="fixed", operator="gaussian",
+            blur_sigma=1.5,
+        ),
     )  # fmt: skip
     assert json.dumps(set_.settings(style)) == SETTINGS_STYLE_SET
-    dc = config.SearchConfig(seed=2, operator="inpaint", mask="random")
+    dc = config.SearchConfig(seed=2, options=SearchOptions(operator="inpaint", mask="random"))
     assert json.dumps(dc.settings(flat)) == SETTINGS_DCGAN
     # The diff of two recordings names what changed, in the recorded form.
     diff = config.settings_diff(default.settings(style), set_.settings(style))
     assert "bad_noise_layers '17' -> '11.3'" in diff and "steps 100 -> 3" in diff
 
 
-def test_solve_kwargs_and_replace():
-    style = Generator("stylegan", _style_arch(9), {})
-    flat = Generator("dcgan", dcgan.DCGANArch(), {})
-    search = config.SearchConfig(steps=3, operator="denoise", noise_std=0.1)
-    kwargs = search.solve_kwargs(style, 16)
-    assert kwargs["eps"] == pytest.approx(2e-3 + 0.01) and kwargs["downscale"].factor == 64
-    assert kwargs["steps"] == 3 and kwargs["bad_noise_layers"] is None
-    assert "operator" not in kwargs and "noise_type" not in search.solve_kwargs(flat, 16)
-    assert dataclasses.replace(search, seed=5).seed == 5
-    assert search.options == SearchOptions(steps=3, operator="denoise", noise_std=0.1)
+def test_search_config_holds_one_options_value():
+    options = SearchOptions(steps=3, operator="denoise", noise_std=0.1)
+    search = config.SearchConfig(options=options)
+    assert search.options is options and dataclasses.replace(search, seed=5).seed == 5
+    assert not isinstance(search, SearchOptions)
+    with pytest.raises(TypeError, match="SearchOptions"):
+        config.SearchConfig(options={"steps": 3})

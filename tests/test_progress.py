@@ -22,7 +22,7 @@ import pytest
 from test_sharding import small_stylegan_generator
 
 import pulse_jax
-from pulse_jax import pipeline, search
+from pulse_jax import SearchOptions, search
 from pulse_jax.runs import engine
 from pulse_jax.runs.config import SearchConfig
 
@@ -137,10 +137,11 @@ def test_the_progress_line_moves_during_a_call(tmp_path, dcgan64):
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(EXAMPLES / "dcgan_seed0.png", folder / "a.png")
-    config = pipeline.RunConfig(
-        str(folder), str(tmp_path / "out"), SearchConfig(steps=4), duplicates=2
-    )
-    work = dataclasses.replace(config.work(), log_interval=0.0, progress_every=2)
+    work = engine.Work.for_run(
+        str(folder), str(tmp_path / "out"), SearchConfig(options=SearchOptions(steps=4)),
+        samples=2, progress_every=2,
+    )  # fmt: skip
+    work = dataclasses.replace(work, log_interval=0.0)
     log = io.StringIO()
     engine.run(work, dcgan64, log=log)
     lines = [x for x in log.getvalue().splitlines() if x.startswith("pulse ")]
@@ -153,8 +154,7 @@ def test_the_progress_line_moves_during_a_call(tmp_path, dcgan64):
 def test_launchers_report_during_a_call_from_256_px(tmp_path):
     """Below 256 px a call runs for seconds and its program stays cacheable (JAX keeps no
     program with a host callback in its persistent cache): no reports during a call."""
-    config = pipeline.RunConfig(str(tmp_path), str(tmp_path / "o"), SearchConfig(steps=100))
-    work = config.work()
+    work = engine.Work.for_run(str(tmp_path), str(tmp_path / "o"))
     assert work.report_every(64) == 0
     assert work.report_every(engine.IN_CALL_PROGRESS_SIDE) == 5
     assert work.report_every(1024) == 5

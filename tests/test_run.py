@@ -1,4 +1,4 @@
-"""experiments/run.py and the run it calls (pulse_jax/pipeline.py over pulse_jax/runs/engine.py).
+"""experiments/run.py and the run it calls (`engine.Work.for_run`, pulse_jax/runs/engine.py).
 
 Most runs are in-process through `run.run(argv)` so the compiled search is shared;
 the refusal of flags is also checked through the real command line.
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pulse_jax import SearchOptions
 from pulse_jax.runs import engine, layout, store
 from pulse_jax.runs import sweep as sweeps
 from pulse_jax.runs.config import ConfigError, SearchConfig
@@ -71,7 +72,7 @@ def _size(path: Path) -> tuple[int, int]:
 
 def test_outputs_and_manifest(run_py, inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--samples", 2,
                 "--batch_size", 2) == 0  # fmt: skip
     captured = capsys.readouterr()
     assert "samples: 6 written" in captured.out and "latent-steps/s" in captured.out
@@ -109,7 +110,7 @@ def test_outputs_and_manifest(run_py, inputs, tmp_path, capsys):
 
 def test_result_reproducible_from_its_manifest_line(run_py, inputs, tmp_path, dcgan64):
     out = tmp_path / "out"
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--samples", 2,
                 "--batch_size", 2, "--seed", 7) == 0  # fmt: skip
     record = _manifest(out)[3]  # dcgan_seed13.png, sample 1
     from pulse_jax import solve
@@ -121,7 +122,7 @@ def test_result_reproducible_from_its_manifest_line(run_py, inputs, tmp_path, dc
     # Alone, in another batch: equal up to rounding (measured relative 0 on Intel Xeon).
     np.testing.assert_allclose(again.l2[0, record["sample"]], record["l2"], rtol=1e-4)
     # Its own batch again: bitwise, by construction (the same program on the same rows).
-    search = SearchConfig(seed=7, steps=3)
+    search = SearchConfig(seed=7, options=SearchOptions(steps=3))
     loaded, _ = load_inputs(inputs, 64)
     result, row = engine.recompute(record, loaded, dcgan64, search)
     assert float(result.l2[row, 0]) == record["l2"]
@@ -147,7 +148,7 @@ def test_manifest_from_before_operators_resumes(run_py, inputs, tmp_path, capsys
 def test_resumed_run_equals_an_uninterrupted_one_byte_for_byte(run_py, inputs, tmp_path, capsys):
     # A batch half recorded (one of its two inputs lost its lines and files): the resumed
     # run recomputes the batch as a whole and writes only what is missing.
-    args = ("--duplicates", 2, "--batch_size", 2)
+    args = ("--samples", 2, "--batch_size", 2)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     for out in (whole, resumed):
         assert _run(run_py, "--input_dir", inputs, "--output_dir", out, *args) == 0
@@ -167,7 +168,7 @@ def test_resumed_run_equals_an_uninterrupted_one_byte_for_byte(run_py, inputs, t
     assert got == want
     # Another batch size would form other batches: refused, nothing written.
     before = (resumed / "results.jsonl").read_bytes()
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, "--samples", 2,
                 "--batch_size", 3) == 2  # fmt: skip
     assert "made with --batch_size 2, not 3" in capsys.readouterr().err
     assert (resumed / "results.jsonl").read_bytes() == before
@@ -192,14 +193,14 @@ def _as_before_the_engine(record: dict) -> dict:
 
 def test_manifest_of_runs_before_the_engine_resumes(run_py, inputs, tmp_path, capsys, dcgan64):
     # Old lines are read (group, settings), recomputed bit for bit, and resumed into.
-    args = ("--duplicates", 2, "--batch_size", 2)
+    args = ("--samples", 2, "--batch_size", 2)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     for out in (whole, resumed):
         assert _run(run_py, "--input_dir", inputs, "--output_dir", out, *args) == 0
     old = [_as_before_the_engine(r) for r in _manifest(resumed)]
     record = old[1]  # dcgan_seed0.png, sample 1
     result, row = engine.recompute(
-        record, load_inputs(inputs, 64)[0], dcgan64, SearchConfig(steps=3)
+        record, load_inputs(inputs, 64)[0], dcgan64, SearchConfig(options=SearchOptions(steps=3))
     )
     assert (float(result.l2[row, 0]), int(result.best_step[row, 0])) == (
         record["l2"], record["best_step"]
@@ -212,14 +213,14 @@ def test_manifest_of_runs_before_the_engine_resumes(run_py, inputs, tmp_path, ca
     assert "2 inputs already done" in capsys.readouterr().err
     for f in sorted(p.relative_to(whole) for p in whole.rglob("*.png")):
         assert (whole / f).read_bytes() == (resumed / f).read_bytes(), f
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", resumed, "--samples", 2,
                 "--batch_size", 1) == 2  # fmt: skip
     assert "made with --batch_size 2, not 1" in capsys.readouterr().err
 
 
 def test_rerun_skips_done_and_refuses_other_settings(run_py, inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ("--input_dir", inputs, "--output_dir", out, "--duplicates", 2, "--batch_size", 2)
+    args = ("--input_dir", inputs, "--output_dir", out, "--samples", 2, "--batch_size", 2)
     assert _run(run_py, *args) == 0
     before = (out / "results.jsonl").read_bytes()
     sheet = (out / "dcgan_seed0" / "comparison.png").read_bytes()
@@ -251,7 +252,7 @@ def test_rerun_skips_done_and_refuses_other_settings(run_py, inputs, tmp_path, c
 
 def test_bad_files_named_good_ones_processed_nothing_lost(run_py, inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--samples", 2,
                 "--batch_size", 2) == 0  # fmt: skip
     (out / "notes.md").write_text("mine")
     earlier = (out / "results.jsonl").read_text().splitlines()
@@ -265,7 +266,7 @@ def test_bad_files_named_good_ones_processed_nothing_lost(run_py, inputs, tmp_pa
     (mixed / "truncated.png").write_bytes(data[: len(data) // 2])
     capsys.readouterr()
 
-    assert _run(run_py, "--input_dir", mixed, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", mixed, "--output_dir", out, "--samples", 2,
                 "--batch_size", 2) == 1  # fmt: skip
     captured = capsys.readouterr()
     for name, reason in (("notes.txt", "not an image"), ("truncated.png", "truncated")):
@@ -365,7 +366,7 @@ def test_groups_hold_whole_inputs_of_one_size_and_pad():
         return InputImage(i, Path(f"{i}.png"), str(i), np.zeros((side, side, 3)), 1)
 
     items = engine.work_list([item(0, 16), item(1, 32), item(2, 16), item(3, 16)], (5,), 2)
-    groups = engine.work_groups(items, 4, fit=True)  # --batch_size 2 --duplicates 2
+    groups = engine.work_groups(items, 4, fit=True)  # --batch_size 2 --samples 2
     assert [[(w.input.image_id, w.sample) for w in g.items] for g in groups] == [
         [(0, 0), (0, 1), (2, 0), (2, 1)], [(3, 0), (3, 1)], [(1, 0), (1, 1)]
     ]  # fmt: skip
@@ -378,12 +379,12 @@ def test_a_run_is_a_sweep_with_one_seed(run_py, inputs, tmp_path, dcgan64):
     # The same groups by construction (two inputs with both samples = four results per
     # device), so the same results bit for bit, in the run's and the sweep's layouts.
     run_out, sweep_out = tmp_path / "run", tmp_path / "sweep"
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", run_out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", run_out, "--samples", 2,
                 "--batch_size", 2, "--seed", 3) == 0  # fmt: skip
-    config = sweeps.SweepConfig(
-        input_dir=str(inputs),
-        output_dir=str(sweep_out),
-        search=SearchConfig(steps=int(STEPS)),
+    config = engine.Work.for_sweep(
+        str(inputs),
+        str(sweep_out),
+        SearchConfig(options=SearchOptions(steps=int(STEPS))),
         seeds=(3,),
         samples=2,
         batch_per_device=4,
@@ -472,7 +473,7 @@ def test_every_bad_kind_named_convertible_ones_processed(run_py, tmp_path, capsy
 
 def test_operator_and_plots(run_py, inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--samples", 2,
                 "--operator", "inpaint", "--mask", "random", "--plots") == 0  # fmt: skip
     records = _manifest(out)
     assert len(records) == 6
@@ -491,7 +492,7 @@ def test_operator_and_plots(run_py, inputs, tmp_path, capsys):
     assert np.all(lr[mask == 0] == 0) and lr[mask == 1].max() > 0
     # Other operator settings are other settings: refused into the same folder.
     capsys.readouterr()
-    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--duplicates", 2,
+    assert _run(run_py, "--input_dir", inputs, "--output_dir", out, "--samples", 2,
                 "--operator", "gaussian", "--blur_sigma", 1.5) == 2  # fmt: skip
     assert "operator 'inpaint' -> 'gaussian'" in capsys.readouterr().err
 

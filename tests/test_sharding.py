@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from two_processes import run_two_processes
 
-from pulse_jax import solve, testing
+from pulse_jax import SearchOptions, solve, testing
 from pulse_jax.generators import stylegan
 from pulse_jax.generators.base import Generator
 from pulse_jax.solve import compiled_memory
@@ -214,14 +214,14 @@ def test_remat_gives_the_same_result(small_stylegan, targets, dcgan64):
 
 
 def test_compiled_memory_grows_with_the_batch(small_stylegan):
-    one = compiled_memory(small_stylegan, 8, 1, steps=2)
-    four = compiled_memory(small_stylegan, 8, 4, steps=2)
+    one = compiled_memory(small_stylegan, 8, 1, SearchOptions(steps=2))
+    four = compiled_memory(small_stylegan, 8, 4, SearchOptions(steps=2))
     assert set(one) == {"argument_bytes", "output_bytes", "temp_bytes", "total_bytes"}
     assert 0 < one["total_bytes"] < four["total_bytes"]
-    # Unset options take solve's own defaults; a misspelt one is named, not ignored.
-    assert compiled_memory(small_stylegan, 8, 1, steps=2, opt_name="adam") == one
+    # Unset options take SearchOptions' defaults; a stray keyword is refused, not ignored.
+    assert compiled_memory(small_stylegan, 8, 1, SearchOptions(steps=2, opt_name="adam")) == one
     with pytest.raises(TypeError, match="stepz"):
-        compiled_memory(small_stylegan, 8, 1, stepz=2)
+        compiled_memory(small_stylegan, 8, 1, stepz=2)  # options are one SearchOptions value
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from torch_writer import save_torch_legacy
 from pulse_jax import load_generator
 from pulse_jax.checkpoints import convert, pulse_format, torch_format
 from pulse_jax.generators import stylegan
-from pulse_jax.generators.base import Generator, SearchOptions
+from pulse_jax.generators.base import Generator
+from pulse_jax.options import SearchOptions
 
 
 def nhwc(x):

@@ -30,14 +30,13 @@ import numpy as np
 import pytest
 
 import pulse_jax
-from pulse_jax import losses, testing
+from pulse_jax import SearchOptions, losses, testing
 from pulse_jax.checkpoints import stylegan2_layout
 from pulse_jax.checkpoints.convert import main as convert_main
 from pulse_jax.checkpoints.convert import write_stylegan2_weights
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.degrade.downscale import bicubic_downscale
 from pulse_jax.generators import ops, stylegan2
-from pulse_jax.generators.base import SearchOptions
 from pulse_jax.solve import compiled_memory
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
@@ -307,7 +306,7 @@ def test_remat_and_memory_plan_work_on_stylegan2(tiny_sg2):
     plain = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3)
     remat = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3, remat=True)
     np.testing.assert_allclose(remat.history["L2"], plain.history["L2"], rtol=1e-4)
-    memory = compiled_memory(tiny_sg2, 8, 2, steps=2)
+    memory = compiled_memory(tiny_sg2, 8, 2, SearchOptions(steps=2))
     assert memory["total_bytes"] > memory["argument_bytes"] > 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from two_processes import run_two_processes
 
-from pulse_jax import solve
+from pulse_jax import SearchOptions, solve
 from pulse_jax.images import load_image, save_image
 from pulse_jax.runs import distributed, engine, layout, store
 from pulse_jax.runs import sweep as sweeps
@@ -53,11 +53,11 @@ def inputs(tmp_path_factory) -> Path:
     return folder
 
 
-def sweep_config(inputs: Path, out: Path, **changes) -> sweeps.SweepConfig:
+def sweep_config(inputs: Path, out: Path, **changes) -> engine.Work:
     """The sweep of `FLAGS` over `inputs` into `out`, with `changes`."""
-    fields = dict(search=SearchConfig(steps=STEPS), seeds=SEEDS, samples=SAMPLES,
-                  batch_per_device=1, log_interval=0)  # fmt: skip
-    return sweeps.SweepConfig(input_dir=str(inputs), output_dir=str(out), **fields | changes)
+    fields = dict(search=SearchConfig(options=SearchOptions(steps=STEPS)), seeds=SEEDS,
+                  samples=SAMPLES, batch_per_device=1, log_interval=0)  # fmt: skip
+    return engine.Work.for_sweep(str(inputs), str(out), **fields | changes)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,8 @@ def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
     first = read_records(reference)[0]
     out.mkdir()
     (out / "manifest.0.jsonl").write_text(json.dumps(first) + "\n")
-    config = sweep_config(inputs, out, search=SearchConfig(steps=STEPS + 1))
+    search = SearchConfig(options=SearchOptions(steps=STEPS + 1))
+    config = sweep_config(inputs, out, search=search)
     with pytest.raises(ConfigError, match="steps 4 -> 5"):
         sweeps.run_sweep(config, dcgan64)
     # More seeds or samples with the same settings extend the sweep instead.
@@ -263,7 +264,7 @@ def test_settings_that_differ_are_refused(inputs, reference, dcgan64, tmp_path):
 
 
 def _settings(generator) -> dict:
-    settings = SearchConfig(steps=STEPS).settings(generator)
+    settings = SearchConfig(options=SearchOptions(steps=STEPS)).settings(generator)
     settings.pop("seed")
     return settings
 
@@ -322,7 +323,7 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
     assert int(result.best_step[0, 0]) == record["best_step"]
     # The same through the line's own group (here a group of one), as the sweep ran it.
     loaded, _ = load_inputs(inputs, 64)
-    search = SearchConfig(steps=STEPS)
+    search = SearchConfig(options=SearchOptions(steps=STEPS))
     again, row = engine.recompute(record, loaded, dcgan64, search)
     assert float(again.l2[row, 0]) == record["l2"]
     assert record["group"]["members"] == [[record["image_id"], record["seed"], record["sample"]]]
@@ -331,8 +332,8 @@ def test_a_manifest_line_is_reproducible_on_its_own(inputs, reference, dcgan64):
 
 def test_sweep_with_an_operator(inputs, dcgan64, tmp_path):
     out = tmp_path / "out"
-    config = sweep_config(inputs, out, search=SearchConfig(steps=2, operator="colorize"),
-                          seeds=(0,), samples=1)  # fmt: skip
+    search = SearchConfig(options=SearchOptions(steps=2, operator="colorize"))
+    config = sweep_config(inputs, out, search=search, seeds=(0,), samples=1)
     sweeps.run_sweep(config, dcgan64, log=io.StringIO())
     records = read_records(out)
     assert len(records) == INPUTS and all(r["settings"]["operator"] == "colorize" for r in records)

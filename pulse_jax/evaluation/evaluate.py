@@ -2,7 +2,7 @@
 
 `evaluate` takes HR faces (a folder of them, or `synthetic_faces`: faces the generator
 draws from seeded latents, which it can therefore make exactly), degrades each with the
-search's operator (`SearchConfig.operator`, `operators.py`), runs PULSE with K samples
+search's operator (`SearchOptions.operator`, `degrade/operators.py`), runs PULSE with K samples
 per face and measures, per sample, per face and over all:
 
 - success: whether the sample's L2 reached the operator's eps, and when (the success
@@ -158,8 +158,8 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
     """
     search = config.search
     names, truth, errors = _faces(config, generator)
-    operator = search.degradation(config.lr_size, generator.resolution)
-    eps = operator.success_eps(search.eps)
+    operator = search.options.degradation(config.lr_size, generator.resolution)
+    eps = operator.success_eps(search.options.eps)
     noise_key = jax.random.fold_in(jax.random.key(config.data_seed), _NOISE_STREAM)
     observations = operator.observe(truth, noise_key)  # [B, h, h, 3]
     out, seconds = _solve_faces(config, generator, observations, log)
@@ -167,7 +167,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
     out["first_step"] = np.where(reached.any(axis=0), reached.argmax(axis=0), -1)
     measured = _measures(operator, out["hr"], truth, observations)
     count, k = truth.shape[0], config.samples
-    latent_steps = count * k * search.steps
+    latent_steps = count * k * search.options.steps
     aggregate = {
         "operator": operator.describe(),
         "factor": operator.factor,
@@ -219,7 +219,7 @@ def _faces(config: EvalConfig, generator: Generator):
     if config.lr_size < 1 or resolution % config.lr_size:
         raise ConfigError(f"--lr_size {config.lr_size} does not divide {resolution}")
     if config.samples < 1:
-        raise ConfigError("--seeds (samples per face) must be >= 1")
+        raise ConfigError("--samples (samples per face) must be >= 1")
     if config.input_dir is not None and config.synthetic:
         raise ConfigError("give --input_dir (HR faces) or --synthetic N, not both")
     if config.input_dir is not None:
@@ -234,7 +234,7 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
     """PULSE on the observations, `config.batch_size` faces per call: ({"hr" [B, K, R, R, 3],
     "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K]}, solve seconds)."""
     count = observations.shape[0]
-    kwargs = config.search.solve_kwargs(generator, config.lr_size)
+    search = config.search
     step = config.batch_size or count
     parts, seconds = [], 0.0
     for start in range(0, count, step):
@@ -245,9 +245,10 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
             solve(
                 observations[start:stop],
                 generator,
+                search.options,
                 num_samples=config.samples,
+                seed=search.seed,
                 image_ids=ids,
-                **kwargs,
             )
         )
         took = time.perf_counter() - t0

@@ -1,9 +1,10 @@
 """The search flags that every launcher shares (experiments/run.py, experiments/sweep.py).
 
-One flag per field of `config.SearchConfig` but the seed (the search options of
-`options.SearchOptions`, the generator and --resize), derived from the fields: names,
-types, defaults, help and checks are the fields'. `search_config` turns the parsed values
-into the `SearchConfig` the library takes.
+One flag per search option (a field of `options.SearchOptions`) and per setting of a launch
+(`config.SearchConfig`'s --generator and --resize), derived from the fields: names, types,
+defaults, help and checks are the fields'. `search_config` turns the parsed values into
+the `SearchConfig` the library takes: its `options` is the one `SearchOptions` value that
+reaches the compiled program.
 """
 
 from __future__ import annotations
@@ -17,33 +18,48 @@ from absl import app, flags, logging
 from pulse_jax.checkpoints import CheckpointError, shown
 from pulse_jax.checkpoints.fetch import FetchError
 from pulse_jax.images import ImageError
-from pulse_jax.options import ConfigError, check_value, option_fields, option_types
+from pulse_jax.options import (
+    ConfigError,
+    SearchOptions,
+    check_value,
+    option_fields,
+    option_types,
+)
 from pulse_jax.runs import compile_cache, config
 
-# The flags of `SearchConfig`'s fields; the seed has launcher-specific flags.
-SEARCH_FLAGS = tuple(f.name for f in option_fields(config.SearchConfig))
+# The classes whose option fields are flags: a launch's settings, then the search options.
+_FLAG_SOURCES = (config.SearchConfig, SearchOptions)
+# The flags of those fields; the seed has launcher-specific flags.
+LAUNCH_FLAGS = tuple(f.name for f in option_fields(config.SearchConfig))
+OPTION_FLAGS = tuple(f.name for f in option_fields(SearchOptions))
+SEARCH_FLAGS = LAUNCH_FLAGS + OPTION_FLAGS
 
 
 def define_search_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines the generator and search flags (everything but seeds and folders); a value
     that cannot work is refused when the flags are parsed, naming the flag."""
-    types = option_types(config.SearchConfig)
-    for field in option_fields(config.SearchConfig):
-        spec, kind, name = field.metadata["option"], types[field.name], field.name
-        fv = {"flag_values": flag_values}
-        if spec.parse is not None:
-            default = None if field.default is None else spec.format(field.default)
-            flags.DEFINE_string(name, default, spec.help, **fv)
-        elif isinstance(kind, type) and issubclass(kind, enum.StrEnum):
-            flags.DEFINE_enum(name, str(field.default), [str(m) for m in kind], spec.help, **fv)
-        elif kind is bool:
-            flags.DEFINE_boolean(name, field.default, spec.help, **fv)
-        elif kind in (int, float):
-            define = flags.DEFINE_integer if kind is int else flags.DEFINE_float
-            define(name, field.default, spec.help, lower_bound=spec.lower, **fv)
-        else:
-            flags.DEFINE_string(name, field.default, spec.help, **fv)
-        flags.register_validator(name, _validator(config.SearchConfig, name), **fv)
+    for cls in _FLAG_SOURCES:
+        for field in option_fields(cls):
+            _define(cls, field, option_types(cls)[field.name], flag_values)
+
+
+def _define(cls: type, field, kind, flag_values: flags.FlagValues) -> None:
+    """The flag of one option field, with its checks."""
+    spec, name = field.metadata["option"], field.name
+    fv = {"flag_values": flag_values}
+    if spec.parse is not None:
+        default = None if field.default is None else spec.format(field.default)
+        flags.DEFINE_string(name, default, spec.help, **fv)
+    elif isinstance(kind, type) and issubclass(kind, enum.StrEnum):
+        flags.DEFINE_enum(name, str(field.default), [str(m) for m in kind], spec.help, **fv)
+    elif kind is bool:
+        flags.DEFINE_boolean(name, field.default, spec.help, **fv)
+    elif kind in (int, float):
+        define = flags.DEFINE_integer if kind is int else flags.DEFINE_float
+        define(name, field.default, spec.help, lower_bound=spec.lower, **fv)
+    else:
+        flags.DEFINE_string(name, field.default, spec.help, **fv)
+    flags.register_validator(name, _validator(cls, name), **fv)
 
 
 def _validator(cls: type, name: str) -> Callable:
@@ -59,8 +75,9 @@ def _validator(cls: type, name: str) -> Callable:
 
 def search_config(flag_values: flags.FlagValues = flags.FLAGS, **extra) -> config.SearchConfig:
     """The parsed search flags (plus `extra` fields, e.g. `seed`) as a `SearchConfig`."""
-    values = {name: flag_values[name].value for name in SEARCH_FLAGS}
-    return config.SearchConfig(**values, **extra)
+    launch = {name: flag_values[name].value for name in LAUNCH_FLAGS}
+    options = SearchOptions(**{name: flag_values[name].value for name in OPTION_FLAGS})
+    return config.SearchConfig(**launch, **extra, options=options)
 
 
 def one_line(error: Exception, width: int = 500) -> str:
@@ -89,6 +106,32 @@ def exit_status(error: Exception, status: int) -> int:
     raise error
 
 
+# Old flag name -> its name now (`define_old_name`).
+_OLD_NAMES: dict[str, str] = {}
+
+
+def define_old_name(old: str, new: str) -> None:
+    """Keeps --`old`, an integer flag renamed --`new`, working for one release: its value goes
+    to --`new`, with a line on stderr saying so (`take_old_names`, run by `entry_points`)."""
+    flags.DEFINE_integer(old, None, f"Old name of --{new}; use --{new}.")
+    _OLD_NAMES[old] = new
+
+
+def take_old_names(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Moves the values of old flag names given on the command line to their new names.
+
+    Raises:
+      ConfigError: both the old and the new name were given.
+    """
+    for old, new in _OLD_NAMES.items():
+        if old not in flag_values or not flag_values[old].present:
+            continue
+        if flag_values[new].present:
+            raise ConfigError(f"give --{new} only (--{old} is its old name)")
+        print(f"note: --{old} is now --{new}", file=sys.stderr)
+        flag_values[new].value = flag_values[old].value
+
+
 def define_cache_flag(default: str | None = None) -> None:
     """Defines --compilation_cache (once per process), the folder of JAX's persistent
     compilation cache (`compile_cache`); `default` None: `compile_cache.default_dir()`."""
@@ -111,10 +154,17 @@ def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
     `execute()`, which runs with the parsed flags."""
     define_cache_flag()
 
+    def start() -> int:
+        try:
+            take_old_names()
+        except ConfigError as e:
+            return exit_status(e, 2)
+        return execute()
+
     def run(argv: list[str]) -> int:
         flags.FLAGS.unparse_flags()
         flags.FLAGS(argv)
-        return execute()
+        return start()
 
     def main(argv: list[str]) -> int:
         if len(argv) > 1:
@@ -122,6 +172,6 @@ def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         compile_cache.enable(flags.FLAGS.compilation_cache)
-        return execute()
+        return start()
 
     return run, main

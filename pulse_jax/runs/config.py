@@ -34,14 +34,12 @@ __all__ = [
 
 # The options that exist only for generators with noise maps and style layers (StyleGAN).
 NOISE_OPTIONS = scoped(Scope.STYLE)
-# The operator and its parameters reach `solve` as one `downscale` (`solve_kwargs`).
-_OPERATOR_OPTIONS = ("operator", *operators.PARAMETER_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchConfig(SearchOptions):
+class SearchConfig:
     """Everything that decides a result: the generator, the seed, how inputs are read, and
-    the search options (`SearchOptions`' fields, readable as attributes).
+    the search options (one `SearchOptions` value, handed to `solve` as it is).
 
     Two results with equal `SearchConfig`s (and the same input, image id and
     sample) are the same result, which is what lets a re-run skip finished work.
@@ -59,28 +57,25 @@ class SearchConfig(SearchOptions):
         "Centre-crop and resize inputs whose size does not divide the generator's resolution "
         "(default: refuse them).",
     )
+    options: SearchOptions = SearchOptions()
 
-    def solve_kwargs(self, generator: Generator, side: int) -> dict:
-        """The keyword arguments of `pulse_jax.solve` for `side` px inputs: the operator as
-        `downscale` with its success threshold as `eps` (`operators.Degradation.success_eps`),
-        noise options only where they apply."""
-        operator = self.degradation(side, generator.resolution)
-        names = [n for n in _applicable(generator) if n not in _OPERATOR_OPTIONS]
-        kwargs = {"seed": self.seed, **{name: getattr(self, name) for name in names}}
-        return dict(kwargs, eps=operator.success_eps(self.eps), downscale=operator)
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, SearchOptions):
+            raise TypeError(f"options must be a SearchOptions, got {type(self.options).__name__}")
 
     def settings(self, generator: Generator) -> dict:
         """The settings recorded in each manifest line (noise options and operator
         parameters `None` where they do not apply; `bad_noise_layers` as PULSE's string)."""
+        options = self.options
         defaults = generator.arch.option_defaults()  # e.g. bad_noise_layers left unset
         applicable = set(_applicable(generator)) - (
-            set(operators.PARAMETER_NAMES) - set(operators.parameters_of(self.operator))
+            set(operators.PARAMETER_NAMES) - set(operators.parameters_of(options.operator))
         )
         settings: dict[str, Any] = {"generator": self.generator, "seed": self.seed}
         for field in option_fields():
             if field.name == "operator":  # where every manifest line so far records it
                 settings["resize"] = self.resize
-            value = getattr(self, field.name) if field.name in applicable else None
+            value = getattr(options, field.name) if field.name in applicable else None
             if value is None and field.name in applicable:
                 value = defaults.get(field.name)
             settings[field.name] = _recorded(field, value)
@@ -131,7 +126,7 @@ def check_search(search: SearchConfig, generator: Generator) -> None:
     Raises:
       ConfigError: naming the setting and why (e.g. a noise layer the generator lacks).
     """
-    search.for_arch(generator.arch)
+    search.options.for_arch(generator.arch)
 
 
 def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[int]) -> None:
@@ -142,7 +137,7 @@ def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[i
       ConfigError: naming the operator and the problem.
     """
     for side in sorted(set(sides)):
-        search.degradation(side, generator.resolution)
+        search.options.degradation(side, generator.resolution)
 
 
 def recorded_settings(record: dict) -> dict:

@@ -2,8 +2,9 @@
 
 A unit of work is one result, an (input, seed, sample) triple (`WorkItem`). Its start
 depends on nothing else (docs/method.md section 8.1), with `image_id` the input's index
-among the input files (`inputs.load_inputs`). A run is
-this engine with one seed on one process; a sweep with many seeds on many.
+among the input files (`inputs.load_inputs`). A run (`Work.for_run`, experiments/run.py)
+is this engine with one seed on one process; a sweep (`Work.for_sweep`, `sweep.run_sweep`)
+with many seeds on many.
 
 Groups (`work_groups`): the work list (inputs x seeds x samples, in that order) is cut
 into fixed chunks of `group_size` results of one input size, the last chunk of a size
@@ -92,7 +93,8 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Work:
-    """What the engine runs (`pipeline.RunConfig.work`, `sweep.SweepConfig.work`).
+    """What the engine runs: a run over a folder (`Work.for_run`) or a sweep
+    (`Work.for_sweep`).
 
     Attributes:
       seeds, samples: the work list is inputs x seeds x range(samples).
@@ -128,6 +130,92 @@ class Work:
     log_interval: float = 10.0
     progress_every: int | None = None
 
+    @classmethod
+    def for_run(
+        cls,
+        input_dir: str,
+        output_dir: str,
+        search: SearchConfig | None = None,
+        *,
+        samples: int = 1,
+        batch_size: int = 1,
+        save_intermediate: bool = False,
+        plots: bool = False,
+        progress_every: int | None = None,
+    ) -> Work:
+        """A run over a folder (experiments/run.py): one seed (`search.seed`) on one process,
+        results without seed folders (`<out>/<stem>/sample_<s>_hr.png`, `layout`),
+        `<out>/results.jsonl` as its manifest (`store`), a comparison sheet per input, groups
+        of `batch_size` inputs with all their `samples` side by side (a size with fewer
+        inputs gets one group of them all, not padding); `plots` also writes
+        `<out>/<stem>/l2_curves.png` (the plots extra).
+
+        Sample s of the input with `image_id` i is seeded as in docs/method.md section 8.1,
+        exactly as `solve(lr[None], generator, seed=seed, image_ids=[i], sample_ids=[[s]])`
+        seeds it: equal to the line up to float32 rounding, which Adam amplifies over the
+        steps; bit for bit through the line's own group (`recompute`), on the same machine
+        kind.
+        """
+        if samples < 1 or batch_size < 1:
+            raise ConfigError("--samples and --batch_size must be >= 1")
+        search = search or SearchConfig()
+        return cls(
+            input_dir=input_dir,
+            output_dir=output_dir,
+            search=search,
+            seeds=(search.seed,),
+            samples=samples,
+            group_size=batch_size * samples,
+            knob=("batch_size", batch_size),
+            manifest=store.RUN_MANIFEST,
+            fit_groups=True,
+            seed_folders=False,
+            sheets=True,
+            plots=plots,
+            intermediate=save_intermediate,
+            desc="pulse",
+            progress_every=progress_every,
+        )
+
+    @classmethod
+    def for_sweep(
+        cls,
+        input_dir: str,
+        output_dir: str,
+        search: SearchConfig | None = None,
+        *,
+        seeds: Sequence[int] = (0,),
+        samples: int = 1,
+        batch_per_device: int = 1,
+        remat: bool = False,
+        log_interval: float = 10.0,
+    ) -> Work:
+        """A sweep (experiments/sweep.py, `sweep.run_sweep`): inputs x `seeds` x `samples`,
+        every seed in its own folder (`<out>/seed_<k>/<stem>/`), every process its own
+        manifest shard (`<out>/manifest.<process>.jsonl`), groups of exactly
+        `batch_per_device` results (the program `sweep.plan_batch_size` measured), so
+        results do not depend on how many devices or hosts there were. `search.seed` is not
+        used."""
+        if samples < 1 or batch_per_device < 1 or not seeds:
+            raise ConfigError(
+                "--samples and --batch_per_device must be >= 1, with one seed or more"
+            )
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ConfigError(f"--seeds must be distinct and >= 0, got {list(seeds)}")
+        return cls(
+            input_dir=input_dir,
+            output_dir=output_dir,
+            search=search or SearchConfig(),
+            seeds=tuple(seeds),
+            samples=samples,
+            group_size=batch_per_device,
+            knob=("batch_per_device", batch_per_device),
+            manifest=store.SWEEP_MANIFEST,
+            remat=remat,
+            desc="sweep",
+            log_interval=log_interval,
+        )
+
     def report_every(self, resolution: int) -> int:
         """`progress_every`, or its default: every `max(1, steps // 20)` steps for generators
         of `IN_CALL_PROGRESS_SIDE` px and up, whose calls run for minutes; none during a call
@@ -139,7 +227,7 @@ class Work:
             return self.progress_every
         if resolution < IN_CALL_PROGRESS_SIDE:
             return 0
-        return max(1, self.search.steps // 20)
+        return max(1, self.search.options.steps // 20)
 
     def folder(self, input_name: str, seed: int) -> str:
         """A result's folder relative to the output folder."""
@@ -287,25 +375,24 @@ def run(
     stats.update(latent_steps=0, solve_seconds=0.0)
     desc = work.desc if count == 1 else f"{work.desc} process {index}/{count}"
     if stats["skipped"]:
-        say(
-            log,
-            f"{desc}: {stats['skipped']} of its {stats['skipped'] + missing} results "
-            f"already done ({summary.inputs_done} inputs already done in {out})",
-        )
+        done_before = f"{stats['skipped']} of its {stats['skipped'] + missing} results"
+        already = f"{summary.inputs_done} inputs already done in {out}"
+        say(log, f"{desc}: {done_before} already done ({already})")
     out.mkdir(parents=True, exist_ok=True)
     shard = out / work.manifest.format(process=index)
     store.cut_torn_line(shard)
-    steps = work.search.steps
-    options = {"remat": work.remat, "keep_intermediate": work.intermediate}
+    steps = work.search.options.steps
     every = work.report_every(generator.resolution) if index == 0 else 0  # process 0 reports
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
         for call in fixed_chunks(todo, len(devices), lambda g: g.items[0].input.side):
-            t0 = time.perf_counter()
             watch = _CallProgress(bar, sum(w.key not in done for g in call for w in g.items))
-            if every:
-                options.update(progress=watch, progress_every=every)
-            result = _solve_groups(call, generator, work.search, devices, **options)
+            t0 = time.perf_counter()
+            result = _solve_groups(
+                call, generator, work.search, devices, remat=work.remat,
+                keep_intermediate=work.intermediate, progress=watch if every else None,
+                progress_every=every,
+            )  # fmt: skip
             seconds = time.perf_counter() - t0
             new = _write_call(work, generator, call, result, done, seconds, index, log)
             store.append_records(shard, new)  # after the images: a line means whole files
@@ -385,25 +472,35 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
     return inputs, summary, done
 
 
-def _solve_groups(groups: Sequence[Group], generator, search, devices, **execution):
-    """One `solve` call: group j on device j (padded with copies of the last group);
-    `execution`: solve's `remat`, `keep_intermediate`, `progress`, `progress_every`."""
+def _solve_groups(
+    groups: Sequence[Group],
+    generator: Generator,
+    search: SearchConfig,
+    devices,
+    *,
+    remat: bool = False,
+    keep_intermediate: bool = False,
+    progress: Callable | None = None,
+    progress_every: int = 0,
+) -> SolveResult:
+    """One `solve` call: group j on device j (padded with copies of the last group), with
+    the work's search options as they are; the rest are `solve`'s execution settings."""
     groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
     rows = [w for g in groups for w in g.rows()]
-    side = rows[0].input.side
-    kwargs = search.solve_kwargs(generator, side)
-    kwargs.pop("seed")
-    observed = search.degradation(side, generator.resolution).observed
+    observed = search.options.degradation(rows[0].input.side, generator.resolution).observed
     return solve(
         observed(np.stack([w.input.lr for w in rows])),
         generator,
+        search.options,
         seed=[w.seed for w in rows],
         image_ids=[w.input.image_id for w in rows],
         sample_ids=[[w.sample] for w in rows],
         devices=devices,
         batch_per_device=groups[0].size,
-        **execution,
-        **kwargs,
+        remat=remat,
+        keep_intermediate=keep_intermediate,
+        progress=progress,
+        progress_every=progress_every,
     )
 
 
@@ -441,7 +538,7 @@ def _write_call(
                 w.sample,
                 result,
                 row,
-                steps=search.steps,
+                steps=search.options.steps,
                 seconds=seconds,
                 generator=search.generator,
                 **paths,
@@ -458,7 +555,7 @@ def _warn_missed(log: TextIO, work: Work, w: WorkItem, result, row: int, process
     why = (
         "its loss turned NaN"
         if result.failed[row, 0]
-        else f"L2 {result.l2[row, 0]:.3g} > eps {work.search.eps:g}"
+        else f"L2 {result.l2[row, 0]:.3g} > eps {work.search.options.eps:g}"
     )
     seed = f" seed {w.seed}" if work.seed_folders else ""
     say(
@@ -482,7 +579,7 @@ def _write_sheets(work: Work, generator, rows, new, result: SolveResult) -> dict
         picked = [samples[s][0] for s in range(work.samples)]
         item = samples[0][1].input
         folder = work.folder(item.name, seed)
-        operator = work.search.degradation(item.side, generator.resolution)
+        operator = work.search.options.degradation(item.side, generator.resolution)
         sheets[(name, seed)] = layout.write_comparison(
             work.output_dir,
             folder,
@@ -496,7 +593,7 @@ def _write_sheets(work: Work, generator, rows, new, result: SolveResult) -> dict
             plots.write_l2_curves(
                 Path(work.output_dir) / folder / layout.L2_PLOT,
                 result.history["L2"][:, picked, 0],
-                operator.success_eps(work.search.eps),
+                operator.success_eps(work.search.options.eps),
                 title=f"{item.path.name} ({operator.describe()})",
             )
     return sheets

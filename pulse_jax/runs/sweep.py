@@ -1,18 +1,18 @@
 """Sweeps: inputs x seeds x samples, shared by every device of every host, resumable.
 
-`experiments/sweep.py` is `run_sweep` plus flag parsing; `engine` does the work (fixed
-groups, the process split, resume, refusals, `engine.recompute`). What makes it a sweep:
-every seed has its own folder (`<out>/seed_<k>/<stem>/`, `layout`) and every process its
-own manifest shard (`<out>/manifest.<process>.jsonl`: hosts need not share the output
-folder; keep the number of processes when they do not); process 0 writes
-`<out>/summary.json`; a group is always `batch_per_device` results (the program
-`plan_batch_size` measured), so results do not depend on how many devices or hosts
-there were. More seeds or samples with the same settings extend a sweep.
+`experiments/sweep.py` is `run_sweep(engine.Work.for_sweep(...))` plus flag parsing;
+`engine` does the work (fixed groups, the process split, resume, refusals,
+`engine.recompute`). What makes it a sweep: every seed has its own folder
+(`<out>/seed_<k>/<stem>/`, `layout`) and every process its own manifest shard
+(`<out>/manifest.<process>.jsonl`: hosts need not share the output folder; keep the number
+of processes when they do not); process 0 writes `<out>/summary.json`; a group is always
+`batch_per_device` results (the program `plan_batch_size` measured), so results do not
+depend on how many devices or hosts there were. More seeds or samples with the same
+settings extend a sweep.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -23,55 +23,16 @@ import jax
 
 from pulse_jax.files import atomic_write
 from pulse_jax.generators.base import Generator
-from pulse_jax.runs import engine, store
-from pulse_jax.runs.config import ConfigError, SearchConfig
+from pulse_jax.options import SearchOptions
+from pulse_jax.runs import engine
 from pulse_jax.runs.progress import say
 from pulse_jax.solve import compiled_memory
 
 SUMMARY = "summary.json"
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """A sweep: inputs x seeds x samples with one set of search settings.
-
-    `search.seed` is not used: `seeds` lists the seeds.
-    """
-
-    input_dir: str
-    output_dir: str
-    search: SearchConfig = SearchConfig()
-    seeds: tuple[int, ...] = (0,)
-    samples: int = 1
-    batch_per_device: int = 1
-    remat: bool = False
-    log_interval: float = 10.0
-
-    def work(self) -> engine.Work:
-        """The sweep as the engine's work: seed folders, groups of `batch_per_device`."""
-        if self.samples < 1 or self.batch_per_device < 1 or not self.seeds:
-            raise ConfigError(
-                "--samples and --batch_per_device must be >= 1, with one seed or more"
-            )
-        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ConfigError(f"--seeds must be distinct and >= 0, got {list(self.seeds)}")
-        return engine.Work(
-            input_dir=self.input_dir,
-            output_dir=self.output_dir,
-            search=self.search,
-            seeds=tuple(self.seeds),
-            samples=self.samples,
-            group_size=self.batch_per_device,
-            knob=("batch_per_device", self.batch_per_device),
-            manifest=store.SWEEP_MANIFEST,
-            remat=self.remat,
-            desc="sweep",
-            log_interval=self.log_interval,
-        )
-
-
 def run_sweep(
-    config: SweepConfig,
+    work: engine.Work,
     generator: Generator,
     *,
     devices: Sequence[jax.Device] | None = None,
@@ -83,8 +44,8 @@ def run_sweep(
     process 0 prints the summary on `log` and writes summary.json.
 
     Args:
-      config: the sweep.
-      generator: from `pulse_jax.load_generator(config.search.generator)`.
+      work: the sweep (`engine.Work.for_sweep`).
+      generator: from `pulse_jax.load_generator(work.search.generator)`.
       devices: where this process solves; default its local devices.
       log: progress, warnings and (process 0) the summary; default stderr.
 
@@ -96,12 +57,12 @@ def run_sweep(
       ConfigError: bad settings, or an output folder with results of other settings.
     """
     log = sys.stderr if log is None else log
-    summary = engine.run(config.work(), generator, devices=devices, log=log)
+    summary = engine.run(work, generator, devices=devices, log=log)
     if jax.process_index() == 0:
         for line in summary.lines():
             say(log, line)
         text = json.dumps(summary.as_json(), indent=1)
-        atomic_write(Path(config.output_dir) / SUMMARY, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(Path(work.output_dir) / SUMMARY, lambda f: f.write(text.encode("utf-8")))
     return summary
 
 
@@ -117,7 +78,7 @@ def _memory_limit(device: jax.Device) -> int | None:
 def plan_batch_size(
     generator: Generator,
     lr_size: int,
-    search: SearchConfig,
+    options: SearchOptions | None = None,
     *,
     remat: bool = False,
     largest: int = 256,
@@ -138,11 +99,9 @@ def plan_batch_size(
     """
     device = device or jax.local_devices()[0]
     limit = limit_bytes if limit_bytes is not None else _memory_limit(device)
-    kwargs = search.solve_kwargs(generator, lr_size)
-    kwargs.pop("seed")
     rows, batch = [], 1
     while batch <= largest:
-        row = compiled_memory(generator, lr_size, batch, device=device, remat=remat, **kwargs)
+        row = compiled_memory(generator, lr_size, batch, options, device=device, remat=remat)
         row = dict(row, batch_per_device=batch, limit_bytes=limit)
         row["fits"] = None if limit is None else row["total_bytes"] <= 0.9 * limit
         rows.append(row)
