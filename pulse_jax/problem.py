@@ -76,29 +76,18 @@ def make_problem(
     generator: Generator,
     options: SearchOptions,
     *,
-    num_samples: int = 1,
-    seed: Any = 0,
-    init: dict | None = None,
-    image_ids: Any = None,
-    sample_ids: Any = None,
-    downscale: Downscale | None = None,
-    keep_intermediate: bool = False,
-    remat: bool = False,
-    progress_every: int = 0,
-) -> tuple[Problem, int]:
+    num_samples: int = 1, seed: Any = 0, init: dict | None = None, image_ids: Any = None,
+    sample_ids: Any = None, downscale: Downscale | None = None,
+    keep_intermediate: bool = False, remat: bool = False, progress_every: int = 0,
+) -> tuple[Problem, int]:  # fmt: skip
     """`solve`'s arguments (but the devices) checked and made into a `Problem`; also returns
     B, the number of images. The keywords are `solve`'s."""
     lr_images = _check_images(lr_images, generator.resolution)
     batch, size = lr_images.shape[0], lr_images.shape[1]
     program = make_program(
-        generator,
-        size,
-        options,
-        downscale=downscale,
-        keep_intermediate=keep_intermediate,
-        remat=remat,
-        progress_every=progress_every,
-    )
+        generator, size, options, downscale=downscale, keep_intermediate=keep_intermediate,
+        remat=remat, progress_every=progress_every,
+    )  # fmt: skip
     if init is None and sample_ids is not None:
         samples = _check_ids("sample_ids", sample_ids, None, ndim=2)
         if samples.shape[0] != batch:

@@ -243,16 +243,11 @@ def lower(
 
     Args: as for `solve`.
     """
+    options = with_overrides(options, overrides)
     problem, _ = make_problem(
-        lr_images,
-        generator,
-        with_overrides(options, overrides),
-        num_samples=num_samples,
-        downscale=downscale,
-        keep_intermediate=keep_intermediate,
-        remat=remat,
-        progress_every=progress_every,
-    )
+        lr_images, generator, options, num_samples=num_samples, downscale=downscale,
+        keep_intermediate=keep_intermediate, remat=remat, progress_every=progress_every,
+    )  # fmt: skip
     call = _plan(devices, batch_per_device, problem.ref.shape[0])
     return call.fn.lower(call.abstract(_planned(problem, call)))
 
@@ -265,8 +260,6 @@ def init(
     num_samples: int = 1,
     seed: Any = 0,
     init: dict | None = None,
-    image_ids: Any = None,
-    sample_ids: Any = None,
     downscale: Downscale | None = None,
     keep_intermediate: bool = False,
     **overrides: Any,
@@ -274,20 +267,14 @@ def init(
     """The state of a search before its first step, on the default device (then
     `pulse_jax.step` per step and `finalize`).
 
-    Args: as for `solve` (one device, all rows at once).
+    Args: as for `solve` (one device, all rows at once; a sweep's `image_ids` and
+      `sample_ids` are `solve`'s alone).
     """
+    options = with_overrides(options, overrides)
     problem, _ = make_problem(
-        lr_images,
-        generator,
-        with_overrides(options, overrides),
-        num_samples=num_samples,
-        seed=seed,
-        init=init,
-        image_ids=image_ids,
-        sample_ids=sample_ids,
-        downscale=downscale,
-        keep_intermediate=keep_intermediate,
-    )
+        lr_images, generator, options, num_samples=num_samples, seed=seed, init=init,
+        downscale=downscale, keep_intermediate=keep_intermediate,
+    )  # fmt: skip
     return _init_jit(problem)
 
 

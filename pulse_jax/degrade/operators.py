@@ -226,7 +226,8 @@ class Degradation:
         low = make_bicubic(self.factor)(images)
         if name == OperatorName.INPAINT:
             return low * jnp.asarray(self.mask)[:, :, None]
-        grey = jnp.tensordot(low, jnp.asarray(LUMA, low.dtype), axes=((-1,), (0,)))  # [..., h, h]
+        luma = jnp.asarray(LUMA, low.dtype)  # float32 on every platform, as the bicubic's matmuls
+        grey = jnp.tensordot(low, luma, axes=((-1,), (0,)), precision=jax.lax.Precision.HIGHEST)
         return jnp.repeat(grey[..., None], 3, axis=-1)
 
     @property
