@@ -31,6 +31,10 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 # LPIPS's `normalize_tensor`: x / (|x| + eps), the eps outside the square root.
 NORM_EPS = 1e-10
+# The backbone of the loss term `LPIPS` (ILO's and NVIDIA's projector's) and of the
+# evaluation's metric (the usual one in super-resolution papers; docs/lpips.md).
+LOSS_BACKBONE = "vgg16"
+METRIC_BACKBONE = "alexnet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,3 +246,32 @@ def load_lpips(
     if loaded.kind != f"lpips_{backbone}":
         raise CheckpointError(path, f"holds {loaded.kind} weights, not lpips_{backbone}")
     return LPIPSWeights(backbone, jax.tree.map(np.asarray, loaded.params))
+
+
+def measure(weights: LPIPSWeights, x, y, *, rows: int = 8) -> np.ndarray:
+    """LPIPS of image pairs on the host's terms (the evaluation's metric): [..., H, W, 3]
+    in [0, 1] -> float64 [...], `rows` pairs per compiled call (bounded memory at 1024 px).
+
+    Raises:
+      ValueError: as `layer_distances`.
+    """
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    if x.shape != y.shape or x.ndim < 3:
+        raise ValueError(f"LPIPS compares two [..., H, W, 3] batches, got {x.shape} and {y.shape}")
+    lead, flat_x, flat_y = (
+        x.shape[:-3],
+        x.reshape((-1,) + x.shape[-3:]),
+        y.reshape((-1,) + y.shape[-3:]),
+    )
+    pad = -len(flat_x) % rows
+    flat_x, flat_y = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (flat_x, flat_y))
+    out = [
+        np.asarray(_measure_jit(weights, flat_x[i : i + rows], flat_y[i : i + rows]))
+        for i in range(0, len(flat_x), rows)
+    ]
+    return np.concatenate(out)[: len(flat_x) - pad].astype(np.float64).reshape(lead)
+
+
+@jax.jit
+def _measure_jit(weights: LPIPSWeights, x: jax.Array, y: jax.Array) -> jax.Array:
+    return weights(x, y)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pulse_jax import losses, optim, sphere
+from pulse_jax import losses, lpips, optim, sphere
 from pulse_jax.generators.base import Arch, Generator
 from pulse_jax.options import ConfigError, OperatorName, SearchOptions, with_options
 
@@ -239,6 +239,8 @@ class SearchState:
       program: the static program (part of the tree structure, not a leaf).
       num_samples: S, samples per image; rows are image-major (row = b * S + s).
       params: the generator's prepared parameters (`arch.prepare`).
+      loss_params: what loss terms need besides the images, by term: {"LPIPS":
+        `lpips.LPIPSWeights`}; None when no term needs anything (docs/lpips.md).
       ref: the targets, [N, h, w, 3].
       trainable: the optimized leaves of the start's tree (None at fixed leaves).
       fixed: the fixed leaves (None at trainable ones).
@@ -252,6 +254,7 @@ class SearchState:
     program: Program = _static()
     num_samples: int = _static()
     params: Any = None
+    loss_params: Any = None
     ref: jax.Array = None
     trainable: Any = None
     fixed: Any = None
@@ -262,9 +265,12 @@ class SearchState:
     count: jax.Array = None
 
 
-def start_state(program: Program, params, ref, start, num_samples: int = 1) -> SearchState:
+def start_state(
+    program: Program, params, ref, start, num_samples: int = 1, loss_params: Any = None
+) -> SearchState:
     """The state before the first step, for ref [N, h, w, 3] and a start (leaves [N, ...]);
-    params as `arch.prepare` returns them. Traceable."""
+    params as `arch.prepare` returns them; loss_params as `SearchState` holds them.
+    Traceable."""
     mask, axes = program.partition()
     trainable, fixed = split(mask, start)
     n, r, h = ref.shape[0], program.arch.resolution, ref.shape[1]
@@ -279,6 +285,7 @@ def start_state(program: Program, params, ref, start, num_samples: int = 1) -> S
         program=program,
         num_samples=num_samples,
         params=params,
+        loss_params=loss_params,
         ref=ref,
         trainable=trainable,
         fixed=fixed,
@@ -304,6 +311,10 @@ def _objective(trainable, state: SearchState):
         render = jax.checkpoint(render, policy=jax.checkpoint_policies.dots_saveable)
     images, dlatents = render(trainable)
     gen_lr = program.downscale(images)
+    perceptual = None
+    if "LPIPS" in program.term_names:
+        weights = state.loss_params["LPIPS"]
+        perceptual = losses.lpips_term(weights, program.downscale, images, gen_lr, state.ref)
     terms = losses.loss_terms(
         gen_lr,
         state.ref,
@@ -311,6 +322,7 @@ def _objective(trainable, state: SearchState):
         eps=program.eps,
         names=program.term_names,
         tiled=program.options.tile_latent,
+        lpips=perceptual,
     )
     total = losses.total_loss(terms, program.options.loss)  # [N]
     report = dict(terms, L2=losses.l2_error(gen_lr, state.ref), TOTAL=total)
@@ -439,20 +451,24 @@ def to_result(out: dict, batch: int, num_samples: int, steps: int) -> SolveResul
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A search's inputs: the static program, the generator's (raw) parameters, the targets
-    ref [N, h, w, 3] and the start (leaves [N, ...]), or [G, W, ...] for groups of rows."""
+    ref [N, h, w, 3] and the start (leaves [N, ...]), or [G, W, ...] for groups of rows;
+    the loss terms' parameters (`SearchState.loss_params`), whole on every device."""
 
     program: Program = _static()
     num_samples: int = _static()
     params: Any = None
     ref: Any = None
     start: Any = None
+    loss_params: Any = None
 
 
-def run_rows(program: Program, params, ref, start, num_samples: int = 1) -> dict:
+def run_rows(
+    program: Program, params, ref, start, num_samples: int = 1, loss_params: Any = None
+) -> dict:
     """The whole search of some rows: `start_state`, a `lax.scan` of the steps and
     `final_rows`, with the step outputs stacked [steps, N, ...]. Traceable; params as
     `arch.prepare` returns them."""
-    state = start_state(program, params, ref, start, num_samples)
+    state = start_state(program, params, ref, start, num_samples, loss_params)
 
     def body(state, _):
         state, outputs = _step(state)
@@ -516,7 +532,10 @@ def listening(receive: Callable[[int, np.ndarray, np.ndarray], None]):
 @jax.jit
 def _init_jit(problem: Problem) -> SearchState:
     params = problem.program.arch.prepare(problem.params)
-    return start_state(problem.program, params, problem.ref, problem.start, problem.num_samples)
+    return start_state(
+        problem.program, params, problem.ref, problem.start, problem.num_samples,
+        problem.loss_params,
+    )  # fmt: skip
 
 
 _final_jit = jax.jit(final_rows)
@@ -535,10 +554,13 @@ def inputs(
     keep_intermediate: bool = False,
     remat: bool = False,
     progress_every: int = 0,
+    lpips_weights: Any = None,
     **options: Any,
 ) -> tuple[Problem, int]:
     """`solve`'s arguments (but devices and batch_per_device) checked and made into a
-    `Problem`; also returns B, the number of images."""
+    `Problem`; also returns B, the number of images. A loss with `LPIPS` takes
+    `lpips_weights` (`lpips.LPIPSWeights`), by default the converted VGG16 weights
+    (`lpips.load_lpips`; docs/lpips.md)."""
     lr_images = _check_images(lr_images, generator.resolution)
     batch, size = lr_images.shape[0], lr_images.shape[1]
     program = make_program(
@@ -564,7 +586,13 @@ def inputs(
     else:
         start = _start_from_init(generator, program.options, init, batch, num_samples)
     ref = jnp.repeat(jnp.asarray(lr_images), num_samples, axis=0)  # [N, h, w, 3]
-    return Problem(program, int(num_samples), generator.params, ref, start), batch
+    loss_params = None
+    if "LPIPS" in program.term_names:
+        if lpips_weights is None:
+            lpips_weights = lpips.load_lpips(lpips.LOSS_BACKBONE)
+        loss_params = {"LPIPS": lpips_weights}
+    problem = Problem(program, int(num_samples), generator.params, ref, start, loss_params)
+    return problem, batch
 
 
 def _check_images(lr_images, resolution: int) -> np.ndarray:

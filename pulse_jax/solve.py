@@ -229,7 +229,9 @@ def compiled_memory(
 def _run(problem: Problem) -> dict:
     """The whole search of the problem's rows (`search.run_rows`)."""
     params = problem.program.arch.prepare(problem.params)
-    return search.run_rows(problem.program, params, problem.ref, problem.start)
+    return search.run_rows(
+        problem.program, params, problem.ref, problem.start, 1, problem.loss_params
+    )
 
 
 @jax.jit
@@ -238,7 +240,8 @@ def _run_groups(problem: Problem) -> dict:
     parameters are prepared once, before the groups."""
     program, params = problem.program, problem.program.arch.prepare(problem.params)
     return jax.lax.map(
-        lambda rows: search.run_rows(program, params, *rows), (problem.ref, problem.start)
+        lambda rows: search.run_rows(program, params, *rows, 1, problem.loss_params),
+        (problem.ref, problem.start),
     )
 
 
@@ -273,8 +276,12 @@ class _Call:
             lambda x: _place(_pad_rows(x, pad).reshape(lead + x.shape[1:]), rows),
             (problem.ref, problem.start),
         )
-        params = jax.tree.map(lambda x: _place(x, whole), problem.params)
-        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+        params, loss_params = jax.tree.map(
+            lambda x: _place(x, whole), (problem.params, problem.loss_params)
+        )
+        return dataclasses.replace(
+            problem, params=params, ref=ref, start=start, loss_params=loss_params
+        )
 
     def abstract(self, problem: Problem) -> Problem:
         """What `place` gives, as abstract values: the same shapes, dtypes and shardings,
@@ -286,8 +293,12 @@ class _Call:
         ref, start = jax.tree.map(
             lambda x: _abstract(x, lead + np.shape(x)[1:], rows), (problem.ref, problem.start)
         )
-        params = jax.tree.map(lambda x: _abstract(x, np.shape(x), whole), problem.params)
-        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+        params, loss_params = jax.tree.map(
+            lambda x: _abstract(x, np.shape(x), whole), (problem.params, problem.loss_params)
+        )
+        return dataclasses.replace(
+            problem, params=params, ref=ref, start=start, loss_params=loss_params
+        )
 
     def run(self, problem: Problem) -> dict:
         """Runs the search: host arrays whose rows (axis 1 of the per-step outputs) may end
