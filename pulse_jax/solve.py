@@ -134,6 +134,8 @@ def solve(
         makes the device wait for the host: on a GPU or TPU with steps of milliseconds,
         report every 10 or more steps. `lower(..., progress_every=k)` is the program
         `solve(..., progress=fn, progress_every=k)` runs.
+      lpips_weights: with `LPIPS` in `loss_str`, its weights (`lpips.LPIPSWeights`);
+        default the converted VGG16 file (`lpips.load_lpips`; docs/lpips.md).
       **kwargs: the keywords above (but devices and batch_per_device, `search.inputs`) and
         the search options, `SearchOptions`' fields (below; PULSE's names and defaults;
         `bad_noise_layers` also takes PULSE's '.'-separated string).

