@@ -12,15 +12,13 @@ per step, `pulse_jax.finalize(state, outputs)`. `pulse_jax.lower(...)` is the pr
 `solve` would run; `solve(..., progress=fn)` hands `fn` a `SearchProgress` during the search.
 """
 
-from pulse_jax import _moved
+from pulse_jax import _moved  # noqa: F401 - first: old module paths keep working for a release
 from pulse_jax.checkpoints.loading import load_generator
 from pulse_jax.generators.base import Generator
 from pulse_jax.options import SearchOptions
 from pulse_jax.problem import SolveResult
 from pulse_jax.search import SearchState, step
 from pulse_jax.solve import SearchProgress, finalize, init, lower, solve
-
-_moved.install()  # old module paths (before the regroup) keep working for a release
 
 __version__ = "0.1.0"
 __all__ = [

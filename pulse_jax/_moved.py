@@ -79,3 +79,6 @@ def install() -> None:
     """Puts the finder for the old paths on `sys.meta_path` (once)."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.append(_Finder())
+
+
+install()  # on import: `pulse_jax/__init__.py` imports this module first

@@ -13,7 +13,12 @@ import re
 import jax
 import jax.numpy as jnp
 
-TERMS = ("L2", "L1", "GEOCROSS")
+from pulse_jax.degrade.downscale import make_bicubic
+from pulse_jax.degrade.operators import Degradation, OperatorName
+
+TERMS = ("L2", "L1", "GEOCROSS", "LPIPS")
+# ILO compares the observations through LPIPS at 256 px (docs/lpips.md, "As a loss term").
+LPIPS_SIDE = 256
 
 # The reference scales GEOCROSS by the literal 512, the StyleGAN latent width;
 # it is a constant, not the width of whatever latent is passed in.
@@ -126,6 +131,7 @@ def loss_terms(
     eps: float,
     names: tuple[str, ...] | list[str],
     tiled: bool = False,
+    lpips: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """The requested loss terms, per sample, as they enter the total.
 
@@ -133,7 +139,8 @@ def loss_terms(
     stops a sample's gradient from that term once it is below ``eps``.
     ``GEOCROSS = geocross(dlatents)``, or zero when the latent is tiled (all
     style layers equal) or there are no dlatents (a generator without style
-    layers, docs/method.md section 2.3).
+    layers, docs/method.md section 2.3). ``LPIPS`` is the value the caller computed
+    (``lpips_term``), as it is.
 
     Args:
       gen_lr: ``[..., H, W, C]`` downscaled generated images.
@@ -142,12 +149,13 @@ def loss_terms(
       eps: the clamp, e.g. 2e-3.
       names: the terms to compute (names from ``TERMS``; repeats are fine).
       tiled: whether the latent is tiled over the style layers.
+      lpips: ``[...]``, the LPIPS term (``lpips_term``); needed when it is requested.
 
     Returns:
       ``{name: [...]}`` for each distinct requested name.
 
     Raises:
-      ValueError: for a name not in ``TERMS``.
+      ValueError: for a name not in ``TERMS``, or LPIPS requested without its value.
     """
     batch_shape = jnp.broadcast_shapes(gen_lr.shape, ref.shape)[:-3]
     terms = {}
@@ -161,6 +169,10 @@ def loss_terms(
                 terms[name] = jnp.zeros(batch_shape, gen_lr.dtype)
             else:
                 terms[name] = geocross(dlatents)
+        elif name == "LPIPS":
+            if lpips is None:
+                raise ValueError("the LPIPS term needs its value (losses.lpips_term)")
+            terms[name] = lpips
         else:
             raise ValueError(f"unknown loss term {name!r}; valid terms: {TERMS}")
     return terms
@@ -186,3 +198,35 @@ def total_loss(terms: dict[str, jax.Array], parsed: tuple[tuple[float, str], ...
         weighted = weight * terms[name]
         total = weighted if total is None else total + weighted
     return total
+
+
+def lpips_term(weights, downscale, images: jax.Array, gen_lr: jax.Array, ref: jax.Array):
+    """LPIPS between the generated and the given observation, as ILO computes it
+    (docs/lpips.md, "As a loss term"), per sample.
+
+    ILO (ilo_stylegan.py, `lpips_method: fill`) compares the generated image and the
+    target through LPIPS (VGG) at 256 px: the target observation where it is observed,
+    filled with the generated observation where it is not (inpainting's mask). Here: the
+    operator's observation of `images` without its mask, and `ref` filled with it; both
+    downscaled (bicubic) by the smallest factor that brings them to at most 256 px, none
+    for observations of 256 px or less.
+
+    Args:
+      weights: `pulse_jax.lpips.LPIPSWeights`.
+      downscale: the program's degradation (an `operators.Degradation` or any callable).
+      images: [N, R, R, 3] generated images; gen_lr: their observation [N, h, h, 3];
+      ref: the targets [N, h, h, 3] (all in [0, 1]).
+
+    Returns:
+      [N].
+    """
+    gen, target = gen_lr, ref
+    if isinstance(downscale, Degradation) and downscale.name == OperatorName.INPAINT:
+        gen = make_bicubic(downscale.factor)(images)
+        mask = jnp.asarray(downscale.mask)[:, :, None]
+        target = mask * ref + (1.0 - mask) * gen
+    side = gen.shape[-2]
+    factor = next(f for f in range(1, side + 1) if side % f == 0 and side // f <= LPIPS_SIDE)
+    if factor > 1:
+        gen, target = make_bicubic(factor)(gen), make_bicubic(factor)(target)
+    return weights(gen, target)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pulse_jax import lpips
 from pulse_jax.generators.base import Arch, Generator
 from pulse_jax.options import SearchOptions
 from pulse_jax.search import Downscale, Program, make_program, static_field
@@ -62,13 +63,15 @@ class SolveResult:
 class Problem:
     """A search's inputs: the static program (`search.Program`: what is compiled), the
     generator's (raw) parameters, the targets ref [N, h, w, 3] and the start (leaves
-    [N, ...]), or [G, W, ...] for groups of rows (the arrays it runs on)."""
+    [N, ...]), or [G, W, ...] for groups of rows, and the loss terms' parameters
+    (`search.SearchState.loss_params`), whole on every device (the arrays it runs on)."""
 
     program: Program = static_field()
     num_samples: int = static_field()
     params: Any = None
     ref: Any = None
     start: Any = None
+    loss_params: Any = None
 
 
 def make_problem(
@@ -79,9 +82,12 @@ def make_problem(
     num_samples: int = 1, seed: Any = 0, init: dict | None = None, image_ids: Any = None,
     sample_ids: Any = None, downscale: Downscale | None = None,
     keep_intermediate: bool = False, remat: bool = False, progress_every: int = 0,
+    lpips_weights: Any = None,
 ) -> tuple[Problem, int]:  # fmt: skip
     """`solve`'s arguments (but the devices) checked and made into a `Problem`; also returns
-    B, the number of images. The keywords are `solve`'s."""
+    B, the number of images. The keywords are `solve`'s; a loss with `LPIPS` takes
+    `lpips_weights` (`lpips.LPIPSWeights`), by default the converted VGG16 weights
+    (`lpips.load_lpips`; docs/lpips.md)."""
     lr_images = _check_images(lr_images, generator.resolution)
     batch, size = lr_images.shape[0], lr_images.shape[1]
     program = make_program(
@@ -102,7 +108,13 @@ def make_problem(
     else:
         start = _start_from_init(generator, program.options, init, batch, num_samples)
     ref = jnp.repeat(jnp.asarray(lr_images), num_samples, axis=0)  # [N, h, w, 3]
-    return Problem(program, int(num_samples), generator.params, ref, start), batch
+    loss_params = None
+    if "LPIPS" in program.term_names:
+        if lpips_weights is None:
+            lpips_weights = lpips.load_lpips(lpips.LOSS_BACKBONE)
+        loss_params = {"LPIPS": lpips_weights}
+    problem = Problem(program, int(num_samples), generator.params, ref, start, loss_params)
+    return problem, batch
 
 
 def _check_images(lr_images, resolution: int) -> np.ndarray:

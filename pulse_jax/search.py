@@ -189,11 +189,14 @@ class SearchState:
       best: the best step so far, per row.
       failed: [N] the row's loss turned NaN (its variables stop changing).
       count: the number of steps taken.
+      loss_params: what loss terms need besides the images, by term: {"LPIPS":
+        `lpips.LPIPSWeights`}; None when no term needs anything (docs/lpips.md).
     """
 
     program: Program = static_field()
     num_samples: int = static_field()
     params: Any = None
+    loss_params: Any = None
     ref: jax.Array = None
     trainable: Any = None
     fixed: Any = None
@@ -204,9 +207,12 @@ class SearchState:
     count: jax.Array = None
 
 
-def start_state(program: Program, params, ref, start, num_samples: int = 1) -> SearchState:
+def start_state(
+    program: Program, params, ref, start, num_samples: int = 1, loss_params: Any = None
+) -> SearchState:
     """The state before the first step, for ref [N, h, w, 3] and a start (leaves [N, ...]);
-    params as `arch.prepare` returns them. Traceable."""
+    params as `arch.prepare` returns them; loss_params as `SearchState` holds them.
+    Traceable."""
     mask, axes = program.partition()
     trainable, fixed = split(mask, start)
     n, r, h = ref.shape[0], program.arch.resolution, ref.shape[1]
@@ -229,6 +235,7 @@ def start_state(program: Program, params, ref, start, num_samples: int = 1) -> S
         best=best,
         failed=jnp.zeros((n,), bool),
         count=jnp.zeros((), jnp.int32),
+        loss_params=loss_params,
     )
 
 
@@ -246,6 +253,10 @@ def _objective(trainable, state: SearchState):
         render = jax.checkpoint(render, policy=jax.checkpoint_policies.dots_saveable)
     images, dlatents = render(trainable)
     gen_lr = program.downscale(images)
+    perceptual = None
+    if "LPIPS" in program.term_names:
+        weights = state.loss_params["LPIPS"]
+        perceptual = losses.lpips_term(weights, program.downscale, images, gen_lr, state.ref)
     terms = losses.loss_terms(
         gen_lr,
         state.ref,
@@ -253,6 +264,7 @@ def _objective(trainable, state: SearchState):
         eps=program.eps,
         names=program.term_names,
         tiled=program.options.tile_latent,
+        lpips=perceptual,
     )
     total = losses.total_loss(terms, program.options.loss)  # [N]
     report = dict(terms, L2=losses.l2_error(gen_lr, state.ref), TOTAL=total)
@@ -346,11 +358,13 @@ def step(state: SearchState) -> tuple[SearchState, dict]:
     return _step_jit(state)
 
 
-def run_rows(program: Program, params, ref, start, num_samples: int = 1) -> dict:
+def run_rows(
+    program: Program, params, ref, start, num_samples: int = 1, loss_params: Any = None
+) -> dict:
     """The whole search of some rows: `start_state`, a `lax.scan` of the steps and
     `final_rows`, with the step outputs stacked [steps, N, ...]. Traceable; params as
     `arch.prepare` returns them."""
-    state = start_state(program, params, ref, start, num_samples)
+    state = start_state(program, params, ref, start, num_samples, loss_params)
 
     def body(state, _):
         state, outputs = _step(state)

@@ -151,6 +151,7 @@ def solve(
     batch_per_device: int | None = None,
     progress: Callable[[SearchProgress], None] | None = None,
     progress_every: int | None = None,
+    lpips_weights: Any = None,
     **overrides: Any,
 ) -> SolveResult:
     """Searches the generator's latent space for images that downscale to `lr_images`.
@@ -164,15 +165,13 @@ def solve(
         id and the sample index (docs/method.md section 8.1).
       init: an explicit start, {"latent": [B, S, ...], "noise": L arrays [B, S, r, r, 1]}
         (noise for StyleGAN only), instead of drawing one from `seed`.
-      image_ids: [B] integer ids of the images for seeding (default 0..B-1); sweeps pass the
-        images' global positions so that splitting work does not change any start.
+      image_ids: [B] ids of the images for seeding (default 0..B-1; sweeps: their positions).
       sample_ids: [B, S] sample indices for seeding (default 0..S-1 for every image); a
         resumed sweep passes the ones it still needs. Ignored with `init`.
       downscale: any differentiable degradation [N, R, R, 3] -> [N, h, w, 3], used as it
         is (with `options.eps` as the threshold) instead of the `operator` option.
       keep_intermediate: also return the image and the variables of every step.
-      remat: rematerialize the generator's activations in the backward pass
-        (`search.Program.remat`): larger batches fit, the same result up to rounding.
+      remat: recompute activations in the backward pass (`search.Program.remat`).
       devices: the devices the sample axis is sharded over (module docstring); default all
         of `jax.devices()` (after `jax.distributed.initialize`, of every host: every process
         then makes the same call and gets the whole result). One device: unsharded.
@@ -185,6 +184,7 @@ def solve(
       progress_every: default 1 with `progress` (PULSE printed every step), else 0 (no host
         callback in the program). Results are bitwise the same with any value; each report
         makes the device wait for the host (on a GPU or TPU report every 10 or more steps).
+      lpips_weights: with `LPIPS` in `loss_str`, its weights; default the converted VGG16.
       **overrides: search options by name (`solve(lr, g, steps=50)`), a notebook's
         shorthand for `solve(lr, g, dataclasses.replace(options, steps=50))`.
 
@@ -194,14 +194,14 @@ def solve(
       TypeError: an unknown keyword.
       ValueError: bad inputs; `options.ConfigError` (a ValueError) for a bad option.
     """
-    if progress_every is None:
-        progress_every = 0 if progress is None else 1
+    progress_every = (0 if progress is None else 1) if progress_every is None else progress_every
     if progress is not None and progress_every < 1:
         raise ValueError("progress needs progress_every >= 1")
     problem, batch = make_problem(
         lr_images, generator, with_overrides(options, overrides), num_samples=num_samples,
         seed=seed, init=init, image_ids=image_ids, sample_ids=sample_ids, downscale=downscale,
         keep_intermediate=keep_intermediate, remat=remat, progress_every=progress_every,
+        lpips_weights=lpips_weights,
     )  # fmt: skip
     call = _plan(devices, batch_per_device, problem.ref.shape[0])
     problem = _planned(problem, call)
@@ -228,6 +228,7 @@ def lower(
     devices: Sequence[jax.Device] | None = None,
     batch_per_device: int | None = None,
     progress_every: int = 0,
+    lpips_weights: Any = None,
     **overrides: Any,
 ) -> jax.stages.Lowered:
     """The lowering of exactly the program `solve` runs for these arguments (the one-device
@@ -247,6 +248,7 @@ def lower(
     problem, _ = make_problem(
         lr_images, generator, options, num_samples=num_samples, downscale=downscale,
         keep_intermediate=keep_intermediate, remat=remat, progress_every=progress_every,
+        lpips_weights=lpips_weights,
     )  # fmt: skip
     call = _plan(devices, batch_per_device, problem.ref.shape[0])
     return call.fn.lower(call.abstract(_planned(problem, call)))
@@ -262,6 +264,7 @@ def init(
     init: dict | None = None,
     downscale: Downscale | None = None,
     keep_intermediate: bool = False,
+    lpips_weights: Any = None,
     **overrides: Any,
 ) -> SearchState:
     """The state of a search before its first step, on the default device (then
@@ -273,7 +276,7 @@ def init(
     options = with_overrides(options, overrides)
     problem, _ = make_problem(
         lr_images, generator, options, num_samples=num_samples, seed=seed, init=init,
-        downscale=downscale, keep_intermediate=keep_intermediate,
+        downscale=downscale, keep_intermediate=keep_intermediate, lpips_weights=lpips_weights,
     )  # fmt: skip
     return _init_jit(problem)
 
@@ -295,8 +298,9 @@ def finalize(state: SearchState, outputs: Sequence[dict] = ()) -> SolveResult:
 def _init_jit(problem: Problem) -> SearchState:
     params = problem.program.arch.prepare(problem.params)
     return search.start_state(
-        problem.program, params, problem.ref, problem.start, problem.num_samples
-    )
+        problem.program, params, problem.ref, problem.start, problem.num_samples,
+        problem.loss_params,
+    )  # fmt: skip
 
 
 _final_jit = jax.jit(search.final_rows)
@@ -365,7 +369,9 @@ def compiled_memory(
 def _run(problem: Problem) -> dict:
     """The whole search of the problem's rows (`search.run_rows`)."""
     params = problem.program.arch.prepare(problem.params)
-    return search.run_rows(problem.program, params, problem.ref, problem.start)
+    return search.run_rows(
+        problem.program, params, problem.ref, problem.start, 1, problem.loss_params
+    )
 
 
 @jax.jit
@@ -374,7 +380,8 @@ def _run_groups(problem: Problem) -> dict:
     parameters are prepared once, before the groups."""
     program, params = problem.program, problem.program.arch.prepare(problem.params)
     return jax.lax.map(
-        lambda rows: search.run_rows(program, params, *rows), (problem.ref, problem.start)
+        lambda rows: search.run_rows(program, params, *rows, 1, problem.loss_params),
+        (problem.ref, problem.start),
     )
 
 
@@ -409,8 +416,12 @@ class _Call:
             lambda x: _place(_pad_rows(x, pad).reshape(lead + x.shape[1:]), rows),
             (problem.ref, problem.start),
         )
-        params = jax.tree.map(lambda x: _place(x, whole), problem.params)
-        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+        params, loss_params = jax.tree.map(
+            lambda x: _place(x, whole), (problem.params, problem.loss_params)
+        )
+        return dataclasses.replace(
+            problem, params=params, ref=ref, start=start, loss_params=loss_params
+        )
 
     def abstract(self, problem: Problem) -> Problem:
         """What `place` gives, as abstract values: the same shapes, dtypes and shardings,
@@ -422,8 +433,12 @@ class _Call:
         ref, start = jax.tree.map(
             lambda x: _abstract(x, lead + np.shape(x)[1:], rows), (problem.ref, problem.start)
         )
-        params = jax.tree.map(lambda x: _abstract(x, np.shape(x), whole), problem.params)
-        return dataclasses.replace(problem, params=params, ref=ref, start=start)
+        params, loss_params = jax.tree.map(
+            lambda x: _abstract(x, np.shape(x), whole), (problem.params, problem.loss_params)
+        )
+        return dataclasses.replace(
+            problem, params=params, ref=ref, start=start, loss_params=loss_params
+        )
 
     def run(self, problem: Problem) -> dict:
         """Runs the search: host arrays whose rows (axis 1 of the per-step outputs) may end

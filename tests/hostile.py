@@ -26,6 +26,7 @@ READERS = {
     "nvidia": "from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle as r; r(path)",
     "stylegan2": "from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2 as r; r(path)",
     "weights": "from pulse_jax.checkpoints.weights_file import load_weights as r; r(path)",
+    "lpips": "from pulse_jax.checkpoints.fetch.lpips import read_ckpt as r; r(path, 'alexnet')",
     "generator": "from pulse_jax.checkpoints.loading import load_generator as r; r(path)",
     "image": "from pulse_jax.images import load_image as r; r(path)",
 }

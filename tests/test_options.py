@@ -77,7 +77,7 @@ def test_solve_takes_one_options_value_with_a_real_signature():
     assert set(inspect.signature(pulse_jax.solve).parameters) == {
         "lr_images", "generator", "options", "num_samples", "seed", "init", "image_ids",
         "sample_ids", "downscale", "keep_intermediate", "remat", "devices", "batch_per_device",
-        "progress", "progress_every", "overrides",
+        "progress", "progress_every", "lpips_weights", "overrides",
     }  # fmt: skip
     base = SearchOptions(steps=7, eps=0.01)
     assert with_overrides(base, {}) is base

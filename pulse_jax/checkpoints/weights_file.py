@@ -275,8 +275,23 @@ def _stylegan2_params(config: dict, shapes: Shapes) -> Shapes:
     return expected
 
 
-# The registered generator kinds and their weights files' schemas.
+def _lpips_params(backbone: str) -> Callable[[dict, Shapes], Shapes]:
+    """LPIPS's weights (docs/lpips.md): the backbone's convolutions and the lin layers."""
+
+    def params(config: dict, shapes: Shapes) -> Shapes:
+        from pulse_jax.lpips import param_shapes
+
+        if config != {"backbone": backbone}:
+            raise SchemaError(f"config is {_short(config)}, expected {{'backbone': {backbone!r}}}")
+        return param_shapes(backbone)
+
+    return params
+
+
+# The registered generator kinds (and LPIPS's weights) and their weights files' schemas.
 SCHEMAS: dict[str, Schema] = {
+    "lpips_vgg16": Schema(_lpips_params("vgg16"), gaussian_fit=False),
+    "lpips_alexnet": Schema(_lpips_params("alexnet"), gaussian_fit=False),
     "stylegan": Schema(
         _stylegan_params,
         gaussian_fit=True,

