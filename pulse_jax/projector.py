@@ -1,0 +1,240 @@
+"""NVIDIA's StyleGAN2 projector as pure functions (docs/method.md section 11).
+
+The search variables of a sample are one w [C] (tiled over every style row) and every
+noise map of the generator; w starts at the mapping network's mean `w_avg` and the noise
+maps at N(0, 1). Each step (`step`) draws a Gaussian perturbation of w whose scale ramps
+from `initial_noise_factor * w_std` to 0, renders the tiled perturbed w, measures the
+distance to the target, adds the noise maps' multi-scale autocorrelation penalty, takes one
+torch-equivalent Adam step at the ramped learning rate (`optim.optimizer_for_rates`) and
+renormalises every noise map to zero mean and unit mean square.
+
+The distance is a function of the rendered images in [0, 1] and the target. NVIDIA's is
+LPIPS (VGG16) on the image at the generator's size (area-downsampled to 256 px above it);
+in super-resolution the target is the low-resolution input, so here the distance compares
+the degraded render with it, as PULSE's loss does: `l2_through(downscale)` is PULSE's L2 at
+the low resolution (docs/method.md section 4). Every array carries a leading sample axis
+[N, ...]; the samples (targets x seeds) are independent (the loss is a sum of per-sample
+terms and every update elementwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pulse_jax import losses, optim
+
+# images [N, R, R, 3] in [0, 1], target [N, ...] -> distance [N]
+Distance = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorSettings:
+    """The projector's hyperparameters; the defaults are NVIDIA's `project()` defaults."""
+
+    num_steps: int = 1000
+    w_avg_samples: int = 10000
+    initial_learning_rate: float = 0.1
+    initial_noise_factor: float = 0.05
+    lr_rampdown_length: float = 0.25
+    lr_rampup_length: float = 0.05
+    noise_ramp_length: float = 0.75
+    regularize_noise_weight: float = 1e5
+
+    def __post_init__(self):
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int):
+            raise ValueError(f"num_steps must be an integer, got {self.num_steps!r}")
+        if self.num_steps < 1 or self.w_avg_samples < 2:
+            raise ValueError("num_steps must be >= 1 and w_avg_samples >= 2")
+        lengths = (self.lr_rampdown_length, self.lr_rampup_length, self.noise_ramp_length)
+        if not all(math.isfinite(x) and x > 0 for x in lengths):
+            raise ValueError(f"the ramp lengths must be positive, got {lengths}")
+
+    def learning_rates(self) -> np.ndarray:
+        """[num_steps] float64: the cosine ramp-down over the last `lr_rampdown_length` of
+        the run times the linear ramp-up over the first `lr_rampup_length` (0 at step 0)."""
+        t = np.arange(self.num_steps, dtype=np.float64) / self.num_steps
+        ramp = np.minimum(1.0, (1.0 - t) / self.lr_rampdown_length)
+        ramp = 0.5 - 0.5 * np.cos(ramp * np.pi)
+        ramp = ramp * np.minimum(1.0, t / self.lr_rampup_length)
+        return self.initial_learning_rate * ramp
+
+    def w_noise_factors(self) -> np.ndarray:
+        """[num_steps] float64: the w perturbation's scale over `w_std`, a quadratic ramp
+        from `initial_noise_factor` to 0 at `noise_ramp_length` of the run."""
+        t = np.arange(self.num_steps, dtype=np.float64) / self.num_steps
+        return self.initial_noise_factor * np.maximum(0.0, 1.0 - t / self.noise_ramp_length) ** 2
+
+
+class ProjectorState(NamedTuple):
+    """One pytree: the variables, Adam's state and the step count.
+
+    Attributes:
+      w: [N, C], the one w of each sample.
+      noise: every noise map, [N, r, r, 1] each (the arch's `noise_resolution` order).
+      opt_state: the optimizer's state over {"w", "noise"}.
+      count: int32 scalar, the steps taken.
+    """
+
+    w: jax.Array
+    noise: list
+    opt_state: Any
+    count: jax.Array
+
+
+class StepReport(NamedTuple):
+    """Per sample [N]: the distance, the noise regulariser and their weighted sum, before
+    the step's update."""
+
+    distance: jax.Array
+    regularizer: jax.Array
+    loss: jax.Array
+
+
+def w_stats(arch, mapping: dict, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The projector's start and scale of W from mapping samples z [S, z_dim].
+
+    Returns:
+      w_avg [C], the mean of the samples' w, and w_std, the scalar root of the mean over
+      samples of |w - w_avg|^2 (a norm over all C channels, not a per-channel std).
+    """
+    w = arch.map(mapping, z)  # [S, C]
+    w_avg = jnp.mean(w, axis=0)
+    w_std = jnp.sqrt(jnp.sum((w - w_avg) ** 2) / w.shape[0])
+    return w_avg, w_std
+
+
+def sample_w_stats(arch, mapping: dict, key: jax.Array, settings: ProjectorSettings):
+    """`w_stats` of `settings.w_avg_samples` draws z ~ N(0, I) from `key`."""
+    z = jax.random.normal(key, (settings.w_avg_samples, arch.z_dim), jnp.float32)
+    return w_stats(arch, mapping, z)
+
+
+def noise_regularizer(noise: list) -> jax.Array:
+    """Per sample [N]: over every map and every scale of it (the map, then its 2x2 means,
+    down to 8 px or less), the squared means of the map times itself shifted one pixel
+    along W and along H, circularly."""
+    total = 0.0
+    for maps in noise:
+        x = maps[..., 0]  # [N, r, r]
+        while True:
+            for axis in (2, 1):
+                total = total + jnp.mean(x * jnp.roll(x, 1, axis=axis), axis=(1, 2)) ** 2
+            if x.shape[1] <= 8:
+                break
+            n, r = x.shape[0], x.shape[1] // 2
+            x = x.reshape(n, r, 2, r, 2).mean(axis=(2, 4))
+    return total
+
+
+def normalize_noise(noise: list) -> list:
+    """Each sample's maps to zero mean, then to unit mean square."""
+    out = []
+    for maps in noise:
+        maps = maps - jnp.mean(maps, axis=(1, 2, 3), keepdims=True)
+        out.append(maps * jax.lax.rsqrt(jnp.mean(maps * maps, axis=(1, 2, 3), keepdims=True)))
+    return out
+
+
+def l2_through(downscale: Callable[[jax.Array], jax.Array]) -> Distance:
+    """The distance PULSE's L2 gives: mean square of downscale(images) - target, per sample."""
+    return lambda images, target: losses.l2_error(downscale(images), target)
+
+
+def _optimizer(settings: ProjectorSettings):
+    return optim.optimizer_for_rates("adam", settings.learning_rates())
+
+
+def init(arch, key: jax.Array, w_avg: jax.Array, num: int, settings: ProjectorSettings):
+    """`num` samples at w = w_avg and noise maps N(0, 1) drawn from `key`."""
+    keys = jax.random.split(key, arch.num_noise_layers)
+    noise = [
+        jax.random.normal(k, (num, arch.noise_resolution(i), arch.noise_resolution(i), 1))
+        for i, k in enumerate(keys)
+    ]
+    w = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), (num, arch.w_dim))
+    return start(w, noise, settings)
+
+
+def start(w: jax.Array, noise: list, settings: ProjectorSettings) -> ProjectorState:
+    """The state before the first step at the given variables (w [N, C], noise maps)."""
+    opt_state = _optimizer(settings).init({"w": w, "noise": noise})
+    return ProjectorState(w, noise, opt_state, jnp.zeros([], jnp.int32))
+
+
+def render(arch, params: dict, w: jax.Array, noise: list) -> jax.Array:
+    """One w per sample [N, C], tiled over the style rows -> images [N, R, R, 3] in [0, 1]."""
+    ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], arch.num_ws, w.shape[1]))
+    return (arch.synthesize(params["synthesis"], ws, noise) + 1.0) / 2.0
+
+
+def step(
+    arch,
+    params: dict,
+    settings: ProjectorSettings,
+    distance: Distance,
+    state: ProjectorState,
+    target: jax.Array,
+    w_noise_unit: jax.Array,
+    w_std: jax.Array,
+) -> tuple[ProjectorState, StepReport]:
+    """One projector step; `w_noise_unit` [N, C] is the step's N(0, 1) draw for w."""
+    index = jnp.minimum(state.count, settings.num_steps - 1)
+    scale = w_std * jnp.asarray(settings.w_noise_factors(), jnp.float32)[index]
+    weight = settings.regularize_noise_weight
+
+    def objective(variables):
+        images = render(arch, params, variables["w"] + w_noise_unit * scale, variables["noise"])
+        dist = distance(images, target)
+        reg = noise_regularizer(variables["noise"])
+        loss = dist + reg * weight
+        return jnp.sum(loss), StepReport(dist, reg, loss)
+
+    variables = {"w": state.w, "noise": state.noise}
+    grads, report = jax.grad(objective, has_aux=True)(variables)
+    updates, opt_state = _optimizer(settings).update(grads, state.opt_state)
+    variables = jax.tree.map(lambda p, u: p + u, variables, updates)
+    noise = normalize_noise(variables["noise"])
+    return ProjectorState(variables["w"], noise, opt_state, state.count + 1), report
+
+
+def project(
+    arch,
+    params: dict,
+    target: jax.Array,
+    key: jax.Array,
+    *,
+    settings: ProjectorSettings,
+    distance: Distance,
+    w_avg: jax.Array,
+    w_std: jax.Array,
+) -> tuple[ProjectorState, StepReport]:
+    """The whole projection of N samples: `settings.num_steps` steps under one `lax.scan`.
+
+    Args:
+      arch, params: a StyleGAN2 generator (params with "synthesis").
+      target: [N, ...], what `distance` compares each sample's render with.
+      key: the samples' randomness (their noise maps and the per-step w draws).
+      settings: the hyperparameters (static).
+      distance: images [N, R, R, 3] in [0, 1], target -> [N] (static).
+      w_avg, w_std: `w_stats` of the generator.
+
+    Returns:
+      The final state (w after the last step, the renormalised noise maps) and the
+      per-step reports, each [num_steps, N].
+    """
+    params = arch.prepare(params)
+    start_key, draw_key = jax.random.split(key)
+    state = init(arch, start_key, w_avg, target.shape[0], settings)
+
+    def body(state, k):
+        unit = jax.random.normal(k, state.w.shape, jnp.float32)
+        return step(arch, params, settings, distance, state, target, unit, w_std)
+
+    return jax.lax.scan(body, state, jax.random.split(draw_key, settings.num_steps))
