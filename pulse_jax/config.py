@@ -15,6 +15,7 @@ from pulse_jax.loading import DEFAULT_GENERATOR
 from pulse_jax.options import (
     ConfigError,
     Scope,
+    SearchMode,
     SearchOptions,
     option,
     option_fields,
@@ -82,6 +83,8 @@ class SearchConfig(SearchOptions):
             value = getattr(self, field.name) if field.name in applicable else None
             if value is None and field.name in applicable:
                 value = defaults.get(field.name)
+            if field.name == "mode" and value == SearchMode.PULSE:
+                continue  # PULSE's lines stay as every line before the modes recorded them
             settings[field.name] = _recorded(field, value)
         return settings
 

@@ -112,7 +112,7 @@ def w_stats(arch, mapping: dict, z: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def sample_w_stats(arch, mapping: dict, key: jax.Array, settings: ProjectorSettings):
     """`w_stats` of `settings.w_avg_samples` draws z ~ N(0, I) from `key`."""
-    z = jax.random.normal(key, (settings.w_avg_samples, arch.z_dim), jnp.float32)
+    z = jax.random.normal(key, (settings.w_avg_samples, arch.latent_size), jnp.float32)
     return w_stats(arch, mapping, z)
 
 
@@ -158,7 +158,7 @@ def init(arch, key: jax.Array, w_avg: jax.Array, num: int, settings: ProjectorSe
         jax.random.normal(k, (num, arch.noise_resolution(i), arch.noise_resolution(i), 1))
         for i, k in enumerate(keys)
     ]
-    w = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), (num, arch.w_dim))
+    w = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), (num, arch.dlatent_size))
     return start(w, noise, settings)
 
 
@@ -170,7 +170,7 @@ def start(w: jax.Array, noise: list, settings: ProjectorSettings) -> ProjectorSt
 
 def render(arch, params: dict, w: jax.Array, noise: list) -> jax.Array:
     """One w per sample [N, C], tiled over the style rows -> images [N, R, R, 3] in [0, 1]."""
-    ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], arch.num_ws, w.shape[1]))
+    ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], arch.num_layers, w.shape[1]))
     return (arch.synthesize(params["synthesis"], ws, noise) + 1.0) / 2.0
 
 
@@ -183,8 +183,13 @@ def step(
     target: jax.Array,
     w_noise_unit: jax.Array,
     w_std: jax.Array,
-) -> tuple[ProjectorState, StepReport]:
-    """One projector step; `w_noise_unit` [N, C] is the step's N(0, 1) draw for w."""
+) -> tuple[ProjectorState, StepReport, jax.Array]:
+    """One projector step; `w_noise_unit` [N, C] is the step's N(0, 1) draw for w.
+
+    Returns:
+      The next state, the step's report and the images it rendered [N, R, R, 3] in [0, 1]
+      (before the update).
+    """
     index = jnp.minimum(state.count, settings.num_steps - 1)
     scale = w_std * jnp.asarray(settings.w_noise_factors(), jnp.float32)[index]
     weight = settings.regularize_noise_weight
@@ -194,14 +199,14 @@ def step(
         dist = distance(images, target)
         reg = noise_regularizer(variables["noise"])
         loss = dist + reg * weight
-        return jnp.sum(loss), StepReport(dist, reg, loss)
+        return jnp.sum(loss), (StepReport(dist, reg, loss), images)
 
     variables = {"w": state.w, "noise": state.noise}
-    grads, report = jax.grad(objective, has_aux=True)(variables)
+    grads, (report, images) = jax.grad(objective, has_aux=True)(variables)
     updates, opt_state = _optimizer(settings).update(grads, state.opt_state)
     variables = jax.tree.map(lambda p, u: p + u, variables, updates)
     noise = normalize_noise(variables["noise"])
-    return ProjectorState(variables["w"], noise, opt_state, state.count + 1), report
+    return ProjectorState(variables["w"], noise, opt_state, state.count + 1), report, images
 
 
 def project(
@@ -235,6 +240,95 @@ def project(
 
     def body(state, k):
         unit = jax.random.normal(k, state.w.shape, jnp.float32)
-        return step(arch, params, settings, distance, state, target, unit, w_std)
+        state, report, _ = step(arch, params, settings, distance, state, target, unit, w_std)
+        return state, report
 
     return jax.lax.scan(body, state, jax.random.split(draw_key, settings.num_steps))
+
+
+# -- the search mode `projector` (docs/method.md section 11.3) ------------------------------
+
+# The key of the W statistics: fixed, as NVIDIA's `RandomState(123)`, so that every run of a
+# generator starts from the same w_avg whatever its seed.
+W_STATS_SEED = 123
+
+
+def sample_start(arch, key: jax.Array) -> dict:
+    """One row's start: its noise maps N(0, 1) [r, r, 1] and the key data of its per-step
+    w draws ("draws", uint32)."""
+    noise_key, draw_key = jax.random.split(key)
+    keys = jax.random.split(noise_key, arch.num_noise_layers)
+    noise = [
+        jax.random.normal(k, (arch.noise_resolution(i), arch.noise_resolution(i), 1))
+        for i, k in enumerate(keys)
+    ]
+    return {"noise": noise, "draws": jax.random.key_data(draw_key)}
+
+
+def mode_rows(program, params: dict, ref: jax.Array, starts: dict) -> dict:
+    """`search.run_rows` for the projector: `program.options.steps` steps of rows with
+    targets ref [N, h, w, 3] and starts (`sample_start`, rows [N, ...]); the distance is the
+    loss string's terms (GEOCROSS 0: w is tiled) between the degraded render and ref.
+
+    Returns:
+      `search.final_rows`' entries for the final w and noise (the image rendered after the
+      last step, `best_step` = steps), with "history" per step: the loss terms, L2
+      (unclamped), NOISE_REG and TOTAL [steps, N]; with `keep_intermediate`, also the images
+      rendered and the variables after each step.
+    """
+    arch, options = program.arch, program.options
+    if "mapping" not in params:
+        raise ValueError("the projector needs the generator's mapping network")
+    settings = ProjectorSettings(num_steps=options.steps)
+    key = jax.random.key(W_STATS_SEED)
+    w_avg, w_std = sample_w_stats(arch, params["mapping"], key, settings)
+
+    def terms(images, target):
+        gen_lr = program.downscale(images)
+        names = program.term_names
+        found = losses.loss_terms(gen_lr, target, None, eps=program.eps, names=names, tiled=True)
+        return found, losses.l2_error(gen_lr, target)
+
+    def distance(images, target):
+        return losses.total_loss(terms(images, target)[0], options.loss)
+
+    def body(state, k):
+        draws = jax.vmap(lambda d: jax.random.normal(_step_key(d, k), (arch.dlatent_size,)))
+        unit = draws(starts["draws"])  # [N, C]
+        state, report, images = step(arch, params, settings, distance, state, ref, unit, w_std)
+        found, l2 = terms(images, ref)
+        history = dict(found, L2=l2, NOISE_REG=report.regularizer, TOTAL=report.loss)
+        out = {"history": history}
+        if program.keep_intermediate:
+            out["intermediate"] = jnp.clip(images, 0.0, 1.0)
+            out["variables"] = _variables(state)
+        return state, out
+
+    w = jnp.broadcast_to(w_avg, (ref.shape[0], w_avg.shape[0]))
+    state = start(w, starts["noise"], settings)
+    state, outputs = jax.lax.scan(body, state, jnp.arange(options.steps))
+    return dict(_final(program, params, state, ref), **outputs)
+
+
+def _step_key(draws: jax.Array, k: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.wrap_key_data(draws), k)
+
+
+def _variables(state: ProjectorState) -> dict:
+    return {"latent": state.w[:, None, :], "noise": state.noise}
+
+
+def _final(program, params: dict, state: ProjectorState, ref: jax.Array) -> dict:
+    images = render(program.arch, params, state.w, state.noise)
+    gen_lr = program.downscale(images)
+    l2 = losses.l2_error(gen_lr, ref)
+    failed = ~jnp.isfinite(l2)
+    return {
+        "hr": jnp.clip(images, 0.0, 1.0),
+        "lr": jnp.clip(gen_lr, 0.0, 1.0),
+        "l2": l2,
+        "success": ~failed & (l2 <= program.eps),
+        "failed": failed,
+        "best_step": jnp.full(l2.shape, program.options.steps, jnp.int32),
+        "final": _variables(state),
+    }

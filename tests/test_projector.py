@@ -11,10 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pulse_jax import projector, testing
+import pulse_jax
+from pulse_jax import config, projector, testing
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.downscale import bicubic_downscale
 from pulse_jax.generators import stylegan2
+from pulse_jax.generators.base import Generator
+from pulse_jax.options import ConfigError, SearchOptions
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -107,7 +110,7 @@ def run_steps(ada, run: dict, factor: int):
     )
     states, reports = [], []
     for k in range(settings.num_steps):
-        state, report = step(state, jnp.asarray(run["w_noise_unit"][k])[None])
+        state, report, _ = step(state, jnp.asarray(run["w_noise_unit"][k])[None])
         states.append(state)
         reports.append(report)
     return states, reports
@@ -146,14 +149,16 @@ def test_steps_match_nvidia(ada, factor):
 
 @pytest.fixture(scope="module")
 def tiny():
-    params = testing.random_stylegan2_params(jax.random.key(1), 16, channel_base=64, channel_max=8)
+    make = jax.jit(lambda k: testing.random_stylegan2_params(k, 16, channel_base=64, channel_max=8))
+    params = make(jax.random.key(1))
     return stylegan2.arch_from_params(params), params
 
 
+@pytest.mark.slow  # two compilations of a step: ~20 s on 2 shared cores
 def test_a_sample_does_not_depend_on_the_others(tiny):
     """Two targets stepped together give what each gives alone (same start and draws)."""
     arch, params = tiny
-    settings = projector.ProjectorSettings(num_steps=4)
+    settings = projector.ProjectorSettings(num_steps=4, w_avg_samples=256)
     w_avg, w_std = projector.sample_w_stats(arch, params["mapping"], jax.random.key(2), settings)
     both = projector.init(arch, jax.random.key(3), w_avg, 2, settings)
     target = jax.random.uniform(jax.random.key(4), (2, 4, 4, 3))
@@ -165,7 +170,7 @@ def test_a_sample_does_not_depend_on_the_others(tiny):
         for i in range(2)
     ]
     for k in range(3):
-        both, _ = step(both, target, units[k])
+        both = step(both, target, units[k])[0]
         alone = [step(s, target[i : i + 1], units[k, i : i + 1])[0] for i, s in enumerate(alone)]
     # Equal but for rounding (XLA sums a batch of 2 in another order; Adam's m / sqrt(v)
     # magnifies a gradient's last bits where it is small): measured 3.8e-6 on |w| < 2.
@@ -199,3 +204,49 @@ def test_project_lowers_the_distance_and_keeps_the_noise_normalised(tiny):
     for maps in final.noise:
         np.testing.assert_allclose(maps.mean(axis=(1, 2, 3)), 0.0, atol=1e-6)
         np.testing.assert_allclose((maps * maps).mean(axis=(1, 2, 3)), 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny):
+    arch, params = tiny
+    return Generator("stylegan2", arch, params)
+
+
+@pytest.mark.slow  # the mode's 10000 mapping samples and two compilations: ~40 s on 2 cores
+def test_solve_runs_the_projector_mode(tiny_generator):
+    lr = jax.random.uniform(jax.random.key(8), (2, 4, 4, 3))
+    result = pulse_jax.solve(lr, tiny_generator, mode="projector", steps=4, num_samples=2)
+    arch = tiny_generator.arch
+    assert result.hr.shape == (2, 2, 16, 16, 3) and result.latent.shape == (2, 2, 1, 512)
+    assert set(result.history) == {"L2", "GEOCROSS", "NOISE_REG", "TOTAL"}
+    assert result.history["TOTAL"].shape == (4, 2, 2) and np.all(result.best_step == 4)
+    # The result is the render of the final w and noise, judged by PULSE's L2 at the LR size.
+    w = result.latent.reshape(4, 512)
+    noise = [m.reshape((4,) + m.shape[2:]) for m in result.noise]
+    images = projector.render(arch, tiny_generator.params, jnp.asarray(w), noise)
+    l2 = np.mean(
+        (np.asarray(bicubic_downscale(images, 4)) - np.repeat(lr, 2, axis=0)) ** 2, (1, 2, 3)
+    )
+    np.testing.assert_allclose(result.l2.reshape(4), l2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.hr.reshape(images.shape), np.clip(images, 0, 1), atol=1e-5)
+    again = pulse_jax.solve(lr, tiny_generator, mode="projector", steps=4, num_samples=2)
+    np.testing.assert_array_equal(again.latent, result.latent)  # the same seed, the same program
+    assert not np.array_equal(result.latent[:, 0], result.latent[:, 1])  # samples differ
+
+
+def test_projector_mode_refuses_pulse_options():
+    arch = stylegan2.StyleGAN2Arch(resolution=16, channels=(8, 8, 8))
+    with pytest.raises(ConfigError, match="learning_rate, lr_schedule"):
+        SearchOptions(mode="projector", learning_rate=0.1, lr_schedule="fixed").for_arch(arch)
+    assert SearchOptions(mode="projector").for_arch(arch).bad_noise_layers == ()
+    assert SearchOptions().mode == "pulse"
+
+
+def test_manifest_settings_record_the_projector_mode_only():
+    """PULSE's lines stay byte for byte as before the modes; a projector line says so, so
+    the two never mix in one folder."""
+    generator = Generator("stylegan2", stylegan2.StyleGAN2Arch(resolution=16, channels=(8,)), {})
+    pulse = config.SearchConfig(generator="x.npz").settings(generator)
+    proj = config.SearchConfig(generator="x.npz", mode="projector").settings(generator)
+    assert "mode" not in pulse and proj["mode"] == "projector"
+    assert config.settings_diff(pulse, proj) == "mode None -> 'projector'"
