@@ -159,4 +159,7 @@ def recorded_settings(record: dict) -> dict:
 
 def settings_diff(old: dict, new: dict) -> str:
     """The settings that differ, as "name old -> new" joined by commas."""
-    return ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+    keys = dict.fromkeys([*new, *old])  # a setting only one side records (a mode) counts too
+    return ", ".join(
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+    )

@@ -250,3 +250,4 @@ def test_manifest_settings_record_the_projector_mode_only():
     proj = config.SearchConfig(generator="x.npz", mode="projector").settings(generator)
     assert "mode" not in pulse and proj["mode"] == "projector"
     assert config.settings_diff(pulse, proj) == "mode None -> 'projector'"
+    assert config.settings_diff(proj, pulse) == "mode 'projector' -> None"
