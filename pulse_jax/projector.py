@@ -151,17 +151,6 @@ def _optimizer(settings: ProjectorSettings):
     return optim.optimizer_for_rates("adam", settings.learning_rates())
 
 
-def init(arch, key: jax.Array, w_avg: jax.Array, num: int, settings: ProjectorSettings):
-    """`num` samples at w = w_avg and noise maps N(0, 1) drawn from `key`."""
-    keys = jax.random.split(key, arch.num_noise_layers)
-    noise = [
-        jax.random.normal(k, (num, arch.noise_resolution(i), arch.noise_resolution(i), 1))
-        for i, k in enumerate(keys)
-    ]
-    w = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), (num, arch.dlatent_size))
-    return start(w, noise, settings)
-
-
 def start(w: jax.Array, noise: list, settings: ProjectorSettings) -> ProjectorState:
     """The state before the first step at the given variables (w [N, C], noise maps)."""
     opt_state = _optimizer(settings).init({"w": w, "noise": noise})
@@ -209,50 +198,6 @@ def step(
     return ProjectorState(variables["w"], noise, opt_state, state.count + 1), report, images
 
 
-def project(
-    arch,
-    params: dict,
-    target: jax.Array,
-    key: jax.Array,
-    *,
-    settings: ProjectorSettings,
-    distance: Distance,
-    w_avg: jax.Array,
-    w_std: jax.Array,
-) -> tuple[ProjectorState, StepReport]:
-    """The whole projection of N samples: `settings.num_steps` steps under one `lax.scan`.
-
-    Args:
-      arch, params: a StyleGAN2 generator (params with "synthesis").
-      target: [N, ...], what `distance` compares each sample's render with.
-      key: the samples' randomness (their noise maps and the per-step w draws).
-      settings: the hyperparameters (static).
-      distance: images [N, R, R, 3] in [0, 1], target -> [N] (static).
-      w_avg, w_std: `w_stats` of the generator.
-
-    Returns:
-      The final state (w after the last step, the renormalised noise maps) and the
-      per-step reports, each [num_steps, N].
-    """
-    params = arch.prepare(params)
-    start_key, draw_key = jax.random.split(key)
-    state = init(arch, start_key, w_avg, target.shape[0], settings)
-
-    def body(state, k):
-        unit = jax.random.normal(k, state.w.shape, jnp.float32)
-        state, report, _ = step(arch, params, settings, distance, state, target, unit, w_std)
-        return state, report
-
-    return jax.lax.scan(body, state, jax.random.split(draw_key, settings.num_steps))
-
-
-# -- the search mode `projector` (docs/method.md section 11.3) ------------------------------
-
-# The key of the W statistics: fixed, as NVIDIA's `RandomState(123)`, so that every run of a
-# generator starts from the same w_avg whatever its seed.
-W_STATS_SEED = 123
-
-
 def sample_start(arch, key: jax.Array) -> dict:
     """One row's start: its noise maps N(0, 1) [r, r, 1] and the key data of its per-step
     w draws ("draws", uint32)."""
@@ -263,6 +208,62 @@ def sample_start(arch, key: jax.Array) -> dict:
         for i, k in enumerate(keys)
     ]
     return {"noise": noise, "draws": jax.random.key_data(draw_key)}
+
+
+def run(
+    arch,
+    params: dict,
+    target: jax.Array,
+    starts: dict,
+    *,
+    settings: ProjectorSettings,
+    distance: Distance,
+    w_avg: jax.Array,
+    w_std: jax.Array,
+    outputs: Callable = lambda state, report, images: report,
+) -> tuple[ProjectorState, Any]:
+    """`settings.num_steps` steps of N rows under one `lax.scan`, from w_avg and the rows'
+    starts (`sample_start`, rows [N, ...]): row n's step k draws its w noise from its own
+    key folded with k, so a row's run does not depend on the other rows.
+
+    Args:
+      arch, params: a style generator (params with "synthesis"; raw or prepared).
+      target: [N, ...], what `distance` compares each row's render with.
+      starts: {"noise": maps [N, r, r, 1], "draws": key data [N, ...]}.
+      settings, distance: the hyperparameters and the distance (static).
+      w_avg, w_std: `w_stats` of the generator.
+      outputs: (state after the step, its report, the images it rendered) -> what the scan
+        stacks per step (by default the report).
+
+    Returns:
+      The final state (w after the last step, the renormalised noise maps) and the
+      stacked per-step outputs, [num_steps, N, ...].
+    """
+    params = arch.prepare(params)
+    w = jnp.broadcast_to(jnp.asarray(w_avg, jnp.float32), (target.shape[0], w_avg.shape[-1]))
+
+    def body(state, k):
+        draw = jax.vmap(lambda d: jax.random.normal(_step_key(d, k), (arch.dlatent_size,)))
+        unit = draw(starts["draws"])  # [N, C]
+        state, report, images = step(arch, params, settings, distance, state, target, unit, w_std)
+        return state, outputs(state, report, images)
+
+    state = start(w, starts["noise"], settings)
+    return jax.lax.scan(body, state, jnp.arange(settings.num_steps))
+
+
+def project(arch, params: dict, target: jax.Array, key: jax.Array, **kwargs: Any):
+    """`run` for N rows started from `key` (row n from `fold_in(key, n)`); keywords as
+    `run`'s."""
+    keys = jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(target.shape[0]))
+    return run(arch, params, target, jax.vmap(lambda k: sample_start(arch, k))(keys), **kwargs)
+
+
+# -- the search mode `projector` (docs/method.md section 11.3) ------------------------------
+
+# The key of the W statistics: fixed, as NVIDIA's `RandomState(123)`, so that every run of a
+# generator starts from the same w_avg whatever its seed.
+W_STATS_SEED = 123
 
 
 def mode_rows(program, params: dict, ref: jax.Array, starts: dict) -> dict:
@@ -292,21 +293,18 @@ def mode_rows(program, params: dict, ref: jax.Array, starts: dict) -> dict:
     def distance(images, target):
         return losses.total_loss(terms(images, target)[0], options.loss)
 
-    def body(state, k):
-        draws = jax.vmap(lambda d: jax.random.normal(_step_key(d, k), (arch.dlatent_size,)))
-        unit = draws(starts["draws"])  # [N, C]
-        state, report, images = step(arch, params, settings, distance, state, ref, unit, w_std)
+    def history(state, report, images):
         found, l2 = terms(images, ref)
-        history = dict(found, L2=l2, NOISE_REG=report.regularizer, TOTAL=report.loss)
-        out = {"history": history}
+        out = {"history": dict(found, L2=l2, NOISE_REG=report.regularizer, TOTAL=report.loss)}
         if program.keep_intermediate:
             out["intermediate"] = jnp.clip(images, 0.0, 1.0)
             out["variables"] = _variables(state)
-        return state, out
+        return out
 
-    w = jnp.broadcast_to(w_avg, (ref.shape[0], w_avg.shape[0]))
-    state = start(w, starts["noise"], settings)
-    state, outputs = jax.lax.scan(body, state, jnp.arange(options.steps))
+    state, outputs = run(
+        arch, params, ref, starts, settings=settings, distance=distance, w_avg=w_avg,
+        w_std=w_std, outputs=history,
+    )  # fmt: skip
     return dict(_final(program, params, state, ref), **outputs)
 
 
