@@ -202,6 +202,23 @@ def make_optimizer(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
     lrs = [learning_rate * float(lr_factor(lr_schedule, j, steps)) for j in range(steps)]
+    return optimizer_for_rates(opt_name, lrs)
+
+
+def optimizer_for_rates(opt_name: str, lrs: Any) -> optax.GradientTransformation:
+    """`make_optimizer`'s torch.optim-equivalent optimizer, update ``j`` at the learning
+    rate ``lrs[j]`` (a float64 sequence, as torch's Python computes it; any later update
+    reuses the last one): for schedules other than PULSE's, e.g. the projector's
+    (docs/method.md section 11).
+
+    Raises:
+      ValueError: for an unknown optimizer or an empty ``lrs``.
+    """
+    opt_name = choose(OptName, opt_name, "opt_name")
+    lrs = [float(lr) for lr in lrs]
+    if not lrs:
+        raise ValueError("lrs is empty: an optimizer needs the rate of at least one update")
+    steps = len(lrs)
     # [n_coeff, steps], each rounded once to float32 as torch's kernels do.
     tables = np.asarray(_coefficients(opt_name, lrs), dtype=np.float32)
     n_moments, rule = _UPDATES[opt_name]

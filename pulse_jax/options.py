@@ -69,6 +69,26 @@ class LRSchedule(enum.StrEnum):
     LINEAR1CYCLEDROP = "linear1cycledrop"
 
 
+class SearchMode(enum.StrEnum):
+    """The search run over the generator (docs/method.md sections 7 and 11)."""
+
+    PULSE = "pulse"
+    PROJECTOR = "projector"
+
+
+# PULSE's own optimizer and search-space options: the projector has its own (docs/method.md
+# section 11) and refuses them set away from their defaults.
+PULSE_ONLY = (
+    "noise_type",
+    "num_trainable_noise_layers",
+    "tile_latent",
+    "bad_noise_layers",
+    "opt_name",
+    "learning_rate",
+    "lr_schedule",
+)
+
+
 def choose(choices: type[enum.StrEnum], value: Any, name: str) -> Any:
     """`value` as a member of `choices`, or a ConfigError naming `name` and the choices."""
     try:
@@ -164,6 +184,13 @@ class SearchOptions:
     opt_name: OptName = option(OptName.ADAM, "Optimizer.")
     learning_rate: float = option(0.4, "Base learning rate.")
     lr_schedule: LRSchedule = option(LRSchedule.LINEAR1CYCLEDROP, "Learning-rate schedule.")
+    mode: SearchMode = option(
+        SearchMode.PULSE,
+        "The search: pulse (PULSE's, docs/method.md section 7) or projector (NVIDIA's StyleGAN2 "
+        "projector, section 11: one w tiled over the layers from w_avg, a noise regulariser, "
+        "its own Adam schedule; StyleGAN only). The projector's distance is --loss_str "
+        "through --operator; it takes none of PULSE's optimizer and noise options.",
+    )
     operator: OperatorName = option(
         operators.DEFAULT_OPERATOR,
         "The degradation the loss compares through (PULSE's is bicubic): box (area average), "
@@ -197,6 +224,21 @@ class SearchOptions:
         except ValueError as e:
             raise ConfigError(f"--operator {self.operator}: {e}") from None
 
+    def check_mode(self) -> None:
+        """Refuses PULSE's own options set away from their defaults in another mode (before
+        `for_arch` fills in the generator's defaults).
+
+        Raises:
+          ConfigError: naming them.
+        """
+        fields = {f.name: f for f in option_fields()}
+        given = [n for n in PULSE_ONLY if getattr(self, n) != fields[n].default]
+        if self.mode != SearchMode.PULSE and given:
+            raise ConfigError(
+                f"{', '.join(given)}: PULSE's option(s), not the {self.mode} mode's "
+                "(it has its own schedule and noise; docs/method.md section 11)"
+            )
+
     def for_arch(self, arch: Any) -> SearchOptions:
         """These options for a generator: its defaults filled in (`arch.option_defaults()`),
         checked against it (`arch.check_options`).
@@ -217,6 +259,7 @@ class SearchOptions:
                 f"{', '.join(extra)} {'applies' if len(extra) == 1 else 'apply'} to StyleGAN "
                 f"only; this generator ({type(arch).__name__}) has a single latent and no noise"
             )
+        options.check_mode()
         unset = {k: v for k, v in arch.option_defaults().items() if getattr(options, k) is None}
         options = dataclasses.replace(options, **unset)
         try:

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pulse_jax import losses, optim, sphere
+from pulse_jax import losses, optim, projector, sphere
 from pulse_jax.generators.base import Arch, Generator
-from pulse_jax.options import ConfigError, OperatorName, SearchOptions
+from pulse_jax.options import ConfigError, OperatorName, SearchMode, SearchOptions
 
 Downscale = Callable[[jax.Array], jax.Array]
 
@@ -364,6 +364,8 @@ def run_rows(
     """The whole search of some rows: `start_state`, a `lax.scan` of the steps and
     `final_rows`, with the step outputs stacked [steps, N, ...]. Traceable; params as
     `arch.prepare` returns them."""
+    if program.options.mode == SearchMode.PROJECTOR:
+        return projector.mode_rows(program, params, ref, start, loss_params)
     state = start_state(program, params, ref, start, num_samples, loss_params)
 
     def body(state, _):

@@ -19,7 +19,8 @@ from pulse_jax.options import option_fields
 from pulse_jax.runs import cli, engine
 
 # Non-default values that together set every field (the operator parameters need their
-# operator, so three launches): the flag string a user types and the value it means.
+# operator, and the mode refuses PULSE's own options, so four launches): the flag string a
+# user types and the value it means.
 CASES = [
     {
         "steps": ("3", 3),
@@ -37,6 +38,7 @@ CASES = [
     },
     {"operator": ("denoise", "denoise"), "noise_std": ("0.1", 0.1)},
     {"operator": ("inpaint", "inpaint"), "mask": ("random", "random")},
+    {"mode": ("projector", "projector")},
 ]
 
 
@@ -48,7 +50,7 @@ def test_the_cases_set_every_field():
     assert {name for case in CASES for name in case} == {f.name for f in option_fields()}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c["operator"][0])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(v for v, _ in c.values()))
 def test_every_option_walks_from_its_flag_to_the_program_and_the_manifest(
     case, tmp_path, monkeypatch
 ):

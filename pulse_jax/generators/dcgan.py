@@ -68,7 +68,8 @@ class DCGANArch:
         return {}
 
     def check_options(self, options: SearchOptions) -> None:
-        del options  # nothing generator-specific to check
+        if options.mode != "pulse":
+            raise ValueError(f"mode {options.mode}: the DCGAN has no W space; only mode pulse")
 
     def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
         del options

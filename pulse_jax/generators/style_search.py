@@ -19,8 +19,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pulse_jax import projector
 from pulse_jax.generators import ops
-from pulse_jax.options import NoiseType, Scope, SearchOptions
+from pulse_jax.options import NoiseType, Scope, SearchMode, SearchOptions
 
 
 class StyleSearchSpace:
@@ -52,7 +53,10 @@ class StyleSearchSpace:
         return 1 if options.tile_latent else self.num_layers
 
     def sample_start(self, key: jax.Array, options: SearchOptions) -> dict:
-        """One sample's start: {"latent": [rows, dlatent_size], "noise": maps [r, r, 1]}."""
+        """One sample's start: {"latent": [rows, dlatent_size], "noise": maps [r, r, 1]}
+        (the projector's: `projector.sample_start`)."""
+        if options.mode == SearchMode.PROJECTOR:
+            return projector.sample_start(self, key)
         keys = jax.random.split(key, self.num_noise_layers + 1)
         bad = self.bad_noise_layers(options)
         latent = jax.random.normal(keys[0], (self.latent_rows(options), self.dlatent_size))

@@ -15,6 +15,7 @@ from pulse_jax.generators.base import Generator
 from pulse_jax.options import (
     ConfigError,
     Scope,
+    SearchMode,
     SearchOptions,
     option,
     option_fields,
@@ -78,6 +79,8 @@ class SearchConfig:
             value = getattr(options, field.name) if field.name in applicable else None
             if value is None and field.name in applicable:
                 value = defaults.get(field.name)
+            if field.name == "mode" and value == SearchMode.PULSE:
+                continue  # PULSE's lines stay as every line before the modes recorded them
             settings[field.name] = _recorded(field, value)
         return settings
 
@@ -152,4 +155,7 @@ def recorded_settings(record: dict) -> dict:
 
 def settings_diff(old: dict, new: dict) -> str:
     """The settings that differ, as "name old -> new" joined by commas."""
-    return ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+    keys = dict.fromkeys([*new, *old])  # a setting only one side records (a mode) counts too
+    return ", ".join(
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)
+    )
