@@ -202,6 +202,21 @@ def make_optimizer(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
     lrs = [learning_rate * float(lr_factor(lr_schedule, j, steps)) for j in range(steps)]
+    return optimizer_from_lrs(opt_name, lrs)
+
+
+def optimizer_from_lrs(opt_name: str, lrs: list[float]) -> optax.GradientTransformation:
+    """`make_optimizer`'s optimizer for any per-update learning rates (Python floats, as
+    torch's `param_groups[0]["lr"]` holds them; ILO sets its own ramp, docs/method.md
+    section 11): update `j` uses `lrs[j]`, later updates the last.
+
+    Raises:
+      ValueError: for an unknown optimizer or an empty `lrs`.
+    """
+    opt_name = choose(OptName, opt_name, "opt_name")
+    if not lrs:
+        raise ValueError("lrs must hold at least one learning rate")
+    steps = len(lrs)
     # [n_coeff, steps], each rounded once to float32 as torch's kernels do.
     tables = np.asarray(_coefficients(opt_name, lrs), dtype=np.float32)
     n_moments, rule = _UPDATES[opt_name]
