@@ -146,11 +146,13 @@ def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[i
 
 def recorded_settings(record: dict) -> dict:
     """A manifest line's settings, with the settings added since (the operator and its
-    parameters) filled in as every earlier line implies: PULSE's bicubic downscale."""
+    parameters, the mode) filled in as every earlier line implies: PULSE's search and
+    bicubic downscale."""
     old = record.get("settings")
     old = dict(old) if isinstance(old, dict) else {}
     if "operator" not in old:
         old.update({"operator": "bicubic", **dict.fromkeys(operators.PARAMETER_NAMES)})
+    old.setdefault("mode", "pulse")  # every line before the modes ran PULSE's search
     return old
 
 

@@ -30,6 +30,7 @@ import optax
 from pulse_jax import losses, optim, sphere
 from pulse_jax.downscale import bicubic_downscale
 from pulse_jax.generators import ops
+from pulse_jax.options import OperatorName, SearchOptions
 
 # ILO's learning-rate ramp (`LatentOptimizer.get_lr`, the StyleGAN2 projector's).
 _RAMP_DOWN = 0.75
@@ -161,7 +162,8 @@ def layer_output(arch, params: dict, variables: dict, stage: int) -> jax.Array:
 def loss_terms(
     arch, options: IloOptions, stage: int, factor: int, params, variables, ref, mask
 ) -> tuple[jax.Array, dict, jax.Array]:
-    """Per row: (total [N], {"MSE", "DEAD_ZONE", "GEOCROSS", "TOTAL"} [N], image)."""
+    """Per row: (total [N], {"L2", "MSE", "DEAD_ZONE", "GEOCROSS", "TOTAL"} [N], image); L2
+    is PULSE's (unmasked, images in [0, 1]), the rest ILO's."""
     image = render(arch, params, variables, stage)
     masked = bicubic_downscale(image, factor) * mask  # [N, h, w, 3]
     error = masked - ref
@@ -171,7 +173,9 @@ def loss_terms(
     # ILO's GEOCROSS bites in stage 0 only (docs/method.md section 11).
     geocross = losses.geocross(variables["latent"]) if stage == 0 else jnp.zeros_like(mse)
     total = total + options.geocross * geocross
-    terms = {"MSE": mse, "DEAD_ZONE": dead_zone, "GEOCROSS": geocross, "TOTAL": total}
+    # PULSE's criterion on the whole low-resolution image, in [0, 1] (for reports only).
+    l2 = jnp.mean((bicubic_downscale(image, factor) - ref) ** 2, axis=(1, 2, 3)) / 4.0
+    terms = {"L2": l2, "MSE": mse, "DEAD_ZONE": dead_zone, "GEOCROSS": geocross, "TOTAL": total}
     return total, terms, image
 
 
@@ -215,9 +219,10 @@ def run_stage(arch, options: IloOptions, stage: int, factor: int, keep: bool, pa
 
     Returns:
       (the variables after the stage, outputs): outputs["history"] holds each term of
-      every step [steps, N] (before that step's update); "best_mse" [N] and "best" [N, R,
-      R, 3] are the stage's lowest-MSE step's image (ILO's `best`); "layer_out" is the next
-      stage's layer; with `keep`, "trajectory" the variables after each step.
+      every step [steps, N] (before that step's update); "best_mse" [N], "best" [N, R, R, 3]
+      and "best_step" [N] are the stage's lowest-MSE step's (ILO's `best`, raw); "layer_out"
+      is the next stage's layer; with `keep`, "trajectory" the variables after each step and
+      "image" the raw image of each step (before its update).
     """
     mask = observed(ref, options)
     trainable = {
@@ -235,23 +240,36 @@ def run_stage(arch, options: IloOptions, stage: int, factor: int, keep: bool, pa
         total, terms, image = loss_terms(arch, options, stage, factor, params, variables, ref, mask)
         return jnp.sum(total), (terms, image)
 
-    def body(carry, _):
-        variables, opt_state, best_mse, best = carry
+    def body(carry, step):
+        variables, opt_state, best = carry
         grads, (terms, image) = jax.grad(objective, has_aux=True)(variables)
         grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
         updates, opt_state = optimizer.update(grads, opt_state)
         moved = _project(options, stage, optax.apply_updates(variables, updates), start, radii)
-        better = terms["MSE"] < best_mse
-        best = jnp.where(better[:, None, None, None], image, best)
+        better = terms["MSE"] < best["best_mse"]
+        found = {
+            "best_mse": terms["MSE"],
+            "best": image,
+            "best_step": jnp.broadcast_to(step, better.shape),
+        }
+        best = jax.tree.map(
+            lambda f, b: jnp.where(better.reshape((-1,) + (1,) * (b.ndim - 1)), f, b), found, best
+        )
         out = {"history": terms}
         if keep:
-            out["trajectory"] = moved
-        return (moved, opt_state, jnp.minimum(terms["MSE"], best_mse), best), out
+            out.update(trajectory=moved, image=image)
+        return (moved, opt_state, best), out
 
-    n, r = ref.shape[0], arch.resolution
-    carry = (start, optimizer.init(start), jnp.full((n,), jnp.inf), jnp.zeros((n, r, r, 3)))
-    (final, _, best_mse, best), outputs = jax.lax.scan(body, carry, length=options.steps[stage])
-    outputs.update(best=best, best_mse=best_mse, layer_out=layer_output(arch, params, final, stage))
+    n, r, steps = ref.shape[0], arch.resolution, options.steps[stage]
+    best = {
+        "best_mse": jnp.full((n,), jnp.inf),
+        "best": jnp.zeros((n, r, r, 3)),
+        "best_step": jnp.zeros((n,), jnp.int32),
+    }
+    (final, _, best), outputs = jax.lax.scan(
+        body, (start, optimizer.init(start), best), jnp.arange(steps, dtype=jnp.int32)
+    )
+    outputs.update(best, layer_out=layer_output(arch, params, final, stage))
     return final, outputs
 
 
@@ -271,14 +289,17 @@ def search(
       (the final variables, each stage's outputs); the result is the last stage's "best".
     """
     arch = generator.arch
-    if not hasattr(arch, "synthesize_from"):
-        raise ValueError("ILO needs a generator that runs from an intermediate layer (StyleGAN2)")
+    check_arch(arch)
     options.check(arch.num_blocks)
-    factor = arch.resolution // ref.shape[1]
     params = {
         "synthesis": arch.prepare(generator.params)["synthesis"],
         "gaussian_fit": generator.params["gaussian_fit"],
     }
+    return _stages(arch, options, params, ref, start, keep)
+
+
+def _stages(arch, options: IloOptions, params, ref, start, keep: bool):
+    factor = arch.resolution // ref.shape[1]
     variables = dict(start, layer=None)
     stages = []
     for stage in range(len(options.steps)):
@@ -286,6 +307,15 @@ def search(
         stages.append(outputs)
         variables = dict(variables, layer=outputs["layer_out"])
     return variables, stages
+
+
+def check_arch(arch) -> None:
+    """Refuses a generator that cannot run from an intermediate layer."""
+    if not hasattr(arch, "synthesize_from"):
+        raise ValueError(
+            f"mode ilo needs a generator that runs from an intermediate layer (StyleGAN2); "
+            f"{type(arch).__name__} does not"
+        )
 
 
 def sample_start(arch, key: jax.Array, num_rows: int) -> dict:
@@ -307,3 +337,92 @@ def result(stages: list[dict]) -> dict[str, Any]:
         "hr": np.clip((np.asarray(last["best"]) + 1.0) / 2.0, 0.0, 1.0),
         "mse": np.asarray(last["best_mse"]),
     }
+
+
+# -- ILO as a search mode of `solve` (SearchOptions.mode = "ilo") ---------------------------
+
+# ILO's default steps per stage, 50, 50, 25, 25: a run's steps are split in these proportions.
+_STAGE_SHARES = (2, 2, 1, 1)
+# The options ILO mode does not read: they must keep their defaults (PULSE's search only).
+_PULSE_ONLY = (
+    "loss_str",
+    "noise_type",
+    "num_trainable_noise_layers",
+    "tile_latent",
+    "opt_name",
+    "learning_rate",
+    "lr_schedule",
+)
+
+
+def stage_steps(steps: int, num_blocks: int) -> tuple[int, ...]:
+    """A run's `steps` over ILO's stages (at most 4, at most one per block): one step each,
+    the rest in ILO's proportions 2:2:1:1, what rounding leaves to the first stages:
+    150 -> 50, 50, 25, 25; 100 -> 33, 33, 17, 17."""
+    shares = _STAGE_SHARES[: min(len(_STAGE_SHARES), num_blocks)]
+    if steps < len(shares):
+        raise ValueError(f"mode ilo needs steps >= {len(shares)} (one per stage), got {steps}")
+    rest = steps - len(shares)
+    split = [1 + rest * s // sum(shares) for s in shares]
+    for i in range(steps - sum(split)):
+        split[i] += 1
+    return tuple(split)
+
+
+def check_search_options(options, arch) -> None:
+    """Refuses `SearchOptions` that mode ilo cannot run (ValueError naming the option)."""
+    check_arch(arch)
+    defaults = SearchOptions()
+    changed = [k for k in _PULSE_ONLY if getattr(options, k) != getattr(defaults, k)]
+    if options.bad_noise_layers:
+        changed.append("bad_noise_layers")
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)}: PULSE's options; mode ilo runs with ILO's own settings"
+        )
+    if options.operator != OperatorName.BICUBIC:
+        raise ValueError(f"mode ilo runs the bicubic operator only, not {options.operator}")
+    stage_steps(options.steps, arch.num_blocks)
+
+
+def options_for(program) -> IloOptions:
+    """ILO's settings for a `search.Program` of mode ilo: ILO's defaults, the program's steps."""
+    return IloOptions(steps=stage_steps(program.options.steps, program.arch.num_blocks))
+
+
+def run_rows(program, params, ref, start) -> dict:
+    """`search.run_rows` for mode ilo (traceable): ILO's stages over rows [N] with targets
+    ref [N, h, w, 3] in [0, 1] and a PULSE start {"latent", "noise"}, as the same outputs:
+    the last stage's lowest-MSE image ("hr", "lr" in [0, 1]), its unclamped L2 and success
+    against eps, "best_step" counted over all stages, "final" (latent and noise), and the
+    history [steps, N] of "L2", "MSE", "DEAD_ZONE", "GEOCROSS", "TOTAL" (plus, with
+    `keep_intermediate`, "intermediate" and "variables")."""
+    arch, keep = program.arch, program.keep_intermediate
+    options = options_for(program)
+    ilo_params = {"synthesis": params["synthesis"], "gaussian_fit": params["gaussian_fit"]}
+    raw = to_raw(ref)
+    final, stages = _stages(arch, options, ilo_params, raw, start, keep)
+    last = stages[-1]
+    lr = bicubic_downscale(last["best"], arch.resolution // ref.shape[1])
+    l2 = jnp.mean((lr - raw) ** 2, axis=(1, 2, 3)) / 4.0
+    failed = ~jnp.isfinite(last["best_mse"])
+    out = {
+        "hr": jnp.clip((last["best"] + 1.0) / 2.0, 0.0, 1.0),
+        "lr": jnp.clip((lr + 1.0) / 2.0, 0.0, 1.0),
+        "l2": l2,
+        "success": ~failed & (l2 <= program.eps),
+        "failed": failed,
+        "best_step": last["best_step"] + sum(options.steps[:-1]),
+        "final": {"latent": final["latent"], "noise": final["noise"]},
+        "history": {
+            k: jnp.concatenate([s["history"][k] for s in stages]) for k in stages[0]["history"]
+        },
+    }
+    if keep:
+        images = jnp.concatenate([s["image"] for s in stages])
+        out["intermediate"] = jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+        out["variables"] = {
+            k: jax.tree.map(lambda *xs: jnp.concatenate(xs), *[s["trajectory"][k] for s in stages])
+            for k in ("latent", "noise")
+        }
+    return out

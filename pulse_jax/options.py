@@ -67,6 +67,13 @@ class LRSchedule(enum.StrEnum):
     LINEAR1CYCLEDROP = "linear1cycledrop"
 
 
+class SearchMode(enum.StrEnum):
+    """The search: PULSE's latent search, or ILO's over intermediate layers (StyleGAN2)."""
+
+    PULSE = "pulse"
+    ILO = "ilo"
+
+
 def choose(choices: type[enum.StrEnum], value: Any, name: str) -> Any:
     """`value` as a member of `choices`, or a ConfigError naming `name` and the choices."""
     try:
@@ -172,6 +179,12 @@ class SearchOptions:
     blur_sigma: float = _operator_option("blur_sigma")
     noise_std: float = _operator_option("noise_std")
     mask: str = _operator_option("mask")
+    mode: SearchMode = option(
+        SearchMode.PULSE,
+        "The search: pulse, or ilo (ILO's intermediate layers, StyleGAN2 only, with ILO's "
+        "own defaults; --steps is split over its 4 stages as 2:2:1:1; the PULSE-only "
+        "options stay at their defaults; docs/method.md section 11).",
+    )
 
     def __post_init__(self) -> None:
         for field in option_fields(type(self)):
@@ -224,6 +237,10 @@ class SearchOptions:
         options = dataclasses.replace(options, **unset)
         try:
             arch.check_options(options)
+            if options.mode == SearchMode.ILO:
+                from pulse_jax import ilo  # noqa: PLC0415 - ilo builds on this module
+
+                ilo.check_search_options(options, arch)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return options

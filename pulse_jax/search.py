@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pulse_jax import losses, optim, sphere
+from pulse_jax import ilo, losses, optim, sphere
 from pulse_jax.generators.base import Arch, Generator
-from pulse_jax.options import ConfigError, OperatorName, SearchOptions, with_options
+from pulse_jax.options import ConfigError, OperatorName, SearchMode, SearchOptions, with_options
 
 Downscale = Callable[[jax.Array], jax.Array]
 
@@ -452,6 +452,8 @@ def run_rows(program: Program, params, ref, start, num_samples: int = 1) -> dict
     """The whole search of some rows: `start_state`, a `lax.scan` of the steps and
     `final_rows`, with the step outputs stacked [steps, N, ...]. Traceable; params as
     `arch.prepare` returns them."""
+    if program.options.mode == SearchMode.ILO:
+        return ilo.run_rows(program, params, ref, start)
     state = start_state(program, params, ref, start, num_samples)
 
     def body(state, _):
@@ -670,6 +672,8 @@ def init(lr_images, generator: Generator, **kwargs: Any) -> SearchState:
         `keep_intermediate`, `remat`).
     """
     problem, _ = inputs(lr_images, generator, **kwargs)
+    if problem.program.options.mode == SearchMode.ILO:
+        raise ConfigError("init and step run PULSE's search; mode ilo runs through solve")
     return _init_jit(problem)
 
 

@@ -22,17 +22,22 @@ sr_default / masked_projected):
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import pulse_jax
 from pulse_jax import ilo
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 from pulse_jax.convert import write_stylegan2_weights
+from pulse_jax.options import ConfigError
 
 GOLDEN = Path(__file__).parent / "golden"
 RUNS = ("sr_default", "masked_projected")
@@ -43,7 +48,7 @@ def nhwc(x):
 
 
 @pytest.fixture(scope="module")
-def tiny_sg2(tmp_path_factory):
+def tiny_sg2_path(tmp_path_factory) -> Path:
     """The rosinality golden generator with the golden gaussian fit, through the converter."""
     out = tmp_path_factory.mktemp("weights") / "sg2_tiny.npz"
     fit = np.load(GOLDEN / "stylegan2" / "sg2_gaussian_fit.npz")
@@ -53,7 +58,12 @@ def tiny_sg2(tmp_path_factory):
         gaussian_fit={"mean": fit["mean"], "std": fit["std"]},
         show_progress=False,
     )
-    return pulse_jax.load_generator(out, precision="highest")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_sg2(tiny_sg2_path):
+    return pulse_jax.load_generator(tiny_sg2_path, precision="highest")
 
 
 def options_of(config: dict) -> ilo.IloOptions:
@@ -239,3 +249,71 @@ def test_rows_are_independent_and_black_pixels_unobserved(tiny_sg2):
     mask = ilo.observed(golden.ref, options)
     assert 0 < int(jnp.sum(mask == 0)) == golden.config["black"]
     assert ilo.result(stages)["hr"].shape == (2, 64, 64, 3)
+
+
+# -- ILO as a mode of solve ------------------------------------------------------------------
+
+
+def test_steps_split_over_the_stages_as_ilo():
+    assert ilo.stage_steps(150, 9) == (50, 50, 25, 25)
+    assert ilo.stage_steps(100, 9) == (33, 33, 17, 17)
+    assert ilo.stage_steps(10, 5) == (3, 3, 2, 2)
+    assert ilo.stage_steps(4, 5) == (1, 1, 1, 1)
+    assert ilo.stage_steps(7, 2) == (4, 3)
+    with pytest.raises(ValueError, match="steps >= 4"):
+        ilo.stage_steps(3, 5)
+
+
+def test_mode_ilo_refuses_what_it_cannot_run(tiny_sg2, tiny_stylegan):
+    lr = np.full((1, 16, 16, 3), 0.5, np.float32)
+    for bad in (
+        dict(learning_rate=0.1),
+        dict(loss_str="100*L2"),
+        dict(operator="box"),
+        dict(steps=3),
+    ):
+        with pytest.raises(ConfigError):
+            pulse_jax.solve(lr, tiny_sg2, mode="ilo", **bad)
+    with pytest.raises(ConfigError, match="intermediate layer"):
+        pulse_jax.solve(np.full((1, 32, 32, 3), 0.5, np.float32), tiny_stylegan, mode="ilo")
+    with pytest.raises(ConfigError, match="solve"):
+        pulse_jax.init(lr, tiny_sg2, mode="ilo")
+
+
+@pytest.mark.slow
+def test_solve_in_mode_ilo_is_ilos_search(tiny_sg2):
+    golden = Golden("sr_default")
+    start = {k: v for k, v in golden.variables(0, 0).items() if k != "layer"}
+    lr = np.clip((np.asarray(golden.ref) + 1.0) / 2.0, 0.0, 1.0)
+    init = jax.tree.map(lambda x: np.asarray(x)[:, None], start)
+    result = pulse_jax.solve(lr, tiny_sg2, mode="ilo", steps=10, init=init, keep_intermediate=True)
+    options = ilo.IloOptions(steps=(3, 3, 2, 2))
+    _, stages = ilo.search(tiny_sg2, ilo.to_raw(jnp.asarray(lr)), start, options)
+    mse = np.concatenate([np.asarray(s["history"]["MSE"]) for s in stages])
+    np.testing.assert_allclose(result.history["MSE"][:, :, 0], mse, rtol=1e-5)
+    np.testing.assert_allclose(result.hr[:, 0], ilo.result(stages)["hr"], rtol=0, atol=1e-4)
+    assert result.history["L2"].shape == (10, 1, 1) and result.intermediate.shape[0] == 10
+    assert 8 <= int(result.best_step[0, 0]) <= 9  # within the last stage
+    best = int(result.best_step[0, 0])  # its L2 is the history's at that step
+    np.testing.assert_allclose(result.l2[0, 0], result.history["L2"][best, 0, 0], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_run_py_in_mode_ilo(tiny_sg2_path, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    golden = Golden("sr_default")
+    face = np.clip((nhwc(golden.run["ref"])[0] + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    Image.fromarray(face).save(folder / "face.png")
+    out = tmp_path / "out"
+    args = ["--input_dir", folder, "--output_dir", out, "--generator", tiny_sg2_path]
+    command = [sys.executable, root / "experiments" / "run.py", "--steps", "4", "--mode", "ilo"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([*map(str, command + args)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (record,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert record["settings"]["mode"] == "ilo" and record["factor"] == 4
+    assert record["best_step"] == 3 and np.isfinite(record["l2"])  # the last stage's only step
+    with Image.open(out / "face" / "sample_0_hr.png") as im:
+        assert im.size == (64, 64)

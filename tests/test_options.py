@@ -155,28 +155,28 @@ def test_generators_declare_their_options():
         SearchOptions(tile_latent=True).for_arch(flat)
 
 
-# Today's manifest settings (as e17a469 wrote them), byte for byte.
+# Today's manifest settings (as e17a469 wrote them, plus the mode of issue 23), byte for byte.
 SETTINGS_STYLE_DEFAULT = (
     '{"generator": "weights/x.npz", "seed": 0, "steps": 100, "loss_str": '
     '"100*L2+0.05*GEOCROSS", "eps": 0.002, "noise_type": "trainable", '
     '"num_trainable_noise_layers": 5, "tile_latent": false, "bad_noise_layers": "17", '
     '"opt_name": "adam", "learning_rate": 0.4, "lr_schedule": "linear1cycledrop", '
     '"resize": false, "operator": "bicubic", "blur_sigma": null, "noise_std": null, '
-    '"mask": null}'
+    '"mask": null, "mode": "pulse"}'
 )
 SETTINGS_STYLE_SET = (
     '{"generator": "weights/x.npz", "seed": 7, "steps": 3, "loss_str": "1*L1", "eps": 0.01, '
     '"noise_type": "fixed", "num_trainable_noise_layers": 2, "tile_latent": true, '
     '"bad_noise_layers": "11.3", "opt_name": "sgdm", "learning_rate": 0.1, "lr_schedule": '
     '"fixed", "resize": true, "operator": "gaussian", "blur_sigma": 1.5, "noise_std": null, '
-    '"mask": null}'
+    '"mask": null, "mode": "pulse"}'
 )
 SETTINGS_DCGAN = (
     '{"generator": "dcgan64", "seed": 2, "steps": 100, "loss_str": "100*L2+0.05*GEOCROSS", '
     '"eps": 0.002, "noise_type": null, "num_trainable_noise_layers": null, "tile_latent": '
     'null, "bad_noise_layers": null, "opt_name": "adam", "learning_rate": 0.4, '
     '"lr_schedule": "linear1cycledrop", "resize": false, "operator": "inpaint", '
-    '"blur_sigma": null, "noise_std": null, "mask": "random"}'
+    '"blur_sigma": null, "noise_std": null, "mask": "random", "mode": "pulse"}'
 )
 
 
