@@ -208,8 +208,8 @@ def make_optimizer(
 def optimizer_for_rates(opt_name: str, lrs: Any) -> optax.GradientTransformation:
     """`make_optimizer`'s torch.optim-equivalent optimizer, update ``j`` at the learning
     rate ``lrs[j]`` (a float64 sequence, as torch's Python computes it; any later update
-    reuses the last one): for schedules other than PULSE's, e.g. the projector's
-    (docs/method.md section 11).
+    reuses the last one): for schedules other than PULSE's, the projector's and ILO's
+    (docs/method.md sections 11 and 12).
 
     Raises:
       ValueError: for an unknown optimizer or an empty ``lrs``.

@@ -70,14 +70,15 @@ class LRSchedule(enum.StrEnum):
 
 
 class SearchMode(enum.StrEnum):
-    """The search run over the generator (docs/method.md sections 7 and 11)."""
+    """The search run over the generator (docs/method.md sections 7, 11 and 12)."""
 
     PULSE = "pulse"
     PROJECTOR = "projector"
+    ILO = "ilo"
 
 
-# PULSE's own optimizer and search-space options: the projector has its own (docs/method.md
-# section 11) and refuses them set away from their defaults.
+# PULSE's own optimizer and search-space options: the projector and ILO have their own
+# (docs/method.md sections 11 and 12) and refuse them set away from their defaults.
 PULSE_ONLY = (
     "noise_type",
     "num_trainable_noise_layers",
@@ -186,10 +187,12 @@ class SearchOptions:
     lr_schedule: LRSchedule = option(LRSchedule.LINEAR1CYCLEDROP, "Learning-rate schedule.")
     mode: SearchMode = option(
         SearchMode.PULSE,
-        "The search: pulse (PULSE's, docs/method.md section 7) or projector (NVIDIA's StyleGAN2 "
+        "The search: pulse (PULSE's, docs/method.md section 7), projector (NVIDIA's StyleGAN2 "
         "projector, section 11: one w tiled over the layers from w_avg, a noise regulariser, "
-        "its own Adam schedule; StyleGAN only). The projector's distance is --loss_str "
-        "through --operator; it takes none of PULSE's optimizer and noise options.",
+        "its own Adam schedule; StyleGAN only; its distance is --loss_str through "
+        "--operator) or ilo (ILO's intermediate layers, section 12: StyleGAN2 only, ILO's "
+        "own defaults, --steps split over its 4 stages as 2:2:1:1, bicubic only). The "
+        "projector and ilo take none of PULSE's optimizer and noise options.",
     )
     operator: OperatorName = option(
         operators.DEFAULT_OPERATOR,
@@ -264,6 +267,10 @@ class SearchOptions:
         options = dataclasses.replace(options, **unset)
         try:
             arch.check_options(options)
+            if options.mode == SearchMode.ILO:
+                from pulse_jax import ilo  # noqa: PLC0415 - ilo builds on this module
+
+                ilo.check_search_options(options, arch)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         return options

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pulse_jax import losses, optim, projector, sphere
+from pulse_jax import ilo, losses, optim, projector, sphere
 from pulse_jax.generators.base import Arch, Generator
 from pulse_jax.options import ConfigError, OperatorName, SearchMode, SearchOptions
 
@@ -366,6 +366,8 @@ def run_rows(
     `arch.prepare` returns them."""
     if program.options.mode == SearchMode.PROJECTOR:
         return projector.mode_rows(program, params, ref, start, loss_params)
+    if program.options.mode == SearchMode.ILO:
+        return ilo.run_rows(program, params, ref, start)
     state = start_state(program, params, ref, start, num_samples, loss_params)
 
     def body(state, _):

@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from pulse_jax import search
 from pulse_jax.generators.base import Generator
-from pulse_jax.options import SearchOptions
+from pulse_jax.options import ConfigError, SearchMode, SearchOptions
 from pulse_jax.problem import Problem, SolveResult, make_problem, to_result
 from pulse_jax.search import Downscale, SearchState
 
@@ -274,6 +274,8 @@ def init(
       `sample_ids` are `solve`'s alone).
     """
     options = with_overrides(options, overrides)
+    if options.mode != SearchMode.PULSE:
+        raise ConfigError(f"mode {options.mode} runs through solve only (init/step: PULSE's)")
     problem, _ = make_problem(
         lr_images, generator, options, num_samples=num_samples, seed=seed, init=init,
         downscale=downscale, keep_intermediate=keep_intermediate, lpips_weights=lpips_weights,

@@ -133,27 +133,72 @@ class StyleGAN2Arch(StyleSearchSpace):
             each scaled by its layer's noise strength; `noise_buffers(params)` for the
             checkpoint's own ("const"); None for none.
         """
+        params = self._checked(params, noise)
+        x = self.const_input(params, ws.shape[0])
+        return self.run_blocks(params, ws, noise, x, None, 0, self.num_blocks - 1)[1]
+
+    # -- running part of the network (ILO's intermediate layers, docs/method.md section 12) --
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks of the synthesis network, 4 px first: ILO's layers 0 .. num_blocks - 1."""
+        return len(self.channels)
+
+    def const_input(self, params: dict, batch: int) -> jax.Array:
+        """The learned constant, the input of block 0: [batch, 4, 4, C]."""
+        const = params["b4"]["const"]  # [1, 4, 4, C]
+        return jnp.broadcast_to(const, (batch,) + const.shape[1:])
+
+    def synthesize_to(self, params: dict, ws: jax.Array, noise, layer: int):
+        """Blocks 0 .. `layer` from the constant: (block `layer`'s output features [B, r, r, C],
+        the running RGB image (the skip) at r px). `synthesize_from(layer + 1, *these)` is
+        `synthesize`, op for op."""
+        params = self._checked(params, noise)
+        x = self.const_input(params, ws.shape[0])
+        return self.run_blocks(params, ws, noise, x, None, 0, layer)
+
+    def synthesize_from(
+        self, params: dict, ws: jax.Array, noise, layer: int, x: jax.Array, rgb=None
+    ) -> jax.Array:
+        """Blocks `layer` .. last with `x` [B, r, r, C] as the input of block `layer` (the
+        output of block `layer - 1`): the raw image [B, R, R, 3]. `rgb` is the running RGB
+        image at r px the earlier blocks made; None (as ILO runs it) starts the sum at
+        block `layer`."""
+        params = self._checked(params, noise)
+        return self.run_blocks(params, ws, noise, x, rgb, layer, self.num_blocks - 1)[1]
+
+    def run_blocks(self, params, ws, noise, x, rgb, first: int, last: int):
+        """Blocks `first` .. `last` (inclusive; block 0 is the 4 px conv on the constant `x`):
+        (the features after block `last`, the running RGB image or, from rgb None, the sum of
+        these blocks' RGB only). `params` prepared (`prepare`)."""
+        if not 0 <= first <= last < self.num_blocks:
+            raise ValueError(f"blocks {first}..{last} are not within 0..{self.num_blocks - 1}")
+
+        def layer(p, x, row, up=False):
+            maps = None if noise is None else noise[row]
+            return _layer(p, x, ws[:, row], maps, self.conv_clamp, self.precision, up)
+
+        def torgb(block, row, x):
+            return _torgb(block["torgb"], x, ws[:, row], self.conv_clamp, self.precision)
+
+        for j in range(first, last + 1):
+            block = params[f"b{self.block_resolutions[j]}"]
+            if j == 0:
+                x = layer(block["conv1"], x, 0)
+                out = torgb(block, 1, x)
+            else:
+                x = layer(block["conv0"], x, 2 * j - 1, up=True)
+                x = layer(block["conv1"], x, 2 * j)
+                out = torgb(block, 2 * j + 1, x)
+            rgb = out if rgb is None else upsample_skip(rgb) + out
+        return x, rgb
+
+    def _checked(self, params: dict, noise) -> dict:
         if not isinstance(params, Prepared):
             params = self._prepare_synthesis(params)
         if noise is not None and len(noise) != self.num_noise_layers:
             raise ValueError(f"expected {self.num_noise_layers} noise maps, got {len(noise)}")
-
-        def layer(p, x, row, i, up=False):
-            maps = None if noise is None else noise[i]
-            return _layer(p, x, ws[:, row], maps, self.conv_clamp, self.precision, up)
-
-        first = params["b4"]
-        const = first["const"]  # [1, 4, 4, C]
-        x = jnp.broadcast_to(const, (ws.shape[0],) + const.shape[1:])
-        x = layer(first["conv1"], x, 0, 0)
-        img = _torgb(first["torgb"], x, ws[:, 1], self.conv_clamp, self.precision)
-        for j, r in enumerate(self.block_resolutions[1:], start=1):
-            block = params[f"b{r}"]
-            x = layer(block["conv0"], x, 2 * j - 1, 2 * j - 1, up=True)
-            x = layer(block["conv1"], x, 2 * j, 2 * j)
-            rgb = _torgb(block["torgb"], x, ws[:, 2 * j + 1], self.conv_clamp, self.precision)
-            img = upsample_skip(img) + rgb
-        return img
+        return params
 
     def noise_buffers(self, params: dict) -> list[jax.Array]:
         """The checkpoint's own noise maps (NVIDIA's `noise_mode='const'`, rosinality's

@@ -145,7 +145,8 @@ def check_operator(search: SearchConfig, generator: Generator, sides: Iterable[i
 
 def recorded_settings(record: dict) -> dict:
     """A manifest line's settings, with the settings added since (the operator and its
-    parameters) filled in as every earlier line implies: PULSE's bicubic downscale."""
+    parameters) filled in as every earlier line implies: PULSE's bicubic downscale. (A
+    PULSE line records no mode, before the modes and since: `SearchConfig.settings`.)"""
     old = record.get("settings")
     old = dict(old) if isinstance(old, dict) else {}
     if "operator" not in old:
