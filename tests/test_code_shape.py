@@ -25,3 +25,31 @@ def test_no_library_function_is_over_80_lines():
         if node.end_lineno - node.lineno + 1 > LIMIT
     ]
     assert long == []
+
+
+def _imported_modules(tree: ast.AST):
+    """Every module an import statement names (`import a.b`, `from a.b import c` gives a.b
+    and a.b.c)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_the_project_imports_no_old_module_path():
+    """Old module paths (`pulse_jax._moved`) are for users' code: the library, the launchers
+    and the tests use the new ones (a test of the aliases themselves aside)."""
+    from pulse_jax import _moved
+
+    repo = Path(pulse_jax.__file__).parent.parent
+    old = set(_moved.MOVED) | set(_moved.GONE)
+    found = []
+    for folder in ("pulse_jax", "experiments", "tests"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            if path.name in ("_moved.py", "test_moved.py"):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            found += [f"{path.relative_to(repo)}: {m}" for m in _imported_modules(tree) if m in old]
+    assert found == []
