@@ -46,7 +46,7 @@ from pulse_jax.generators.base import Generator
 from pulse_jax.images import ImageError, special_files
 from pulse_jax.inputs import InputImage, load_inputs
 from pulse_jax.progress import Progress, format_seconds, say
-from pulse_jax.solve import SolveResult, solve
+from pulse_jax.solve import SolveResult, rows_one_at_a_time, solve
 
 # Generators this size and up report progress during a call by default (`Work.report_every`).
 IN_CALL_PROGRESS_SIDE = 256
@@ -107,6 +107,8 @@ class Work:
       progress_every: process 0's progress line moves every that many steps during a
         `solve` call (`solve(progress=...)`); 0: only when a call ends; None: `report_every`
         decides from the generator's size.
+      split_groups: solve every result of a group as a group of one (`groups_apart`):
+        True, False, or None to let `groups_apart` decide from the generator and devices.
     """
 
     input_dir: str
@@ -126,6 +128,7 @@ class Work:
     desc: str = "pulse"
     log_interval: float = 10.0
     progress_every: int | None = None
+    split_groups: bool | None = None
 
     def report_every(self, resolution: int) -> int:
         """`progress_every`, or its default: every `max(1, steps // 20)` steps for generators
@@ -275,6 +278,7 @@ def run(
     wall = time.perf_counter()
     index, count = process or (jax.process_index(), jax.process_count())
     devices = list(devices or jax.local_devices())
+    work, options = _execution(work, generator, devices, log if index == 0 else None)
     inputs, summary, done = _start(work, generator, index, log)
     out = Path(work.output_dir)
     items = work_list(inputs, work.seeds, work.samples)
@@ -295,7 +299,6 @@ def run(
     shard = out / work.manifest.format(process=index)
     store.cut_torn_line(shard)
     steps = work.search.steps
-    options = {"remat": work.remat, "keep_intermediate": work.intermediate}
     every = work.report_every(generator.resolution) if index == 0 else 0  # process 0 reports
     bar = Progress(missing * steps, desc, "latent-steps", log, log_interval=work.log_interval)
     with bar:
@@ -375,7 +378,7 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
         settings.pop("seed")
     folders = {work.folder(i.name, s): i.path.name for i in inputs for s in work.seeds}
     records = store.read_records(work.output_dir, work.manifest)
-    store.check_records(records, inputs, settings, work.knob, folders)
+    store.check_records(records, inputs, settings, work.knob, folders, apart=work.split_groups)
     done = {store.key(r) for r in records}
     summary.inputs_done = sum(
         all((i.path.name, s, k) in done for s in work.seeds for k in range(work.samples))
@@ -384,11 +387,70 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
     return inputs, summary, done
 
 
-def _solve_groups(groups: Sequence[Group], generator, search, devices, **execution):
-    """One `solve` call: group j on device j (padded with copies of the last group);
-    `execution`: solve's `remat`, `keep_intermediate`, `progress`, `progress_every`."""
+def groups_apart(resolution: int, devices: Sequence[jax.Device]) -> bool:
+    """Whether a launcher solves each result of a group as a group of one by itself: where
+    `solve` runs a step's rows one at a time (`solve.rows_one_at_a_time`: CPU devices,
+    generators of 1024 px and more), where a group of 4 measured no faster per sample than a
+    group of 1 (docs/batch_curve_cpu.md)."""
+    return rows_one_at_a_time(resolution, devices)
+
+
+def _execution(work: Work, generator, devices, log: TextIO | None) -> tuple[Work, dict]:
+    """(the work with `split_groups` decided, the execution keywords of its calls); says on
+    `log` when groups run apart."""
+    apart = work.split_groups
+    if apart is None:
+        apart = groups_apart(generator.resolution, devices)
+    apart = bool(apart) and work.group_size > 1  # groups of one: nothing to split
+    if apart and log is not None:
+        say(
+            log,
+            f"{work.desc}: each result of a group of {work.group_size} runs as a group of one "
+            f"(on CPU at {generator.resolution} px not slower per sample; "
+            "docs/batch_curve_cpu.md); results equal those of groups of 1; "
+            "--split_groups=never keeps groups together",
+        )
+    work = dataclasses.replace(work, split_groups=apart)
+    return work, {"remat": work.remat, "keep_intermediate": work.intermediate, "apart": apart}
+
+
+def _solve_groups(
+    groups: Sequence[Group], generator, search, devices, *, apart: bool = False, **execution
+):
+    """One `solve` call: group j on device j (padded with copies of the last group), or with
+    `apart` every result as a group of one (a group's padding rows then repeat its last
+    result instead of computing it again); `execution`: solve's `remat`,
+    `keep_intermediate`, `progress`, `progress_every`."""
+    if apart:
+        items = [w for g in groups for w in g.items]
+        starts = np.cumsum([0] + [len(g.items) for g in groups])[:-1]
+        at = [
+            int(s) + min(p, len(g.items) - 1)
+            for g, s in zip(groups, starts, strict=True)
+            for p in range(g.size)
+        ]
+        return _take_rows(_solve_rows(items, 1, generator, search, devices, **execution), at)
     groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
     rows = [w for g in groups for w in g.rows()]
+    return _solve_rows(rows, groups[0].size, generator, search, devices, **execution)
+
+
+def _take_rows(result: SolveResult, rows: Sequence[int]) -> SolveResult:
+    """The result's rows (axis 0, axis 1 of the per-step fields) in the order `rows`."""
+    per_step = ("history", "intermediate", "trajectory")
+    return SolveResult(
+        **{
+            f.name: jax.tree.map(
+                lambda x, s=f.name in per_step: np.take(x, rows, axis=int(s)),
+                getattr(result, f.name),
+            )
+            for f in dataclasses.fields(result)
+        }
+    )
+
+
+def _solve_rows(rows: Sequence[WorkItem], batch_per_device, generator, search, devices, **kw):
+    """One `solve` call of these rows, `batch_per_device` at a time on each device."""
     side = rows[0].input.side
     kwargs = search.solve_kwargs(generator, side)
     kwargs.pop("seed")
@@ -400,8 +462,8 @@ def _solve_groups(groups: Sequence[Group], generator, search, devices, **executi
         image_ids=[w.input.image_id for w in rows],
         sample_ids=[[w.sample] for w in rows],
         devices=devices,
-        batch_per_device=groups[0].size,
-        **execution,
+        batch_per_device=batch_per_device,
+        **kw,
         **kwargs,
     )
 
@@ -413,8 +475,9 @@ def _write_call(
     only names complete files) and returns their manifest lines."""
     out, search = Path(work.output_dir), work.search
     flag, value = work.knob
+    apart = {"apart": True} if work.split_groups else {}
     rows = [
-        (j * g.size + p, w, dict(g.record(p), **{flag: value}))
+        (j * g.size + p, w, dict(g.record(p), **{flag: value}, **apart))
         for j, g in enumerate(groups)
         for p, w in enumerate(g.items)
     ]
@@ -523,5 +586,6 @@ def recompute(
     except KeyError as e:
         raise ConfigError(f"the record's group names image_id {e}, which is not an input") from None
     one = [Group(group.index, members, group.size)]
-    result = _solve_groups(one, generator, search, jax.local_devices()[:1])
+    apart = bool(store.group_field(record, "apart", False))
+    result = _solve_groups(one, generator, search, jax.local_devices()[:1], apart=apart)
     return result, group.position

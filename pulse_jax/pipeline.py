@@ -35,6 +35,7 @@ class RunConfig:
     batch_size: int = 1
     save_intermediate: bool = False
     plots: bool = False  # also write <out>/<stem>/l2_curves.png (needs the plots extra)
+    split_groups: bool | None = None  # `engine.Work.split_groups`
 
     def work(self) -> engine.Work:
         """The run as the engine's work: one seed, groups of `batch_size` inputs."""
@@ -54,6 +55,7 @@ class RunConfig:
             sheets=True,
             plots=self.plots,
             intermediate=self.save_intermediate,
+            split_groups=self.split_groups,
             desc="pulse",
         )
 

@@ -46,6 +46,7 @@ class SweepConfig:
     batch_per_device: int = 1
     remat: bool = False
     log_interval: float = 10.0
+    split_groups: bool | None = None  # `engine.Work.split_groups`
 
     def work(self) -> engine.Work:
         """The sweep as the engine's work: seed folders, groups of `batch_per_device`."""
@@ -65,6 +66,7 @@ class SweepConfig:
             knob=("batch_per_device", self.batch_per_device),
             manifest=store.SWEEP_MANIFEST,
             remat=self.remat,
+            split_groups=self.split_groups,
             desc="sweep",
             log_interval=self.log_interval,
         )
