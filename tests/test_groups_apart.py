@@ -103,9 +103,16 @@ def test_never_keeps_groups_together(inputs, dcgan64, tmp_path, monkeypatch):
     assert "group of one" not in log.getvalue()
 
 
-def test_the_rule_is_cpu_at_1024_px():
+def test_auto_splits_groups_of_more_than_one_on_cpu_at_1024_px(inputs, tmp_path):
     cpu = jax.devices("cpu")[:1]
-    gpu = [types.SimpleNamespace(platform="gpu")]
-    assert engine.groups_apart(1024, cpu)
-    assert not engine.groups_apart(256, cpu)
-    assert not engine.groups_apart(1024, gpu)
+
+    def apart(resolution: int, batch: int, split: bool | None = None) -> bool:
+        work = _config(inputs, tmp_path, batch, split_groups=split).work()
+        generator = types.SimpleNamespace(resolution=resolution)
+        return engine._execution(work, generator, cpu, None)[0].split_groups
+
+    assert apart(1024, 3)
+    assert not apart(1024, 1)  # groups of one: nothing to split
+    assert not apart(256, 3)
+    assert not apart(1024, 3, split=False)
+    assert apart(256, 3, split=True)
