@@ -34,7 +34,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pulse_jax import metrics, plots
+from pulse_jax import engine, metrics, plots
 from pulse_jax.checkpoints.weights_file import atomic_write
 from pulse_jax.config import ConfigError, SearchConfig, check_search
 from pulse_jax.generators.base import Generator, SearchOptions
@@ -73,6 +73,8 @@ class EvalConfig:
       lr_size: the observation's side.
       batch_size: faces per solve call; 0: all at once.
       plot_faces: faces shown in the L2-curve and image grids.
+      split_groups: solve every sample as a group of one (`engine.groups_apart`): True,
+        False, or None to let `engine.groups_apart` decide (CPU, 1024 px and more).
     """
 
     search: SearchConfig
@@ -84,6 +86,7 @@ class EvalConfig:
     lr_size: int = 16
     batch_size: int = 0
     plot_faces: int = 8
+    split_groups: bool | None = None
 
 
 def synthetic_faces(generator: Generator, count: int, data_seed: int) -> np.ndarray:
@@ -179,6 +182,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None) -> dict:
         **{key: _round(np.mean(v), d) for key, (v, d) in measured.items()},
         "solve_seconds": round(seconds, 2),
         "latent_steps_per_second": round(latent_steps / seconds, 1) if seconds else None,
+        "groups_of_one": out.pop("apart"),
     }
     return {
         "settings": dict(
@@ -231,9 +235,17 @@ def _faces(config: EvalConfig, generator: Generator):
 
 def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
     """PULSE on the observations, `config.batch_size` faces per call: ({"hr" [B, K, R, R, 3],
-    "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K]}, solve seconds)."""
+    "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K], "apart": whether
+    each sample ran as a group of one}, solve seconds)."""
     count = observations.shape[0]
     kwargs = config.search.solve_kwargs(generator, config.lr_size)
+    apart = config.split_groups
+    if apart is None:
+        apart = engine.groups_apart(generator.resolution, jax.devices())
+    if apart:
+        kwargs["batch_per_device"] = 1
+        if log is not None:
+            log.write("each sample runs as a group of one (docs/batch_curve_cpu.md)\n")
     step = config.batch_size or count
     parts, seconds = [], 0.0
     for start in range(0, count, step):
@@ -259,6 +271,7 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
         for key in ("hr", "l2", "success", "best_step")
     }
     out["history"] = np.concatenate([p.history["L2"] for p in parts], axis=1)
+    out["apart"] = bool(apart)
     return out, seconds
 
 

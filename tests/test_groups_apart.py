@@ -14,9 +14,11 @@ import types
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
-from pulse_jax import engine, store
+from pulse_jax import engine, solve, store
+from pulse_jax import evaluate as evaluation
 from pulse_jax import sweep as sweeps
 from pulse_jax.config import ConfigError, SearchConfig
 from pulse_jax.images import save_image
@@ -116,3 +118,17 @@ def test_auto_splits_groups_of_more_than_one_on_cpu_at_1024_px(inputs, tmp_path)
     assert not apart(256, 3)
     assert not apart(1024, 3, split=False)
     assert apart(256, 3, split=True)
+
+
+def test_evaluate_solves_each_sample_apart(dcgan64, monkeypatch):
+    monkeypatch.setattr(engine, "groups_apart", lambda resolution, devices: True)
+    config = evaluation.EvalConfig(
+        search=SearchConfig(steps=STEPS), output_dir="", synthetic=2, samples=2
+    )
+    observations = np.random.default_rng(3).uniform(0.2, 0.8, (2, 16, 16, 3)).astype(np.float32)
+    out, _ = evaluation._solve_faces(config, dcgan64, observations, None)
+    assert out["apart"]
+    kwargs = config.search.solve_kwargs(dcgan64, 16)
+    alone = solve(observations[1:], dcgan64, image_ids=[1], sample_ids=[[1]], **kwargs)
+    np.testing.assert_array_equal(alone.hr[0, 0], out["hr"][1, 1])
+    np.testing.assert_array_equal(alone.history["L2"][:, 0, 0], out["history"][:, 1, 1])
