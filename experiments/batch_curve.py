@@ -8,7 +8,8 @@ the launchers do on CPU at 1024 px, `engine.groups_apart`). The script switches 
 rule (`pulse_jax.solve.rows_one_at_a_time`) per case. Every case is compiled first; then
 `--rounds` rounds time every case in turn, so each round's figures come from the same
 conditions. Seconds per step: the call with `2 * steps` steps minus the call with
-`steps`, divided by `steps` (the once-per-call work cancels).
+`steps`, divided by `steps` (the once-per-call work cancels); per round, and from the
+fastest call of each length over all rounds (on a shared machine, the least disturbed).
 
     python experiments/batch_curve.py --generator stylegan2_1024 --cases 1:batched,4:rows
 """
@@ -61,19 +62,25 @@ def main(argv: list[str]) -> None:
     steps = _STEPS.value
     for case in cases:  # compiles both step counts of every case
         seconds(*case, steps), seconds(*case, 2 * steps)
-    rates = {case: [] for case in cases}
+    timed = {case: [] for case in cases}  # (short, long) call seconds per round
     for round_ in range(_ROUNDS.value):
         for samples, how in cases:
             short, long = seconds(samples, how, steps), seconds(samples, how, 2 * steps)
-            rates[(samples, how)].append(samples * steps / (long - short))
-            print(round_, samples, how, f"{rates[(samples, how)][-1]:.4f}", file=sys.stderr)
-    print(f"{_GENERATOR.value} on {cpu_model()}, latent-steps/s per round:")
-    for (samples, how), values in rates.items():
+            timed[(samples, how)].append((short, long))
+            rate = samples * steps / (long - short)
+            print(round_, samples, how, f"{short:.2f} {long:.2f} {rate:.4f}", file=sys.stderr)
+    print(f"{_GENERATOR.value} on {cpu_model()}, latent-steps/s per round, then from the")
+    print("fastest short and fastest long call of all rounds:")
+    for (samples, how), calls in timed.items():
+        rates = [samples * steps / (long - short) for short, long in calls]
+        shortest, longest = min(c[0] for c in calls), min(c[1] for c in calls)
+        rates.append(samples * steps / (longest - shortest))
         print(
             f"| {_GENERATOR.value} | {samples} | {_HOW[how]} | "
-            + " | ".join(f"{v:.3f}" for v in values)
+            + " | ".join(f"{v:.3f}" for v in rates)
+            + " |"
         )
-    print(json.dumps({f"{s}:{how}": v for (s, how), v in rates.items()}))
+    print(json.dumps({f"{s}:{how}": calls for (s, how), calls in timed.items()}))
 
 
 if __name__ == "__main__":

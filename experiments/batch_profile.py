@@ -12,11 +12,16 @@ sample.
 
 from __future__ import annotations
 
+import gzip
 import importlib
+import json
 import re
 import sys
+import tempfile
+from pathlib import Path
 
 import benchmark_lib as benchmark
+import jax
 import numpy as np
 from absl import app, flags
 
@@ -37,8 +42,34 @@ def _group(shape: str) -> str:
     return f"{head}[*,{','.join(dims[1:])}]" if len(dims) > 1 else shape.split("{")[0]
 
 
+def _busy(call, instructions: dict, entry: set) -> tuple[float, float]:
+    """(seconds from the first loop op's start to the last one's end in a traced `call()`,
+    seconds in which at least one loop op ran: the union of their intervals, asynchronous
+    ones from dispatch to completion)."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        try:
+            call()
+        finally:
+            jax.profiler.stop_trace()
+        trace = sorted(Path(trace_dir).rglob("*.trace.json.gz"))[-1]
+        events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    spans = []
+    for e in events:
+        name = e.get("name", "").removeprefix("end: ")
+        if e.get("ph") == "X" and name in instructions and name not in entry:
+            spans.append((e["ts"], e["ts"] + e["dur"]))
+    busy, reach = 0.0, float("-inf")
+    for begin, end in sorted(spans):
+        busy += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    return (reach - min(spans)[0]) / 1e6, busy / 1e6
+
+
 def per_group(generator, samples: int, rows: bool, steps: int) -> dict:
-    """{(kind, shape group): seconds per step and sample} of one traced call."""
+    """{(kind, shape group): seconds per step and sample} of one traced call, with
+    ("wall", "loop") and ("busy", "loop"): the loop's wall seconds and the seconds in which
+    a loop op ran (`_busy`, of a second traced call), per step and sample."""
     _SOLVE.rows_one_at_a_time = lambda resolution, devices: rows
     size = benchmark.lr_size(generator.resolution)
     lr = np.random.default_rng(0).uniform(size=(1, size, size, 3)).astype(np.float32)
@@ -55,6 +86,9 @@ def per_group(generator, samples: int, rows: bool, steps: int) -> dict:
         shape, opcode, line = instructions[name]
         key = (benchmark._op_kind(opcode, line), _group(shape))
         groups[key] = groups.get(key, 0.0) + t / steps / samples
+    wall, busy = _busy(call, instructions, entry)
+    groups[("wall", "loop")] = wall / steps / samples
+    groups[("busy", "loop")] = busy / steps / samples
     return groups
 
 
@@ -67,11 +101,14 @@ def main(argv: list[str]) -> None:
     print(f"{_GENERATOR.value}: traced seconds per step and sample")
     print("| kind | shape | " + " | ".join(names) + " |")
     print("|---|---|" + "---:|" * len(names))
-    for kind in sorted({k for p in profiles for k, _ in p}):
+    for kind in sorted({k for p in profiles for k, _ in p} - {"wall", "busy"}):
         totals = [sum(t for (k, _), t in p.items() if k == kind) for p in profiles]
         print(f"| {kind} | (all) | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
-    print("| all | (all) | " + " | ".join(f"{sum(p.values()):.3f}" for p in profiles) + " |")
-    keys = {k for p in profiles for k in p}
+    ops = [sum(t for (k, _), t in p.items() if k not in ("wall", "busy")) for p in profiles]
+    print("| all | (all) | " + " | ".join(f"{t:.3f}" for t in ops) + " |")
+    for key in (("busy", "loop"), ("wall", "loop")):
+        print(f"| {key[0]} | ({key[1]}) | " + " | ".join(f"{p[key]:.3f}" for p in profiles) + " |")
+    keys = {k for p in profiles for k in p if k[0] not in ("wall", "busy")}
     spread = lambda k: max(p.get(k, 0) for p in profiles) - min(p.get(k, 0) for p in profiles)  # noqa: E731
     for key in sorted(keys, key=spread, reverse=True)[: _TOP.value]:
         values = " | ".join(f"{p.get(key, 0.0):.3f}" for p in profiles)
