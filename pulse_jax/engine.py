@@ -13,7 +13,10 @@ Groups are a function of the work list alone, never of what
 is left to do: a resumed run recomputes every group that is not wholly recorded, as a
 whole, and writes only what is missing, so it equals an uninterrupted one byte for byte
 on the same machine kind, whatever the number of devices. (A run's `fit_groups`: a size
-with fewer results than `group_size` gets groups of its own count, not padding.)
+with fewer results than `group_size` gets groups of its own count, not padding.) On CPU at
+1024 px and more (`groups_apart`, `Work.split_groups`) each result of a group is solved
+as a group of one, where larger groups were not faster per sample (docs/batch_curve_cpu.md):
+a group then fixes which results share a call and a manifest's `group`, not the rounding.
 
 Processes (`distributed.process_share`): the groups are dealt out to the processes in
 turn; each skips the groups already recorded and runs the rest, one group per local
