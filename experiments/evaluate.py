@@ -41,6 +41,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "synthetic", 0, "Without --input_dir: evaluate on N faces the generator draws.", lower_bound=0
 )
+cli.define_split_groups_flag()
 flags.DEFINE_integer(
     "data_seed", _DEFAULTS.data_seed, "Seeds the synthetic faces and the observation noise."
 )
@@ -88,6 +89,7 @@ def execute() -> int:
             lr_size=FLAGS.lr_size,
             batch_size=FLAGS.batch_size,
             plot_faces=FLAGS.plot_faces,
+            split_groups=cli.split_groups(),
         )
         generator = load_generator(config.search.generator)
         check_applicable(generator, [n for n in NOISE_OPTIONS if FLAGS[n].present])

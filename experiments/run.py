@@ -65,6 +65,7 @@ flags.DEFINE_boolean(
     "First detect, align and crop the faces of --input_dir (needs the optional dlib extra) "
     "and run on the aligned faces, written to <output_dir>/aligned/.",
 )
+cli.define_split_groups_flag()
 flags.DEFINE_integer(
     "align_size",
     0,
@@ -84,6 +85,7 @@ def config_from_flags() -> engine.Work:
         batch_size=FLAGS.batch_size,
         save_intermediate=FLAGS.save_intermediate,
         plots=FLAGS.plots,
+        split_groups=cli.split_groups(),
     )
 
 

@@ -66,6 +66,7 @@ flags.DEFINE_boolean(
     "flag's value or the first that does not fit) and exit without running.",
 )
 flags.DEFINE_float("log_interval", 10.0, "Seconds between progress lines in logs.")
+cli.define_split_groups_flag()
 flags.DEFINE_string(
     "coordinator_address",
     None,
@@ -98,6 +99,7 @@ def config_from_flags() -> engine.Work:
         batch_per_device=FLAGS.batch_per_device,
         remat=FLAGS.remat,
         log_interval=FLAGS.log_interval,
+        split_groups=cli.split_groups(),
     )
 
 

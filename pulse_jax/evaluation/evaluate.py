@@ -49,6 +49,7 @@ from pulse_jax.images import (
     upscale_bicubic,
 )
 from pulse_jax.options import SearchOptions
+from pulse_jax.runs import engine
 from pulse_jax.runs.config import ConfigError, SearchConfig, check_search
 from pulse_jax.runs.distributed import cpu_model
 from pulse_jax.runs.inputs import is_readme
@@ -76,6 +77,8 @@ class EvalConfig:
       lr_size: the observation's side.
       batch_size: faces per solve call; 0: all at once.
       plot_faces: faces shown in the L2-curve and image grids.
+      split_groups: solve every sample as a group of one (`engine.groups_apart`): True,
+        False, or None to let `engine.groups_apart` decide (CPU, 1024 px and more).
     """
 
     search: SearchConfig
@@ -87,6 +90,7 @@ class EvalConfig:
     lr_size: int = 16
     batch_size: int = 0
     plot_faces: int = 8
+    split_groups: bool | None = None
 
 
 def synthetic_faces(generator: Generator, count: int, data_seed: int) -> np.ndarray:
@@ -186,6 +190,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None, lpips_weight
         "lpips": lpips_note,
         "solve_seconds": round(seconds, 2),
         "latent_steps_per_second": round(latent_steps / seconds, 1) if seconds else None,
+        "groups_of_one": out.pop("apart"),
     }
     return {
         "settings": dict(
@@ -238,9 +243,15 @@ def _faces(config: EvalConfig, generator: Generator):
 
 def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
     """PULSE on the observations, `config.batch_size` faces per call: ({"hr" [B, K, R, R, 3],
-    "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K]}, solve seconds)."""
+    "l2", "success", "best_step" [B, K], "history" (of L2) [steps, B, K], "apart": whether
+    each sample ran as a group of one}, solve seconds)."""
     count = observations.shape[0]
     search = config.search
+    apart = config.split_groups
+    if apart is None:
+        apart = engine.groups_apart(generator.resolution, jax.devices())
+    if apart and log is not None:
+        log.write("each sample runs as a group of one (docs/batch_curve_cpu.md)\n")
     step = config.batch_size or count
     parts, seconds = [], 0.0
     for start in range(0, count, step):
@@ -255,6 +266,7 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
                 num_samples=config.samples,
                 seed=search.seed,
                 image_ids=ids,
+                batch_per_device=1 if apart else None,
             )
         )
         took = time.perf_counter() - t0
@@ -267,6 +279,7 @@ def _solve_faces(config: EvalConfig, generator: Generator, observations, log):
         for key in ("hr", "l2", "success", "best_step")
     }
     out["history"] = np.concatenate([p.history["L2"] for p in parts], axis=1)
+    out["apart"] = bool(apart)
     return out, seconds
 
 

@@ -146,6 +146,26 @@ def define_cache_flag(default: str | None = None) -> None:
     )
 
 
+SPLIT_GROUPS = {"auto": None, "always": True, "never": False}
+
+
+def define_split_groups_flag() -> None:
+    """Defines --split_groups (`engine.Work.split_groups`); read it with `split_groups()`."""
+    flags.DEFINE_enum(
+        "split_groups",
+        "auto",
+        list(SPLIT_GROUPS),
+        "Solve each result of a group as a group of one (its result is then that of a group "
+        "of 1): auto does so on CPU for 1024 px generators, where bigger groups are no "
+        "faster per sample (docs/batch_curve_cpu.md); always; never.",
+    )
+
+
+def split_groups() -> bool | None:
+    """The parsed --split_groups as `engine.Work.split_groups`."""
+    return SPLIT_GROUPS[flags.FLAGS.split_groups]
+
+
 def entry_points(execute: Callable[[], int]) -> tuple[Callable, Callable]:
     """A launcher's `run(argv)` (for tests and in-process callers: flags of an earlier call
     are reset first; the compilation cache is the caller's business) and `main(argv)` (the

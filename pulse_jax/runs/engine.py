@@ -14,7 +14,10 @@ Groups are a function of the work list alone, never of what
 is left to do: a resumed run recomputes every group that is not wholly recorded, as a
 whole, and writes only what is missing, so it equals an uninterrupted one byte for byte
 on the same machine kind, whatever the number of devices. (A run's `fit_groups`: a size
-with fewer results than `group_size` gets groups of its own count, not padding.)
+with fewer results than `group_size` gets groups of its own count, not padding.) On CPU at
+1024 px and more (`groups_apart`, `Work.split_groups`) each result of a group is solved
+as a group of one, where larger groups were not faster per sample (docs/batch_curve_cpu.md):
+a group then fixes which results share a call and a manifest's `group`, not the rounding.
 
 Processes (`distributed.process_share`): the groups are dealt out to the processes in
 turn; each skips the groups already recorded and runs the rest, one group per local
@@ -48,7 +51,7 @@ from pulse_jax.runs import distributed, layout, store
 from pulse_jax.runs.config import ConfigError, SearchConfig, check_operator, check_search
 from pulse_jax.runs.inputs import InputImage, load_inputs
 from pulse_jax.runs.progress import Progress, format_seconds, say
-from pulse_jax.solve import SolveResult, solve
+from pulse_jax.solve import SolveResult, rows_one_at_a_time, solve
 
 # Generators this size and up report progress during a call by default (`Work.report_every`).
 IN_CALL_PROGRESS_SIDE = 256
@@ -110,6 +113,8 @@ class Work:
       progress_every: process 0's progress line moves every that many steps during a
         `solve` call (`solve(progress=...)`); 0: only when a call ends; None: `report_every`
         decides from the generator's size.
+      split_groups: solve every result of a group as a group of one (`groups_apart`):
+        True, False, or None to let `groups_apart` decide from the generator and devices.
     """
 
     input_dir: str
@@ -129,6 +134,7 @@ class Work:
     desc: str = "pulse"
     log_interval: float = 10.0
     progress_every: int | None = None
+    split_groups: bool | None = None
 
     @classmethod
     def for_run(
@@ -142,13 +148,14 @@ class Work:
         save_intermediate: bool = False,
         plots: bool = False,
         progress_every: int | None = None,
+        split_groups: bool | None = None,
     ) -> Work:
         """A run over a folder (experiments/run.py): one seed (`search.seed`) on one process,
         results without seed folders (`<out>/<stem>/sample_<s>_hr.png`, `layout`),
         `<out>/results.jsonl` as its manifest (`store`), a comparison sheet per input, groups
         of `batch_size` inputs with all their `samples` side by side (a size with fewer
         inputs gets one group of them all, not padding); `plots` also writes
-        `<out>/<stem>/l2_curves.png` (the plots extra).
+        `<out>/<stem>/l2_curves.png` (the plots extra); `split_groups`: `Work`'s.
 
         Sample s of the input with `image_id` i is seeded as in docs/method.md section 8.1,
         exactly as `solve(lr[None], generator, seed=seed, image_ids=[i], sample_ids=[[s]])`
@@ -175,6 +182,7 @@ class Work:
             intermediate=save_intermediate,
             desc="pulse",
             progress_every=progress_every,
+            split_groups=split_groups,
         )
 
     @classmethod
@@ -189,13 +197,14 @@ class Work:
         batch_per_device: int = 1,
         remat: bool = False,
         log_interval: float = 10.0,
+        split_groups: bool | None = None,
     ) -> Work:
         """A sweep (experiments/sweep.py, `sweep.run_sweep`): inputs x `seeds` x `samples`,
         every seed in its own folder (`<out>/seed_<k>/<stem>/`), every process its own
         manifest shard (`<out>/manifest.<process>.jsonl`), groups of exactly
         `batch_per_device` results (the program `sweep.plan_batch_size` measured), so
         results do not depend on how many devices or hosts there were. `search.seed` is not
-        used."""
+        used; `split_groups`: `Work`'s."""
         if samples < 1 or batch_per_device < 1 or not seeds:
             raise ConfigError(
                 "--samples and --batch_per_device must be >= 1, with one seed or more"
@@ -214,6 +223,7 @@ class Work:
             remat=remat,
             desc="sweep",
             log_interval=log_interval,
+            split_groups=split_groups,
         )
 
     def report_every(self, resolution: int) -> int:
@@ -364,6 +374,7 @@ def run(
     wall = time.perf_counter()
     index, count = process or (jax.process_index(), jax.process_count())
     devices = list(devices or jax.local_devices())
+    work, apart = _execution(work, generator, devices, log if index == 0 else None)
     inputs, summary, done = _start(work, generator, index, log)
     out = Path(work.output_dir)
     items = work_list(inputs, work.seeds, work.samples)
@@ -389,7 +400,7 @@ def run(
             watch = _CallProgress(bar, sum(w.key not in done for g in call for w in g.items))
             t0 = time.perf_counter()
             result = _solve_groups(
-                call, generator, work.search, devices, remat=work.remat,
+                call, generator, work.search, devices, apart=apart, remat=work.remat,
                 keep_intermediate=work.intermediate, progress=watch if every else None,
                 progress_every=every,
             )  # fmt: skip
@@ -463,7 +474,7 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
         settings.pop("seed")
     folders = {work.folder(i.name, s): i.path.name for i in inputs for s in work.seeds}
     records = store.read_records(work.output_dir, work.manifest)
-    store.check_records(records, inputs, settings, work.knob, folders)
+    store.check_records(records, inputs, settings, work.knob, folders, apart=work.split_groups)
     done = {store.key(r) for r in records}
     summary.inputs_done = sum(
         all((i.path.name, s, k) in done for s in work.seeds for k in range(work.samples))
@@ -472,8 +483,76 @@ def _start(work: Work, generator: Generator, index: int, log: TextIO):
     return inputs, summary, done
 
 
+def groups_apart(resolution: int, devices: Sequence[jax.Device]) -> bool:
+    """Whether a launcher solves each result of a group as a group of one by itself: where
+    `solve` runs a step's rows one at a time (`solve.rows_one_at_a_time`: CPU devices,
+    generators of 1024 px and more), where a group of 4 measured no faster per sample than a
+    group of 1 (docs/batch_curve_cpu.md)."""
+    return rows_one_at_a_time(resolution, devices)
+
+
+def _execution(work: Work, generator, devices, log: TextIO | None) -> tuple[Work, bool]:
+    """(the work with `split_groups` decided, whether groups run apart); says on `log` when
+    they do."""
+    apart = work.split_groups
+    if apart is None:
+        apart = groups_apart(generator.resolution, devices)
+    apart = bool(apart) and work.group_size > 1  # groups of one: nothing to split
+    if apart and log is not None:
+        say(
+            log,
+            f"{work.desc}: each result of a group of {work.group_size} runs as a group of one "
+            f"(on CPU at {generator.resolution} px not slower per sample; "
+            "docs/batch_curve_cpu.md); results equal those of groups of 1; "
+            "--split_groups=never keeps groups together",
+        )
+    return dataclasses.replace(work, split_groups=apart), apart
+
+
 def _solve_groups(
     groups: Sequence[Group],
+    generator: Generator,
+    search: SearchConfig,
+    devices,
+    *,
+    apart: bool = False,
+    **execution,
+) -> SolveResult:
+    """One `solve` call: group j on device j (padded with copies of the last group), or with
+    `apart` every result as a group of one (a group's padding rows then repeat its last
+    result instead of computing it again); `execution`: solve's `remat`,
+    `keep_intermediate`, `progress`, `progress_every`."""
+    if apart:
+        items = [w for g in groups for w in g.items]
+        starts = np.cumsum([0] + [len(g.items) for g in groups])[:-1]
+        at = [
+            int(s) + min(p, len(g.items) - 1)
+            for g, s in zip(groups, starts, strict=True)
+            for p in range(g.size)
+        ]
+        return _take_rows(_solve_rows(items, 1, generator, search, devices, **execution), at)
+    groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
+    rows = [w for g in groups for w in g.rows()]
+    return _solve_rows(rows, groups[0].size, generator, search, devices, **execution)
+
+
+def _take_rows(result: SolveResult, rows: Sequence[int]) -> SolveResult:
+    """The result's rows (axis 0, axis 1 of the per-step fields) in the order `rows`."""
+    per_step = ("history", "intermediate", "trajectory")
+    return SolveResult(
+        **{
+            f.name: jax.tree.map(
+                lambda x, s=f.name in per_step: np.take(x, rows, axis=int(s)),
+                getattr(result, f.name),
+            )
+            for f in dataclasses.fields(result)
+        }
+    )
+
+
+def _solve_rows(
+    rows: Sequence[WorkItem],
+    batch_per_device: int,
     generator: Generator,
     search: SearchConfig,
     devices,
@@ -483,10 +562,8 @@ def _solve_groups(
     progress: Callable | None = None,
     progress_every: int = 0,
 ) -> SolveResult:
-    """One `solve` call: group j on device j (padded with copies of the last group), with
-    the work's search options as they are; the rest are `solve`'s execution settings."""
-    groups = list(groups) + [groups[-1]] * (len(devices) - len(groups))
-    rows = [w for g in groups for w in g.rows()]
+    """One `solve` call of these rows, `batch_per_device` at a time on each device, with the
+    work's search options as they are; the rest are `solve`'s execution settings."""
     observed = search.options.degradation(rows[0].input.side, generator.resolution).observed
     return solve(
         observed(np.stack([w.input.lr for w in rows])),
@@ -496,7 +573,7 @@ def _solve_groups(
         image_ids=[w.input.image_id for w in rows],
         sample_ids=[[w.sample] for w in rows],
         devices=devices,
-        batch_per_device=groups[0].size,
+        batch_per_device=batch_per_device,
         remat=remat,
         keep_intermediate=keep_intermediate,
         progress=progress,
@@ -511,8 +588,9 @@ def _write_call(
     only names complete files) and returns their manifest lines."""
     out, search = Path(work.output_dir), work.search
     flag, value = work.knob
+    apart = {"apart": True} if work.split_groups else {}
     rows = [
-        (j * g.size + p, w, dict(g.record(p), **{flag: value}))
+        (j * g.size + p, w, dict(g.record(p), **{flag: value}, **apart))
         for j, g in enumerate(groups)
         for p, w in enumerate(g.items)
     ]
@@ -621,5 +699,6 @@ def recompute(
     except KeyError as e:
         raise ConfigError(f"the record's group names image_id {e}, which is not an input") from None
     one = [Group(group.index, members, group.size)]
-    result = _solve_groups(one, generator, search, jax.local_devices()[:1])
+    apart = bool(store.group_field(record, "apart", False))
+    result = _solve_groups(one, generator, search, jax.local_devices()[:1], apart=apart)
     return result, group.position

@@ -181,6 +181,8 @@ def check_records(
     settings: dict,
     knob: tuple[str, int],
     folders: Mapping[str, str],
+    *,
+    apart: bool = False,
 ) -> None:
     """Refuses to mix results of other settings, other files or other groups into one
     output folder.
@@ -193,6 +195,8 @@ def check_records(
       knob: (flag, value) that cuts the work into groups (`batch_size` or
         `batch_per_device`): other groups round differently.
       folders: result folder -> the input file name this work writes into it.
+      apart: this work solves each result of a group as a group of one
+        (`engine.groups_apart`; recorded as the line's `group.apart`).
 
     Raises:
       ConfigError: naming how many inputs clash, the first and the difference.
@@ -217,6 +221,9 @@ def check_records(
             clashes[record["input"]] = settings_diff(old, settings)
         elif group_field(record, flag, value) != value:
             clashes[record["input"]] = f"made with --{flag} {record['group'][flag]}, not {value}"
+        elif bool(group_field(record, "apart", False)) != bool(apart):
+            how = "apart" if apart else "together"
+            clashes[record["input"]] = f"its group's results were not solved {how} (--split_groups)"
     if clashes:
         name, why = next(iter(clashes.items()))
         raise ConfigError(
