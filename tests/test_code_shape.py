@@ -25,3 +25,29 @@ def test_no_library_function_is_over_80_lines():
         if node.end_lineno - node.lineno + 1 > LIMIT
     ]
     assert long == []
+
+
+TESTS = Path(__file__).parent
+
+
+def _imported_modules(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def test_tests_share_code_through_helpers_only():
+    # Beside the test files, tests/ holds conftest.py only: what tests share is in helpers/.
+    assert [p.name for p in TESTS.glob("*.py") if not p.name.startswith("test_")] == ["conftest.py"]
+    test_files = {p.stem for p in TESTS.glob("test_*.py")}
+    files = sorted(TESTS.rglob("*.py"))
+    assert len(files) > 40 and "test_run" in test_files  # the walk found the tests
+    wrong = [
+        f"{path.relative_to(TESTS)} imports {name}"
+        for path in files
+        for name in _imported_modules(path)
+        if name.split(".")[0] in test_files
+    ]
+    assert wrong == []  # move what is shared into tests/helpers/

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.torch_writer import save_torch_zip
 
 import pulse_jax
 from pulse_jax import SearchOptions, losses, testing
@@ -382,7 +383,6 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
 
 @pytest.mark.slow
 def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):
-    from torch_writer import save_torch_zip
 
     table = key_table("stylegan2_rosinality_ffhq1024_keys.tsv")
     path = tmp_path / "stylegan2-ffhq-config-f.pt"
