@@ -509,6 +509,7 @@ def _size(case) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_every_case_is_refused_in_one_line_by_a_check(promises):
     files, outcomes = promises
     for name, outcome in outcomes.items():
@@ -529,6 +530,7 @@ def test_every_case_is_refused_in_one_line_by_a_check(promises):
         assert len(message) < 1200, (name, message[:300])
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_every_case_takes_seconds_and_memory_within_the_budget(promises):
     files, outcomes = promises
     for name, outcome in outcomes.items():
@@ -541,6 +543,7 @@ def test_every_case_takes_seconds_and_memory_within_the_budget(promises):
         )
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_nothing_large_stays_alive_and_the_next_good_files_read_exactly(promises):
     _, outcomes = promises
     for name, outcome in outcomes.items():
@@ -549,6 +552,7 @@ def test_nothing_large_stays_alive_and_the_next_good_files_read_exactly(promises
         assert outcome["cycles_mb"] < 1, (name, outcome["cycles_mb"])
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_cases_per_class(promises):
     """At least 3 variants per class; the counts, worst time and memory are printed (-s)."""
     files, outcomes = promises
