@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.launchers import launcher
 
 from pulse_jax import _moved
 
@@ -96,10 +97,7 @@ def test_python_m_old_path_runs_the_new_module(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_py():
-    spec = importlib.util.spec_from_file_location("pulse_run", ROOT / "experiments" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return launcher("run")
 
 
 def test_run_duplicates_is_samples(run_py, tmp_path, capsys, dcgan64):
