@@ -27,6 +27,9 @@ def test_no_library_function_is_over_80_lines():
     assert long == []
 
 
+TESTS = Path(__file__).parent
+
+
 def _imported_modules(tree: ast.AST):
     """Every module an import statement names (`import a.b`, `from a.b import c` gives a.b
     and a.b.c)."""
@@ -53,3 +56,18 @@ def test_the_project_imports_no_old_module_path():
             tree = ast.parse(path.read_text(encoding="utf-8"))
             found += [f"{path.relative_to(repo)}: {m}" for m in _imported_modules(tree) if m in old]
     assert found == []
+
+
+def test_tests_share_code_through_helpers_only():
+    # Beside the test files, tests/ holds conftest.py only: what tests share is in helpers/.
+    assert [p.name for p in TESTS.glob("*.py") if not p.name.startswith("test_")] == ["conftest.py"]
+    test_files = {p.stem for p in TESTS.glob("test_*.py")}
+    files = sorted(TESTS.rglob("*.py"))
+    assert len(files) > 40 and "test_run" in test_files  # the walk found the tests
+    wrong = [
+        f"{path.relative_to(TESTS)} imports {name}"
+        for path in files
+        for name in _imported_modules(ast.parse(path.read_text(encoding="utf-8")))
+        if name.split(".")[0] in test_files
+    ]
+    assert wrong == []  # move what is shared into tests/helpers/

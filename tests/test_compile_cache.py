@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 
 from pulse_jax.runs import compile_cache
 
@@ -55,6 +56,7 @@ def _l2(out: Path) -> list[float]:
     return [row["l2"] for row in map(json.loads, lines) if "l2" in row]
 
 
+@pytest.mark.slow
 def test_a_second_launch_reads_the_programs_the_first_compiled(tmp_path, dcgan64):
     del dcgan64  # weights ready before the launches
     inputs, cache = tmp_path / "in", tmp_path / "cache"

@@ -22,9 +22,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import plan_lib  # noqa: E402
 import pytest  # noqa: E402
+from helpers.generators import small_stylegan_generator
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-from test_sharding import small_stylegan_generator  # noqa: E402
 
 import pulse_jax  # noqa: E402
 from pulse_jax import SearchOptions  # noqa: E402

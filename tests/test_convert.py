@@ -7,7 +7,8 @@ import math
 import chex
 import numpy as np
 import pytest
-from torch_writer import Call, Global, save_torch_zip
+from helpers.generators import tiny_dcgan_params
+from helpers.torch_writer import Call, Global, save_torch_zip
 
 from pulse_jax.checkpoints import CheckpointError, convert, pulse_format, torch_format, weights_file
 from pulse_jax.generators import stylegan
@@ -127,21 +128,6 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(golden_dir, tmp_path, 
     assert convert.main(argv) == 1
     assert "os.system" in capsys.readouterr().err
     assert not marker.exists()
-
-
-def tiny_dcgan_params(latent: int = 4, width: int = 2) -> dict:
-    """A DCGAN-shaped parameter tree with few channels (the schema checks shapes only)."""
-    rng = np.random.default_rng(0)
-    main, channels = {}, latent
-    for conv in (0, 3, 6, 9, 12):
-        out = 3 if conv == 12 else width
-        main[str(conv)] = {"weight": rng.standard_normal((4, 4, channels, out), np.float32)}
-        if conv != 12:
-            main[str(conv + 1)] = {
-                k: np.ones(out, np.float32) for k in ("weight", "bias", "running_mean")
-            } | {"running_var": np.full(out, 2.0, np.float32)}
-        channels = out
-    return {"main": main}
 
 
 def test_weights_file_round_trip_and_no_pickle(tmp_path):

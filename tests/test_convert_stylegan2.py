@@ -20,9 +20,8 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
-from test_nvidia_pickle import write_pickle
-from test_stylegan2_readers import tf_pickle_from_ada
-from torch_writer import save_torch_zip
+from helpers.stylegan_tf_writer import tf_pickle_from_ada, write_pickle
+from helpers.torch_writer import save_torch_zip
 
 import pulse_jax
 from pulse_jax.checkpoints import convert, weights_file

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import assert_refused, read_isolated
+from helpers.hostile import assert_refused, read_isolated
 from PIL import Image
 
 from pulse_jax import images

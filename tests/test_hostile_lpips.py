@@ -14,8 +14,8 @@ import zipfile
 import chex
 import numpy as np
 import pytest
-from hostile import Asm, assert_refused, read_isolated
-from test_lpips import flax_tree
+from helpers.hostile import Asm, assert_refused, read_isolated
+from helpers.lpips_fixtures import flax_tree
 
 from pulse_jax import lpips
 from pulse_jax.checkpoints import CheckpointError, weights_file

@@ -7,24 +7,18 @@ from __future__ import annotations
 
 import chex
 import pytest
-import test_nvidia_pickle as official
-from hostile import Asm, assert_refused, read_isolated
+from helpers.hostile import NUMPY, Asm, array, assert_refused, dag, dtype, read_isolated
+from helpers.stylegan_tf_writer import make_case
 
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
-
-NUMPY = "numpy.core.multiarray"
 
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """An official-structure pickle (32 px, 16 dlatents so it is small) and the numbers it
     must read back as."""
-    saved, official.DLATENT = official.DLATENT, 16
-    try:
-        path, _, syn, mapping, _ = official.make_case(tmp_path_factory.mktemp("good"), 32)
-    finally:
-        official.DLATENT = saved
+    path, _, syn, mapping, _ = make_case(tmp_path_factory.mktemp("good"), 32, dlatent=16)
     return path, syn, mapping
 
 
@@ -58,26 +52,6 @@ def check(outcomes, good, name):
         read_nvidia_pickle(path)
     assert_good_reads_exactly(good)
     return outcome
-
-
-def dtype(a: Asm, code: str) -> Asm:
-    return a.glob("numpy", "dtype").mark.str(code).false.op(b"\x88").tuple.reduce
-
-
-def simple_dtype(a: Asm, code="f4", state=None) -> Asm:
-    dtype(a, code).mark.int(3).str("<").none.none.none.int(-1).int(-1).int(0).tuple
-    return a.build if state is None else a
-
-
-def array(a: Asm, shape, raw: bytes, make_dtype=simple_dtype) -> Asm:
-    a.glob(NUMPY, "_reconstruct").glob("numpy", "ndarray").mark.int(0).tuple
-    a.op(b"C\x01b").op(b"\x87").reduce
-    a.mark.int(1).mark
-    for n in shape:
-        a.int(n)
-    a.tuple
-    make_dtype(a)
-    return a.false.bytes(raw).tuple.build
 
 
 # --- kind 2: a crash from a small file -----------------------------------------------------
@@ -169,16 +143,9 @@ def test_easydict_cannot_carry_attributes(outcomes, good, attribute):
 # --- kind 5 and 6: hangs and gigabytes -----------------------------------------------------
 
 
-def _dag(a: Asm, depth=40) -> Asm:
-    a.empty_tuple
-    for _ in range(depth):
-        a.dup.tuple2()
-    return a
-
-
 BIG = {
-    "dag": (lambda a: _dag(a), "expands"),
-    "dag_key": (lambda a: a.empty_dict.op(bytes(_dag(Asm(), 10).data[2:])).int(1).setitem, "key"),
+    "dag": (lambda a: dag(a), "expands"),
+    "dag_key": (lambda a: a.empty_dict.op(bytes(dag(Asm(), 10).data[2:])).int(1).setitem, "key"),
     "trillion_elements": (lambda a: array(a, (10**6, 10**6), bytes(4)), "bytes"),
     "bytes_short": (lambda a: array(a, (4,), bytes(15)), "bytes"),
     "negative_shape": (lambda a: array(a, (-1,), b""), "shape"),

@@ -25,16 +25,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import ada_writer
 import numpy as np
 import pytest
-from hostile import PEAK, ROOT, Asm
-from test_hostile_stylegan2 import ada, rosinality_state, tf
-from test_hostile_torch import write_zip
-from test_images import png_with_size
-from test_nvidia_pickle import write_pickle
-from test_stylegan2_readers import tf_pickle_from_ada
-from torch_writer import save_torch_legacy, save_torch_zip
+from helpers import ada_writer
+from helpers.hostile import PROGRAMS, ROOT, Asm, ada, png_with_size, tf
+from helpers.stylegan_tf_writer import tf_pickle_from_ada, write_pickle
+from helpers.torch_writer import save_torch_legacy, save_torch_zip, write_zip
 
 from pulse_jax.checkpoints import (
     CheckpointError,
@@ -105,7 +101,7 @@ def write_tf(path: Path, edit) -> Path:
 
 
 def write_rosinality(path: Path, edit, latent_avg=True) -> Path:
-    sd = rosinality_state()
+    sd = ada_writer.tiny_rosinality_state()
     checkpoint = {"g_ema": sd}
     if latent_avg:
         checkpoint["latent_avg"] = np.ones(8, np.float32)
@@ -425,100 +421,6 @@ def _release_cases(d: Path) -> list:
 
 # --- the child -----------------------------------------------------------------------------
 
-_CHILD = r"""
-import gc, hashlib, io, json, os, resource, sys, tempfile, time, traceback
-limit = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-import numpy as np
-from pulse_jax.checkpoints import convert
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
-from pulse_jax.checkpoints.torch_format import load_torch_checkpoint
-from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle
-from pulse_jax.checkpoints.weights_file import load_weights
-from pulse_jax.images import ImageError, load_image
-from pulse_jax.runs.inputs import load_inputs
-from pulse_jax.checkpoints.loading import load_generator
-{PEAK}
-READ = {"torch": load_torch_checkpoint, "stylegan2": read_stylegan2,
-        "nvidia": read_nvidia_pickle, "generator": load_generator, "image": load_image}
-
-def status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-
-def digest(value):
-    h = hashlib.sha256()
-    def walk(v):
-        if isinstance(v, dict):
-            for k in v:
-                h.update(repr(k).encode()); walk(v[k])
-        elif hasattr(v, "__array__") and not isinstance(v, str):
-            v = np.asarray(v)
-            h.update(v.dtype.str.encode() + repr(v.shape).encode() + v.tobytes())
-        elif hasattr(v, "state") and isinstance(v.state, dict):
-            walk(v.state)
-        elif hasattr(v, "params"):
-            walk(v.params)
-    walk(value)
-    return h.hexdigest()
-
-def in_cycles():
-    # MB that reference cycles left by the case hold: what a collection would free (the
-    # objects in cycles, and the arrays, bytes and strings they reach within 3 steps).
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    gc.collect()
-    held, seen, level = 0, set(), list(gc.garbage)
-    for _ in range(3):
-        following = []
-        for o in level:
-            if id(o) in seen:
-                continue
-            seen.add(id(o))
-            held += o.nbytes if isinstance(o, np.ndarray) else sys.getsizeof(o)
-            following += gc.get_referents(o)
-        level = following
-    gc.garbage.clear()
-    gc.set_debug(0)
-    return held / 2**20
-
-good = json.loads(sys.argv[2])
-def read_good():
-    return [digest(READ[kind](path) if kind != "weights" else load_weights(path))
-            for kind, path in good]
-reference = read_good()
-err = tempfile.TemporaryFile()
-saved = os.dup(2)
-for name, kind, target in json.loads(sys.argv[3]):
-    gc.collect()
-    open("/proc/self/clear_refs", "w").write("5")
-    outcome = {"name": name, "base_mb": status("VmRSS:")}
-    sys.stderr.flush(); err.seek(0); err.truncate(); os.dup2(err.fileno(), 2)
-    start = time.perf_counter()
-    try:
-        if kind == "convert":
-            outcome["status"] = convert.main(target)
-        elif kind == "inputs":
-            inputs, errors = load_inputs(target, 64)
-            outcome["refused"] = " | ".join(str(e) for e in errors) if errors else None
-        else:
-            READ[kind](target)
-            outcome["refused"] = None
-    except (CheckpointError, ImageError) as e:
-        outcome["refused"] = str(e)
-    except BaseException as e:
-        outcome["crash"] = "".join(traceback.format_exception(e))[-3000:]
-    outcome["seconds"] = time.perf_counter() - start
-    sys.stderr.flush(); os.dup2(saved, 2)
-    err.seek(0); outcome["stderr"] = err.read().decode("utf-8", "replace")
-    outcome["peak_mb"] = status("VmHWM:")
-    outcome["cycles_mb"] = in_cycles()
-    outcome["good"] = read_good() == reference
-    print("OUTCOME " + json.dumps(outcome), flush=True)
-""".replace("{PEAK}", PEAK)
-
 
 def run_child(good: list, cases: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
@@ -527,7 +429,13 @@ def run_child(good: list, cases: dict) -> dict:
         for name, (kind, target) in cases.items()
     ]
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(MEMORY_LIMIT), json.dumps(good), json.dumps(listing)],
+        [
+            sys.executable,
+            PROGRAMS / "promises.py",
+            str(MEMORY_LIMIT),
+            json.dumps(good),
+            json.dumps(listing),
+        ],
         capture_output=True,
         text=True,
         timeout=TIME_LIMIT,
@@ -601,6 +509,7 @@ def _size(case) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_every_case_is_refused_in_one_line_by_a_check(promises):
     files, outcomes = promises
     for name, outcome in outcomes.items():
@@ -621,6 +530,7 @@ def test_every_case_is_refused_in_one_line_by_a_check(promises):
         assert len(message) < 1200, (name, message[:300])
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_every_case_takes_seconds_and_memory_within_the_budget(promises):
     files, outcomes = promises
     for name, outcome in outcomes.items():
@@ -633,6 +543,7 @@ def test_every_case_takes_seconds_and_memory_within_the_budget(promises):
         )
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_nothing_large_stays_alive_and_the_next_good_files_read_exactly(promises):
     _, outcomes = promises
     for name, outcome in outcomes.items():
@@ -641,6 +552,7 @@ def test_nothing_large_stays_alive_and_the_next_good_files_read_exactly(promises
         assert outcome["cycles_mb"] < 1, (name, outcome["cycles_mb"])
 
 
+@pytest.mark.slow  # the cases run in a child process
 def test_cases_per_class(promises):
     """At least 3 variants per class; the counts, worst time and memory are printed (-s)."""
     files, outcomes = promises

@@ -10,21 +10,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ada_writer
 import chex
 import numpy as np
 import pytest
-from hostile import Asm, assert_refused, read_isolated
-from test_hostile_nvidia import _dag, array, dtype
-from torch_writer import Call, Global, TensorView, save_torch_legacy, save_torch_zip
+from helpers import ada_writer
+from helpers.hostile import (
+    NETWORK,
+    PERSISTENCE,
+    Asm,
+    ada,
+    array,
+    assert_refused,
+    dag,
+    dtype,
+    read_isolated,
+    tf,
+)
+from helpers.torch_writer import Call, Global, TensorView, save_torch_legacy, save_torch_zip
 
-from pulse_jax.checkpoints import CheckpointError, convert, torch_format, weights_file
+from pulse_jax.checkpoints import CheckpointError, convert, weights_file
 from pulse_jax.checkpoints.loading import load_generator
 from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2
 
 GOLDEN = Path(__file__).parent / "golden" / "stylegan2"
-PERSISTENCE = ("torch_utils.persistence", "_reconstruct_persistent_obj")
-NETWORK = ("dnnlib.tflib.network", "Network")
 
 
 def ada_good(path) -> Path:
@@ -33,17 +41,15 @@ def ada_good(path) -> Path:
     return path
 
 
-def rosinality_state() -> dict:
-    golden = torch_format.load_state_dict(GOLDEN / "sg2_rosinality_tiny.pt", "g_ema")
-    return ada_writer.small_rosinality_state(golden)
-
-
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """The good files and the states they must read back as (read before any hostile one)."""
     folder = tmp_path_factory.mktemp("good")
     rosinality = folder / "rosinality.pt"
-    save_torch_zip({"g_ema": rosinality_state(), "latent_avg": np.ones(8, np.float32)}, rosinality)
+    save_torch_zip(
+        {"g_ema": ada_writer.tiny_rosinality_state(), "latent_avg": np.ones(8, np.float32)},
+        rosinality,
+    )
     paths = [ada_good(folder / "ada.pkl"), rosinality]
     return [(path, read_stylegan2(path).state) for path in paths]
 
@@ -56,15 +62,6 @@ def assert_good_reads_exactly(good):
 
 
 # --- pickle pieces -------------------------------------------------------------------------
-
-
-def ada(a: Asm) -> Asm:
-    """Starts an ADA pickle: names the persistence global first (how the format is told)."""
-    return a.glob(*PERSISTENCE).op(b"0")
-
-
-def tf(a: Asm) -> Asm:
-    return a.glob(*NETWORK).op(b"0")
 
 
 def ints(a: Asm, values) -> Asm:
@@ -122,7 +119,7 @@ def scalar(module: str, code: str) -> bytes:
 
 
 def dag_state(a: Asm) -> Asm:
-    return _dag(a.empty_dict.str("x"), 40).setitem
+    return dag(a.empty_dict.str("x"), 40).setitem
 
 
 F32 = np.zeros(4, np.float32)
@@ -150,11 +147,11 @@ ADA: dict[str, tuple[bytes, str]] = {
     # kind 5: DAG tuples, as a value, as a dict key, in a set
     "dag_state": (persistent(ada(Asm(4)), dag_state).stop(), "expands"),
     "dag_key": (
-        ada(Asm(4)).empty_dict.op(bytes(_dag(Asm(), 10).data[2:])).int(1).setitem.stop(),
+        ada(Asm(4)).empty_dict.op(bytes(dag(Asm(), 10).data[2:])).int(1).setitem.stop(),
         "key",
     ),
     "set_of_tuples": (
-        ada(Asm(4)).op(b"\x8f").mark.op(bytes(_dag(Asm(), 3).data[2:])).op(b"\x90").stop(),
+        ada(Asm(4)).op(b"\x8f").mark.op(bytes(dag(Asm(), 3).data[2:])).op(b"\x90").stop(),
         "set item",
     ),
     # kinds 1 and 6: tensors inside _load_from_bytes payloads
@@ -197,7 +194,7 @@ TF: dict[str, tuple[bytes, str]] = {
         .glob(*NETWORK)
         .empty_tuple.newobj.op(b"}")
         .str("name")
-        .op(bytes(_dag(Asm(), 40).data[2:]))
+        .op(bytes(dag(Asm(), 40).data[2:]))
         .setitem.build.stop(),
         "expands",
     ),
@@ -213,7 +210,7 @@ TF: dict[str, tuple[bytes, str]] = {
 
 def rosinality_variants(folder: Path) -> dict[str, tuple[Path, str]]:
     """Hostile rosinality `.pt` files, written by the torch writer."""
-    sd = rosinality_state()
+    sd = ada_writer.tiny_rosinality_state()
     cases = {
         "os_system_in_args": (
             {"g_ema": sd, "args": Call(Global("os", "system"), ("touch pwned",))},

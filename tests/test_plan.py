@@ -89,6 +89,7 @@ def test_plan_without_the_extra_is_a_one_line_error():
     assert len(lines) == 1 and "'cuda' extra" in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_device_check_dry_run(tmp_path):
     """The GPU host's script, end to end at tiny sizes on the CPU: every case, the parity,
     both files."""

@@ -19,7 +19,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from test_sharding import small_stylegan_generator
+from helpers.generators import small_stylegan_generator
 
 import pulse_jax
 from pulse_jax import SearchOptions, search

@@ -15,7 +15,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from test_sharding import OTHER_GROUP_TOLERANCE, small_stylegan_generator
+from helpers.generators import OTHER_GROUP_TOLERANCE, small_stylegan_generator
 
 import pulse_jax
 

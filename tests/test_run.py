@@ -17,6 +17,7 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
+from helpers.launchers import launcher
 from PIL import Image
 
 from pulse_jax import SearchOptions
@@ -38,10 +39,7 @@ FIELDS = {
 
 @pytest.fixture(scope="module")
 def run_py():
-    spec = importlib.util.spec_from_file_location("pulse_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return launcher("run")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pytest
 from absl import flags
-from test_sharding import small_stylegan_generator
+from helpers.generators import small_stylegan_generator
 
 from pulse_jax import problem
 from pulse_jax.images import save_image

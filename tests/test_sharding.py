@@ -29,56 +29,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from two_processes import run_two_processes
+from helpers.generators import OTHER_GROUP_TOLERANCE, small_stylegan_generator
+from helpers.two_processes import run_two_processes
 
-from pulse_jax import SearchOptions, solve, testing
-from pulse_jax.generators import stylegan
-from pulse_jax.generators.base import Generator
+from pulse_jax import SearchOptions, solve
 from pulse_jax.solve import compiled_memory
 
 ROOT = Path(__file__).resolve().parents[1]
-# A row in another group or position, after 3 steps (hr in [0, 1], latents): measured
-# 0 on Intel Xeon (AVX-512), 1.03e-5 on AMD EPYC; asserted with a 100x margin.
-OTHER_GROUP_TOLERANCE = 1e-3
-
-# Runs in a fresh interpreter with 8 CPU devices; prints one JSON line of max-abs gaps.
-EIGHT_DEVICES = r"""
-import json, os, sys
-import jax, numpy as np
-from pulse_jax import load_generator, solve
-
-sys.path.insert(0, "tests")
-from test_sharding import small_stylegan_generator
-
-assert len(jax.devices()) == 8, jax.devices()
-
-def gap(a, b):
-    arrays = lambda r: [r.hr, r.lr, r.l2, r.latent, r.best_step, r.success, *r.noise,
-                        *r.history.values()]
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(arrays(a), arrays(b), strict=True))
-
-rng = np.random.default_rng(0)
-out = {}
-for name, generator, size in [("dcgan", load_generator("dcgan64"), 16),
-                              ("stylegan", small_stylegan_generator(0), 4)]:
-    lr = rng.uniform(size=(5, size, size, 3)).astype(np.float32)
-    kwargs = dict(num_samples=1, steps=3, seed=[3, 3, 9, 9, 4], batch_per_device=2)
-    eight = solve(lr, generator, **kwargs)  # 5 rows padded to 16 over 8 devices
-    one = solve(lr, generator, devices=jax.devices()[:1], **kwargs)  # 3 groups of 2
-    # A different batch on 3 devices: rows 3, 1 of the batch above, in another order.
-    part = solve(lr[[3, 1]], generator, num_samples=1, steps=3, seed=[9, 3], image_ids=[3, 1],
-                 batch_per_device=2, devices=jax.devices()[5:8])
-    out[name] = {
-        "shape": list(eight.hr.shape),
-        "one_vs_eight": gap(one, eight),
-        "other_batch": max(float(np.max(np.abs(part.hr[0] - one.hr[3]))),
-                           float(np.max(np.abs(part.hr[1] - one.hr[1]))),
-                           float(np.max(np.abs(part.latent[0] - one.latent[3]))),
-                           float(np.max(np.abs(part.latent[1] - one.latent[1])))),
-    }
-print(json.dumps(out))
-"""
+PROGRAMS = ROOT / "tests" / "helpers" / "programs"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +45,7 @@ def eight_device_gaps(dcgan64):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     env["JAX_PLATFORMS"] = "cpu"
     done = subprocess.run(
-        [sys.executable, "-c", EIGHT_DEVICES],
+        [sys.executable, PROGRAMS / "eight_devices.py"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -105,29 +63,6 @@ def test_one_and_eight_devices_give_the_same_result(eight_device_gaps, name):
     assert gaps["shape"][:2] == [5, 1]  # the padding rows are dropped
     assert gaps["one_vs_eight"] == 0.0, gaps  # the same groups: bitwise by construction
     assert gaps["other_batch"] <= OTHER_GROUP_TOLERANCE, gaps
-
-
-def small_stylegan_generator(seed: int) -> Generator:
-    """A 16 px StyleGAN (6 style layers, 16 channels) with random weights.
-
-    Drawn with numpy on `testing.random_stylegan_params`'s layout: its own jax draws compile one
-    small program per weight, seconds on a two-core machine.
-    """
-    shapes = jax.eval_shape(
-        lambda: testing.random_stylegan_params(
-            jax.random.key(0), 16, fmap_base=32, fmap_max=16, mapping_layers=1
-        )
-    )
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), shapes)
-    blur = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]).astype(np.float32) / 16
-    for name, block in params["synthesis"]["blocks"].items():
-        if name != "4x4":
-            block["conv0_up"]["intermediate"]["kernel"] = blur
-    fit = params["gaussian_fit"]
-    fit["mean"], fit["std"] = 0.1 * fit["mean"] - 0.27, 0.48 + 0.05 * np.abs(fit["std"])
-    arch = stylegan.arch_from_params(params["synthesis"], params["mapping"])
-    return Generator(kind="stylegan", arch=arch, params=jax.tree.map(jax.numpy.asarray, params))
 
 
 @pytest.fixture(scope="module")
@@ -240,28 +175,12 @@ def test_clear_errors(small_stylegan, targets, kwargs, message):
         solve(targets, small_stylegan, steps=1, **kwargs)
 
 
-# One of two processes joined over loopback; solves over both processes' devices.
-TWO_HOSTS = r"""
-import sys
-import numpy as np
-from pulse_jax.runs import distributed
-assert distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-import jax
-from pulse_jax import load_generator, solve
-assert len(jax.devices()) == 2 and len(jax.local_devices()) == 1
-lr = np.random.default_rng(0).uniform(size=(3, 16, 16, 3)).astype(np.float32)
-r = solve(lr, load_generator("dcgan64"), steps=3, seed=4, batch_per_device=2)
-np.savez(sys.argv[3], hr=r.hr, latent=r.latent, l2=r.l2, total=r.history["TOTAL"])
-"""
-
-
 @pytest.mark.slow
 def test_solve_over_two_processes_gives_every_process_the_whole_result(dcgan64, tmp_path):
     run_two_processes(
         lambda address, i: [
             sys.executable,
-            "-c",
-            TWO_HOSTS,
+            PROGRAMS / "two_hosts.py",
             address,
             str(i),
             str(tmp_path / f"{i}.npz"),

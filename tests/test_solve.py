@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.generators import small_stylegan_generator
 
 import pulse_jax
 from pulse_jax import losses, search
@@ -118,6 +119,7 @@ def test_success_agrees_with_reference_where_it_can_decide(golden_run):
     )
 
 
+@pytest.mark.slow
 def test_ill_conditioned_element_is_a_cancellation(golden_dir, tiny_stylegan):
     run, ref, init, options = load_run(golden_dir, "succeeds")
     full = {"latent": run["init_latent"], "noise": [x[:, 0] for x in init["noise"]]}
@@ -141,34 +143,53 @@ def test_ill_conditioned_element_is_a_cancellation(golden_dir, tiny_stylegan):
 
 
 # -- properties -------------------------------------------------------------------------
+# On a 16 px StyleGAN v1 with random weights (6 style rows, 6 noise layers): what they
+# assert holds for any generator, and its programs compile in a fraction of the 128 px
+# golden generator's time.
 
 
 @pytest.fixture(scope="module")
-def targets(tiny_stylegan):
+def small():
+    return small_stylegan_generator(1)
+
+
+@pytest.fixture(scope="module")
+def targets():
     rng = np.random.default_rng(0)
-    return rng.uniform(0.2, 0.8, (3, 16, 16, 3)).astype(np.float32)
+    return rng.uniform(0.2, 0.8, (3, 4, 4, 3)).astype(np.float32)
 
 
-FAST = {"steps": 3, "bad_noise_layers": (11,)}
+FAST = {"steps": 3, "bad_noise_layers": (5,)}
+
+
+@pytest.fixture(scope="module")
+def tiny_target():
+    """One 16 x 16 target for the golden tiny StyleGAN (128 px, 12 noise layers), for the
+    tests that need its numbers."""
+    return np.random.default_rng(0).uniform(0.2, 0.8, (1, 16, 16, 3)).astype(np.float32)
+
+
+TINY_FAST = dict(FAST, bad_noise_layers=(11,))
 
 
 def random_start(rng, images: int, samples: int) -> dict:
-    """A tiny-StyleGAN start for `solve(init=...)`: [images, samples, ...] standard normal."""
+    """A start of the small StyleGAN for `solve(init=...)`: [images, samples, ...] standard
+    normal."""
     return {
-        "latent": rng.standard_normal((images, samples, 12, 512)).astype(np.float32),
+        "latent": rng.standard_normal((images, samples, 6, 512)).astype(np.float32),
         "noise": [
             rng.standard_normal((images, samples, r, r, 1)).astype(np.float32)
-            for r in (2 ** (i // 2 + 2) for i in range(12))
+            for r in (2 ** (i // 2 + 2) for i in range(6))
         ],
     }
 
 
-def test_a_sample_does_not_depend_on_the_rest_of_the_batch(tiny_stylegan, targets):
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch(small, targets):
     """With a fixed `batch_per_device` every sample runs through the same compiled group
     program, so adding images and samples around it changes nothing, bit for bit."""
     kwargs = dict(FAST, batch_per_device=2, devices=jax.devices()[:1])
-    alone = pulse_jax.solve(targets[1:2], tiny_stylegan, image_ids=[1], **kwargs)
-    together = pulse_jax.solve(targets, tiny_stylegan, num_samples=2, **kwargs)
+    alone = pulse_jax.solve(targets[1:2], small, image_ids=[1], **kwargs)
+    together = pulse_jax.solve(targets, small, num_samples=2, **kwargs)
     np.testing.assert_array_equal(together.latent[1, 0], alone.latent[0, 0])
     np.testing.assert_array_equal(together.hr[1, 0], alone.hr[0, 0])
     np.testing.assert_array_equal(
@@ -176,25 +197,25 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(tiny_stylegan, target
     )
     # Without it, XLA:CPU rounds a batch of one and a batch of six differently; the first
     # loss, computed before any update, shows that this is rounding only.
-    default = pulse_jax.solve(targets, tiny_stylegan, num_samples=2, **FAST)
-    single = pulse_jax.solve(targets[1:2], tiny_stylegan, image_ids=[1], **FAST)
+    default = pulse_jax.solve(targets, small, num_samples=2, **FAST)
+    single = pulse_jax.solve(targets[1:2], small, image_ids=[1], **FAST)
     np.testing.assert_allclose(
         default.history["TOTAL"][0, 1, 0], single.history["TOTAL"][0, 0, 0], rtol=1e-5
     )
 
 
-def test_same_seed_same_result_and_other_seed_differs(tiny_stylegan, targets):
-    a = pulse_jax.solve(targets[:1], tiny_stylegan, seed=5, **FAST)
-    b = pulse_jax.solve(targets[:1], tiny_stylegan, seed=5, **FAST)
-    c = pulse_jax.solve(targets[:1], tiny_stylegan, seed=6, **FAST)
+def test_same_seed_same_result_and_other_seed_differs(small, targets):
+    a = pulse_jax.solve(targets[:1], small, seed=5, **FAST)
+    b = pulse_jax.solve(targets[:1], small, seed=5, **FAST)
+    c = pulse_jax.solve(targets[:1], small, seed=6, **FAST)
     np.testing.assert_array_equal(a.latent, b.latent)
     np.testing.assert_array_equal(a.hr, b.hr)
     assert np.abs(a.latent - c.latent).max() > 0.1
 
 
-def test_radii_are_preserved(tiny_stylegan, targets):
+def test_radii_are_preserved(small, targets):
     init = random_start(np.random.default_rng(3), images=1, samples=2)
-    result = pulse_jax.solve(targets[:1], tiny_stylegan, num_samples=2, init=init, **FAST)
+    result = pulse_jax.solve(targets[:1], small, num_samples=2, init=init, **FAST)
 
     def radius(x, axes):
         return np.sqrt(np.sum(x.astype(np.float64) ** 2, axis=axes) + 1e-9)
@@ -207,7 +228,7 @@ def test_radii_are_preserved(tiny_stylegan, targets):
     assert np.abs(result.latent - init["latent"]).max() > 0.01  # it did move
 
 
-def test_second_call_does_not_recompile(tiny_stylegan, targets, monkeypatch):
+def test_second_call_does_not_recompile(small, targets, monkeypatch):
     """The search is traced (and so compiled) once per program and shapes: a second call
     that differs only in traced values (the seed) reuses it."""
     run_rows, traces = search.run_rows, []
@@ -218,20 +239,21 @@ def test_second_call_does_not_recompile(tiny_stylegan, targets, monkeypatch):
 
     monkeypatch.setattr(search, "run_rows", chex.assert_max_traces(counted, n=1))
     kwargs = dict(FAST, learning_rate=0.3)  # a program no other test compiles: it traces here
-    pulse_jax.solve(targets[:2], tiny_stylegan, seed=1, **kwargs)
-    pulse_jax.solve(targets[:2], tiny_stylegan, seed=2, **kwargs)  # a second trace would raise
+    pulse_jax.solve(targets[:2], small, seed=1, **kwargs)
+    pulse_jax.solve(targets[:2], small, seed=2, **kwargs)  # a second trace would raise
     assert len(traces) == 1
 
 
-def test_stepping_by_hand_gives_solve_s_result(tiny_stylegan, targets):
+def test_stepping_by_hand_gives_solve_s_result(tiny_stylegan, tiny_target):
     """init, step and finalize are the functions solve scans. Stepped one call at a time,
     each step is its own compiled program, which XLA:CPU rounds differently from the loop
     body, and Adam grows rounding into visible differences: the same result within atol
     1e-4 + rtol 1e-4 (measured here: latents 2.6e-5, images 1.5e-5, L2 5e-8; the DCGAN's
-    are bitwise equal). The first step's losses, before any update, agree to 1e-6."""
-    kwargs = dict(FAST, num_samples=2, seed=4, keep_intermediate=True)
-    expected = pulse_jax.solve(targets[:1], tiny_stylegan, devices=jax.devices()[:1], **kwargs)
-    state = pulse_jax.init(targets[:1], tiny_stylegan, **kwargs)
+    are bitwise equal, and so is the 16 px StyleGAN's). The first step's losses, before any
+    update, agree to 1e-6."""
+    kwargs = dict(TINY_FAST, num_samples=2, seed=4, keep_intermediate=True)
+    expected = pulse_jax.solve(tiny_target, tiny_stylegan, devices=jax.devices()[:1], **kwargs)
+    state = pulse_jax.init(tiny_target, tiny_stylegan, **kwargs)
     outputs = []
     for _ in range(FAST["steps"]):
         state, out = pulse_jax.step(state)
@@ -248,22 +270,22 @@ def test_stepping_by_hand_gives_solve_s_result(tiny_stylegan, targets):
     )
 
 
-def test_lower_is_the_program_solve_runs(tiny_stylegan, targets):
-    lowered = pulse_jax.lower(targets[:2], tiny_stylegan, **FAST)
+def test_lower_is_the_program_solve_runs(small, targets):
+    lowered = pulse_jax.lower(targets[:2], small, **FAST)
     assert isinstance(lowered, jax.stages.Lowered)
     # Same arguments, same program: what solve runs is this lowering's compilation.
-    assert lowered.as_text() == pulse_jax.lower(targets[:2], tiny_stylegan, **FAST).as_text()
-    grouped = pulse_jax.lower(targets, tiny_stylegan, batch_per_device=2, **FAST)
+    assert lowered.as_text() == pulse_jax.lower(targets[:2], small, **FAST).as_text()
+    grouped = pulse_jax.lower(targets, small, batch_per_device=2, **FAST)
     assert "while" in grouped.as_text() and grouped.as_text() != lowered.as_text()
     with pytest.raises(TypeError, match="stepz"):
-        pulse_jax.lower(targets[:2], tiny_stylegan, stepz=2)
+        pulse_jax.lower(targets[:2], small, stepz=2)
 
 
-def test_nan_in_one_sample_leaves_the_others_as_they_were(tiny_stylegan, targets):
+def test_nan_in_one_sample_leaves_the_others_as_they_were(small, targets):
     init = random_start(np.random.default_rng(4), images=2, samples=1)
-    clean = pulse_jax.solve(targets[:2], tiny_stylegan, init=init, **FAST)
+    clean = pulse_jax.solve(targets[:2], small, init=init, **FAST)
     init["latent"][1, 0, 3, 7] = np.nan
-    broken = pulse_jax.solve(targets[:2], tiny_stylegan, init=init, **FAST)
+    broken = pulse_jax.solve(targets[:2], small, init=init, **FAST)
     assert broken.failed.tolist() == [[False], [True]]
     assert not broken.success[1, 0]
     np.testing.assert_array_equal(broken.latent[0], clean.latent[0])
@@ -271,12 +293,14 @@ def test_nan_in_one_sample_leaves_the_others_as_they_were(tiny_stylegan, targets
     assert np.isnan(broken.history["TOTAL"][:, 1, 0]).all()
 
 
-def test_any_differentiable_degradation_can_be_passed(tiny_stylegan, targets):
+def test_any_differentiable_degradation_can_be_passed(tiny_stylegan, tiny_target):
+    # On the golden tiny StyleGAN: the small one's random weights clip every 4x4 block.
+
     def average_pool(images):  # [N, 128, 128, 3] -> [N, 16, 16, 3]
         n = images.shape[0]
         return images.reshape(n, 16, 8, 16, 8, 3).mean(axis=(2, 4))
 
-    result = pulse_jax.solve(targets[:1], tiny_stylegan, downscale=average_pool, **FAST)
+    result = pulse_jax.solve(tiny_target, tiny_stylegan, downscale=average_pool, **TINY_FAST)
     assert result.lr.shape == (1, 1, 16, 16, 3)
     # Where no pixel of an 8x8 block was clipped, the reported LR is the pool of the HR.
     hr = result.hr[0]
@@ -284,27 +308,27 @@ def test_any_differentiable_degradation_can_be_passed(tiny_stylegan, targets):
     pooled = np.asarray(average_pool(hr))
     assert unclipped.mean() > 0.25
     np.testing.assert_allclose(result.lr[0][unclipped], pooled[unclipped], rtol=0, atol=1e-5)
-    bicubic = pulse_jax.solve(targets[:1], tiny_stylegan, **FAST)
+    bicubic = pulse_jax.solve(tiny_target, tiny_stylegan, **TINY_FAST)
     assert not np.allclose(bicubic.history["L2"], result.history["L2"])
 
 
-def test_result_shapes(tiny_stylegan, targets):
+def test_result_shapes(small, targets):
     result = pulse_jax.solve(
-        targets[:2], tiny_stylegan, num_samples=3, keep_intermediate=True, loss_str="1*L1", **FAST
+        targets[:2], small, num_samples=3, keep_intermediate=True, loss_str="1*L1", **FAST
     )
-    assert result.hr.shape == (2, 3, 128, 128, 3)
-    assert result.lr.shape == (2, 3, 16, 16, 3)
+    assert result.hr.shape == (2, 3, 16, 16, 3)
+    assert result.lr.shape == (2, 3, 4, 4, 3)
     assert result.l2.shape == result.success.shape == result.best_step.shape == (2, 3)
-    assert result.latent.shape == (2, 3, 12, 512)
-    assert len(result.noise) == 12 and result.noise[11].shape == (2, 3, 128, 128, 1)
+    assert result.latent.shape == (2, 3, 6, 512)
+    assert len(result.noise) == 6 and result.noise[5].shape == (2, 3, 16, 16, 1)
     assert set(result.history) == {"L1", "L2", "TOTAL"}
     assert result.history["L2"].shape == (3, 2, 3)
-    assert result.intermediate.shape == (3, 2, 3, 128, 128, 3)
+    assert result.intermediate.shape == (3, 2, 3, 16, 16, 3)
     assert 0 <= result.hr.min() and result.hr.max() <= 1
 
 
-def test_tiled_latent_has_one_row(tiny_stylegan, targets):
-    result = pulse_jax.solve(targets[:1], tiny_stylegan, tile_latent=True, **FAST)
+def test_tiled_latent_has_one_row(small, targets):
+    result = pulse_jax.solve(targets[:1], small, tile_latent=True, **FAST)
     assert result.latent.shape == (1, 1, 1, 512)
     np.testing.assert_array_equal(
         result.history["TOTAL"], 100 * np.maximum(result.history["L2"], 2e-3)
@@ -314,32 +338,32 @@ def test_tiled_latent_has_one_row(tiny_stylegan, targets):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"images": np.zeros((1, 16, 8, 3), np.float32)}, "square"),
-        ({"images": np.zeros((1, 24, 24, 3), np.float32)}, "does not divide"),
-        ({"images": np.zeros((1, 16, 16, 1), np.float32)}, "3 channels"),
-        ({"images": np.full((1, 16, 16, 3), 1.5, np.float32)}, r"\[0, 1\]"),
+        ({"images": np.zeros((1, 4, 2, 3), np.float32)}, "square"),
+        ({"images": np.zeros((1, 6, 6, 3), np.float32)}, "does not divide"),
+        ({"images": np.zeros((1, 4, 4, 1), np.float32)}, "3 channels"),
+        ({"images": np.full((1, 4, 4, 3), 1.5, np.float32)}, r"\[0, 1\]"),
         ({"loss_str": "100*L3"}, "L3"),
         ({"opt_name": "rmsprop"}, "rmsprop"),
         ({"lr_schedule": "cosine"}, "cosine"),
         ({"steps": 0}, "steps"),
         ({"eps": 0.0}, "eps"),
         ({"noise_type": "random"}, "noise_type"),
-        ({"bad_noise_layers": "11.17"}, r"bad_noise_layers 17 do not exist.*0\.\.11"),
+        ({"bad_noise_layers": "5.17"}, r"bad_noise_layers 17 do not exist.*0\.\.5"),
     ],
 )
-def test_clear_errors_for_inputs_that_cannot_work(tiny_stylegan, targets, change, message):
+def test_clear_errors_for_inputs_that_cannot_work(small, targets, change, message):
     kwargs = dict(FAST)
     images = change.pop("images", targets[:1])
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
-        pulse_jax.solve(images, tiny_stylegan, **kwargs)
+        pulse_jax.solve(images, small, **kwargs)
 
 
-def test_default_bad_noise_layers_follow_the_generator(tiny_stylegan, targets):
-    """PULSE's 17 where a StyleGAN v1 has it (1024 px), none on the 12-layer tiny one."""
-    assert tiny_stylegan.arch.default_bad_noise_layers == ()
-    full = dataclasses.replace(tiny_stylegan.arch, channels=(512,) * 9)
+def test_default_bad_noise_layers_follow_the_generator(small, targets):
+    """PULSE's 17 where a StyleGAN v1 has it (1024 px), none on a smaller one."""
+    assert small.arch.default_bad_noise_layers == ()
+    full = dataclasses.replace(small.arch, channels=(512,) * 9)
     assert full.num_noise_layers == 18 and full.default_bad_noise_layers == (17,)
-    default = pulse_jax.solve(targets[:1], tiny_stylegan, steps=2)
-    explicit = pulse_jax.solve(targets[:1], tiny_stylegan, steps=2, bad_noise_layers="")
+    default = pulse_jax.solve(targets[:1], small, steps=2)
+    explicit = pulse_jax.solve(targets[:1], small, steps=2, bad_noise_layers="")
     np.testing.assert_array_equal(default.latent, explicit.latent)

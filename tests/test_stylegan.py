@@ -11,7 +11,7 @@ from pathlib import Path
 import chex
 import numpy as np
 import pytest
-from torch_writer import save_torch_legacy
+from helpers.torch_writer import save_torch_legacy
 
 from pulse_jax import load_generator
 from pulse_jax.checkpoints import convert, pulse_format, torch_format

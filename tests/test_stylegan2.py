@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.torch_writer import save_torch_zip
 
 import pulse_jax
 from pulse_jax import SearchOptions, losses, testing
@@ -303,8 +304,9 @@ def test_search_space_of_stylegan2(tiny_sg2):
 
 def test_remat_and_memory_plan_work_on_stylegan2(tiny_sg2):
     targets = np.full((1, 8, 8, 3), 0.5, np.float32)
-    plain = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3)
-    remat = pulse_jax.solve(targets, tiny_sg2, steps=2, seed=3, remat=True)
+    # num_samples=2: the plain run is test_search_space_of_stylegan2's program (compiled once).
+    plain = pulse_jax.solve(targets, tiny_sg2, steps=2, num_samples=2, seed=3)
+    remat = pulse_jax.solve(targets, tiny_sg2, steps=2, num_samples=2, seed=3, remat=True)
     np.testing.assert_allclose(remat.history["L2"], plain.history["L2"], rtol=1e-4)
     memory = compiled_memory(tiny_sg2, 8, 2, SearchOptions(steps=2))
     assert memory["total_bytes"] > memory["argument_bytes"] > 0
@@ -382,7 +384,6 @@ def test_full_ffhq_ada_layout_converts_and_synthesizes_1024(tmp_path):
 
 @pytest.mark.slow
 def test_full_ffhq_rosinality_layout_converts_and_synthesizes_1024(tmp_path):
-    from torch_writer import save_torch_zip
 
     table = key_table("stylegan2_rosinality_ffhq1024_keys.tsv")
     path = tmp_path / "stylegan2-ffhq-config-f.pt"

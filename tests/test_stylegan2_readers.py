@@ -18,16 +18,15 @@ import pickle
 import re
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
-import ada_writer
 import chex
 import numpy as np
 import pytest
-from test_nvidia_pickle import network, write_pickle
-from torch_writer import Call, Global, save_torch_legacy, save_torch_zip
+from helpers import ada_writer
+from helpers.stylegan_tf_writer import tf_pickle_from_ada, write_pickle
+from helpers.torch_writer import Call, Global, save_torch_legacy, save_torch_zip
 
 from pulse_jax.checkpoints import CheckpointError, stylegan2_layout, torch_format
 from pulse_jax.checkpoints.stylegan2_ada import PersistentObject
@@ -199,34 +198,8 @@ def test_hostile_module_src_never_runs_but_would_under_nvidia_loader(tmp_path):
 
     # The same file under plain pickle.load, with stand-ins for NVIDIA's modules whose
     # `_reconstruct_persistent_obj` execs module_src as torch_utils/persistence.py does.
-    stand_ins = tmp_path / "stand_ins"
-    files = {
-        "torch_utils/__init__.py": "",
-        "torch_utils/persistence.py": """
-            import types
-            def _reconstruct_persistent_obj(meta):
-                module = types.ModuleType("_imported_module_")
-                exec(meta["module_src"], module.__dict__)
-                obj = module.__dict__[meta["class_name"]]()
-                obj.__dict__.update(meta["state"])
-                return obj
-        """,
-        "torch/__init__.py": "",
-        "torch/_utils.py": """
-            def _rebuild_tensor_v2(*args):
-                return args
-            def _rebuild_parameter(*args):
-                return args
-        """,
-        "torch/storage.py": "def _load_from_bytes(data):\n    return data\n",
-        "dnnlib/__init__.py": "",
-        "dnnlib/util.py": "class EasyDict(dict):\n    pass\n",
-    }
-    for name, text in files.items():
-        (stand_ins / name).parent.mkdir(parents=True, exist_ok=True)
-        (stand_ins / name).write_text(textwrap.dedent(text))
-    script = f"import pickle; pickle.load(open({str(path)!r}, 'rb'))"
-    subprocess.run([sys.executable, "-c", script], cwd=stand_ins, check=True, timeout=120)
+    program = Path(__file__).parent / "helpers" / "programs" / "unpickle_with_stand_ins.py"
+    subprocess.run([sys.executable, program, path], check=True, timeout=120)
     assert marker.exists()
 
 
@@ -453,83 +426,6 @@ def test_rosinality_full_ffhq_layout_converts(tmp_path):
 
 
 # --- NVIDIA TF StyleGAN2 pickles -----------------------------------------------------------
-
-
-def tf_pickle_from_ada(state: dict, *, label_size: int = 0, marker=None, g_offset: float = 0.0):
-    """legacy.py's rules run backwards: the ADA state -> the (G, D, Gs) TF pickle's networks."""
-
-    def synthesis_variables(offset):
-        vs = []
-
-        def layer(ada, tf, noise_index, up):
-            w = state[f"{ada}.weight"].transpose(2, 3, 1, 0)  # -> [k, k, in, out]
-            vs.extend(
-                [
-                    (f"{tf}/weight", np.ascontiguousarray(w[::-1, ::-1] if up else w) + offset),
-                    (f"{tf}/mod_weight", np.ascontiguousarray(state[f"{ada}.affine.weight"].T)),
-                    (f"{tf}/mod_bias", state[f"{ada}.affine.bias"] - np.float32(1)),
-                    (f"{tf}/noise_strength", np.float32(state[f"{ada}.noise_strength"])),
-                    (f"{tf}/bias", state[f"{ada}.bias"]),
-                ]
-            )
-            noises[noise_index] = state[f"{ada}.noise_const"][None, None]
-
-        def torgb(ada, tf):
-            vs.extend(
-                [
-                    (
-                        f"{tf}/weight",
-                        np.ascontiguousarray(state[f"{ada}.weight"].transpose(2, 3, 1, 0)),
-                    ),
-                    (f"{tf}/mod_weight", np.ascontiguousarray(state[f"{ada}.affine.weight"].T)),
-                    (f"{tf}/mod_bias", state[f"{ada}.affine.bias"] - np.float32(1)),
-                    (f"{tf}/bias", state[f"{ada}.bias"]),
-                ]
-            )
-
-        noises = {}
-        vs.append(("4x4/Const/const", state["synthesis.b4.const"][None]))
-        layer("synthesis.b4.conv1", "4x4/Conv", 0, False)
-        torgb("synthesis.b4.torgb", "4x4/ToRGB")
-        for r in (8, 16, 32, 64):
-            log2 = r.bit_length() - 1
-            layer(f"synthesis.b{r}.conv0", f"{r}x{r}/Conv0_up", 2 * log2 - 5, True)
-            layer(f"synthesis.b{r}.conv1", f"{r}x{r}/Conv1", 2 * log2 - 4, False)
-            torgb(f"synthesis.b{r}.torgb", f"{r}x{r}/ToRGB")
-        return [(f"noise{i}", noises[i]) for i in sorted(noises)] + vs
-
-    mapping_variables = []
-    for i in range(2):
-        mapping_variables += [
-            (f"Dense{i}/weight", np.ascontiguousarray(state[f"mapping.fc{i}.weight"].T)),
-            (f"Dense{i}/bias", state[f"mapping.fc{i}.bias"]),
-        ]
-    kwargs = {
-        "resolution": 64,
-        "label_size": label_size,
-        "mapping_layers": 2,
-        "fmap_base": 512,
-        "fmap_max": 64,
-    }
-
-    def generator(name, offset):
-        components = {
-            "synthesis": network(
-                "G_synthesis", "G_synthesis_stylegan2", synthesis_variables(offset), marker=marker
-            ),
-            "mapping": network("G_mapping", "G_mapping", mapping_variables, marker=marker),
-        }
-        net = network(
-            name, "G_main", [("dlatent_avg", state["mapping.w_avg"])], components, kwargs, marker
-        )
-        net._state["version"] = 4
-        for component in components.values():
-            component._state["version"] = 4
-        return net
-
-    d = network("D", "D_stylegan2", [("Output/bias", np.zeros(1, np.float32))], marker=marker)
-    d._state["version"] = 4
-    return generator("G", g_offset), d, generator("Gs", 0.0)
 
 
 def test_tf_pickle_converts_to_the_same_numbers_as_the_ada_route(tmp_path):

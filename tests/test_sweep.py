@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from two_processes import run_two_processes
+from helpers.two_processes import run_two_processes
 
 from pulse_jax import SearchOptions, solve
 from pulse_jax.images import load_image, save_image

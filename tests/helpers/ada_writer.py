@@ -6,7 +6,7 @@ object a `torch_utils.persistence._reconstruct_persistent_obj(meta)` call,
 each array `torch._utils._rebuild_tensor_v2` over
 `torch.storage._load_from_bytes(<legacy torch.save bytes of its storage>)`,
 sets as `builtins.set`, `EasyDict`s as `dnnlib.util.EasyDict`. `Global` /
-`Call` (from torch_writer) put any other global or call into the file.
+`Call` (from helpers.torch_writer) put any other global or call into the file.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import io
 import pickle
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
-import torch_writer
-from torch_writer import Call, Global
 
-from pulse_jax.checkpoints import stylegan2_ada
+from helpers import torch_writer
+from helpers.torch_writer import Call, Global
+from pulse_jax.checkpoints import stylegan2_ada, torch_format
 
 _RECONSTRUCT = Global("torch_utils.persistence", "_reconstruct_persistent_obj")
 _REBUILD = Global("torch._utils", "_rebuild_tensor_v2")
 _LOAD_FROM_BYTES = Global("torch.storage", "_load_from_bytes")
 _SET = Global("builtins", "set")
 _EASY_DICT = Global("dnnlib.util", "EasyDict")
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "stylegan2"
 
 
 def storage_bytes(array: np.ndarray) -> bytes:
@@ -135,3 +137,9 @@ def small_rosinality_state(golden_state: dict) -> dict:
         r"(input|conv1|to_rgb1|style\.\d+|convs\.[01]|to_rgbs\.0)\..+|noises\.noise_[0-2]"
     )
     return {k: _shrunk(v) for k, v in golden_state.items() if keep.fullmatch(k)}
+
+
+def tiny_rosinality_state() -> dict:
+    """`small_rosinality_state` of the golden rosinality checkpoint (8 px)."""
+    golden = torch_format.load_state_dict(GOLDEN / "sg2_rosinality_tiny.pt", "g_ema")
+    return small_rosinality_state(golden)

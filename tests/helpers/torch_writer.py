@@ -215,3 +215,14 @@ def save_torch_legacy(obj, path, *, location: str = "cpu", sys_info=None) -> Non
         buffer.write(struct.pack("<q", pickler.storages[key].numel))
         buffer.write(_little_endian_bytes(pickler.storages[key].array))
     Path(path).write_bytes(buffer.getvalue())
+
+
+def write_zip(path, pickle_bytes: bytes, storages: dict[str, bytes], compress=False):
+    """A torch zip checkpoint from a hand-written data.pkl and raw storages."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", method) as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes)
+        archive.writestr("archive/byteorder", "little")
+        for key, raw in storages.items():
+            archive.writestr(f"archive/data/{key}", raw)
+    return path

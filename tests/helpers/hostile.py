@@ -1,9 +1,12 @@
 """Helpers for the hostile-file tests (not library code).
 
 `Asm` writes pickles opcode by opcode, so a test can build what no pickler would
-write. `read_isolated` runs one reader on one file in a fresh Python process under an
-address-space limit (`resource.setrlimit`) and a timeout, and reports how it ended.
+write. `read_isolated` runs readers on files in a fresh Python process
+(programs/read_isolated.py) under an address-space limit (`resource.setrlimit`) and a
+timeout, and reports how each read ended.
 """
+
+# ruff: noqa: B018  (the pickle assembler's opcodes are properties: `a.mark.tuple`)
 
 from __future__ import annotations
 
@@ -14,53 +17,27 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 MEMORY_LIMIT = 2 << 30  # bytes of address space for a reader's process (JAX needs ~1.5 GB)
 TIME_LIMIT = 60.0  # seconds before a reader's process counts as hung
-# What each reader name calls in the child; `path` is the file.
+# What each reader name calls in the child on the file: module:function[:argument ...].
 READERS = {
-    "torch": "from pulse_jax.checkpoints.torch_format import load_torch_checkpoint as r; r(path)",
-    "state_dict": "from pulse_jax.checkpoints.torch_format import load_state_dict as r; r(path)",
-    "nvidia": "from pulse_jax.checkpoints.stylegan_tf import read_nvidia_pickle as r; r(path)",
-    "stylegan2": "from pulse_jax.checkpoints.stylegan2_formats import read_stylegan2 as r; r(path)",
-    "weights": "from pulse_jax.checkpoints.weights_file import load_weights as r; r(path)",
-    "lpips": "from pulse_jax.checkpoints.fetch.lpips import read_ckpt as r; r(path, 'alexnet')",
-    "generator": "from pulse_jax.checkpoints.loading import load_generator as r; r(path)",
-    "image": "from pulse_jax.images import load_image as r; r(path)",
+    "torch": "pulse_jax.checkpoints.torch_format:load_torch_checkpoint",
+    "state_dict": "pulse_jax.checkpoints.torch_format:load_state_dict",
+    "nvidia": "pulse_jax.checkpoints.stylegan_tf:read_nvidia_pickle",
+    "stylegan2": "pulse_jax.checkpoints.stylegan2_formats:read_stylegan2",
+    "weights": "pulse_jax.checkpoints.weights_file:load_weights",
+    "lpips": "pulse_jax.checkpoints.fetch.lpips:read_ckpt:alexnet",
+    "generator": "pulse_jax.checkpoints.loading:load_generator",
+    "image": "pulse_jax.images:load_image",
 }
-_CHILD = """
-import json, resource, sys, time
-limit = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from pulse_jax.checkpoints import CheckpointError
-from pulse_jax.images import ImageError
-{PEAK}
-for name, reader, path in json.loads(sys.argv[2]):
-    print("START " + name, flush=True)
-    start = time.perf_counter()
-    outcome = {"name": name, "refused": None}
-    try:
-        exec(reader, {"path": path})
-    except (CheckpointError, ImageError) as e:
-        outcome["refused"] = str(e)
-    outcome["seconds"] = time.perf_counter() - start
-    outcome["max_rss_mb"] = peak_mb()
-    print("OUTCOME " + json.dumps(outcome), flush=True)
-"""
-
-
-# The peak resident memory of this process since it started (VmHWM: unlike ru_maxrss, which
-# Linux carries over from the parent that forked the process, it starts again at exec).
-PEAK = """
-def peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-"""
-_CHILD = _CHILD.replace("{PEAK}", PEAK)
+PROGRAMS = Path(__file__).parent / "programs"
 
 
 @dataclasses.dataclass
@@ -84,7 +61,7 @@ def read_isolated(cases: dict[str, tuple[str, Path]], *, memory: int = MEMORY_LI
     listing = [(name, READERS[reader], str(path)) for name, (reader, path) in cases.items()]
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(memory), json.dumps(listing)],
+        [sys.executable, PROGRAMS / "read_isolated.py", str(memory), json.dumps(listing)],
         capture_output=True,
         text=True,
         timeout=TIME_LIMIT,
@@ -172,3 +149,60 @@ class Asm:
 
     def stop(self) -> bytes:
         return bytes(self.data + b".")
+
+
+# --- pickle pieces: numpy arrays as NVIDIA's pickles hold them, the formats' first globals -----
+
+NUMPY = "numpy.core.multiarray"
+PERSISTENCE = ("torch_utils.persistence", "_reconstruct_persistent_obj")
+NETWORK = ("dnnlib.tflib.network", "Network")
+
+
+def dtype(a: Asm, code: str) -> Asm:
+    return a.glob("numpy", "dtype").mark.str(code).false.op(b"\x88").tuple.reduce
+
+
+def simple_dtype(a: Asm, code="f4", state=None) -> Asm:
+    dtype(a, code).mark.int(3).str("<").none.none.none.int(-1).int(-1).int(0).tuple
+    return a.build if state is None else a
+
+
+def array(a: Asm, shape, raw: bytes, make_dtype=simple_dtype) -> Asm:
+    a.glob(NUMPY, "_reconstruct").glob("numpy", "ndarray").mark.int(0).tuple
+    a.op(b"C\x01b").op(b"\x87").reduce
+    a.mark.int(1).mark
+    for n in shape:
+        a.int(n)
+    a.tuple
+    make_dtype(a)
+    return a.false.bytes(raw).tuple.build
+
+
+def dag(a: Asm, depth=40) -> Asm:
+    """`depth` nested pairs of one object: 2**depth leaves from a few bytes."""
+    a.empty_tuple
+    for _ in range(depth):
+        a.dup.tuple2()
+    return a
+
+
+def ada(a: Asm) -> Asm:
+    """Starts an ADA pickle: names the persistence global first (how the format is told)."""
+    return a.glob(*PERSISTENCE).op(b"0")
+
+
+def tf(a: Asm) -> Asm:
+    return a.glob(*NETWORK).op(b"0")
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def png_with_size(path, width, height):
+    """A valid small PNG whose IHDR then claims `width` x `height` (CRC recomputed)."""
+    Image.fromarray(np.full((4, 4, 3), 128, np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
