@@ -96,7 +96,8 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
       name: "dcgan64" (the embedded default, real weights), "stylegan<R>" (StyleGAN at R px
         with random weights of the real FFHQ layout, `testing.random_stylegan_params`) or
         "stylegan2_<R>" (StyleGAN2 config F at R px, random weights of NVIDIA's FFHQ layout,
-        `testing.random_stylegan2_params`).
+        `testing.random_stylegan2_params`); "stylegan2_<R>_c<C>": the same with at most C
+        channels per layer (a narrow network, cheap enough for CPU comparisons).
       precision: the generator's matmul/conv precision ("highest", "high", "default").
       seed: seed of the random weights.
 
@@ -105,9 +106,10 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
     """
     if name == "dcgan64":
         return pulse_jax.load_generator("dcgan64", precision=precision)
-    match = re.fullmatch(r"stylegan2_(\d+)", name)
+    match = re.fullmatch(r"stylegan2_(\d+)(?:_c(\d+))?", name)
     if match:
-        params = testing.random_stylegan2_params(jax.random.key(seed), int(match.group(1)))
+        width = {"channel_max": int(match.group(2))} if match.group(2) else {}
+        params = testing.random_stylegan2_params(jax.random.key(seed), int(match.group(1)), **width)
         arch = stylegan2.arch_from_params(params, conv_clamp=256, precision=precision)
         return Generator(
             kind="stylegan2", arch=arch, params=params, provenance={"source": "random (benchmark)"}
@@ -116,7 +118,7 @@ def make_generator(name: str, *, precision: str = "highest", seed: int = 0) -> G
     if not match:
         raise ValueError(
             f"unknown generator {name!r}: use dcgan64, stylegan<resolution> or "
-            "stylegan2_<resolution>"
+            "stylegan2_<resolution>[_c<channels>]"
         )
     params = testing.random_stylegan_params(jax.random.key(seed), int(match.group(1)))
     arch = stylegan.arch_from_params(params["synthesis"], params["mapping"], precision=precision)

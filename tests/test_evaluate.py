@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import benchmark_lib
 import jax
 import numpy as np
 import pytest
@@ -160,6 +161,78 @@ def test_hr_faces_from_a_folder(dcgan64, tmp_path):
     assert names == ["a", "small"] and not errors
 
 
+# -- side by side: PULSE, ILO and the projector on the same faces ---------------------------
+
+TINY_SG2 = "stylegan2_16_c8"  # random weights, 3 blocks: ILO runs 3 stages
+METHODS = ("pulse", "ilo", "projector")
+
+
+def side_config(method: str, operator: str = "bicubic") -> evaluation.EvalConfig:
+    options = SearchOptions(steps=STEPS, mode=method, operator=operator)
+    search = SearchConfig(generator=TINY_SG2, options=options)
+    return evaluation.EvalConfig(search, "", synthetic=2, samples=2, lr_size=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_sg2():
+    return benchmark_lib.make_generator(TINY_SG2)
+
+
+@pytest.fixture(scope="module")
+def side_reports(tiny_sg2):
+    return {m: evaluation.evaluate(side_config(m), tiny_sg2) for m in METHODS}
+
+
+@pytest.mark.slow
+def test_methods_see_the_same_faces_and_observations(side_reports):
+    pulse = side_reports["pulse"]["_arrays"]
+    for method, report in side_reports.items():
+        assert evaluation.method_of(report) == method
+        arrays = report["_arrays"]
+        # Made by the same code from the same data seed: equal by construction.
+        np.testing.assert_array_equal(arrays["truth"], pulse["truth"])
+        np.testing.assert_array_equal(arrays["observations"], pulse["observations"])
+        assert arrays["hr"].shape == (2, 2, 16, 16, 3)
+        assert np.asarray(report["success_curve"]).shape == (STEPS,)
+        assert report["aggregate"]["factor"] == 4 and report["aggregate"]["faces"] == 2
+    assert not np.array_equal(side_reports["ilo"]["_arrays"]["hr"], pulse["hr"])
+    assert not np.array_equal(side_reports["projector"]["_arrays"]["hr"], pulse["hr"])
+    assert "mode" not in side_reports["pulse"]["settings"]  # PULSE's reports as before
+
+
+def test_summary_has_a_method_column_and_not_run_rows(tiny_sg2, tmp_path):
+    reason = "mode ilo runs the bicubic operator only, not gaussian"
+    skipped = evaluation.not_run_report(side_config("ilo", "gaussian"), tiny_sg2, reason)
+    assert evaluation.write_report(skipped, tmp_path) == ["report.json"]
+    on_disk = evaluation.read_report(tmp_path / "report.json")
+    assert on_disk["not_run"] == reason and on_disk["aggregate"]["operator"].startswith("gaussian")
+    assert on_disk["settings"]["mode"] == "ilo" and on_disk["aggregate"]["faces"] == 2
+    measured = {"operator": "bicubic", "factor": 4, "success_rate": 0.25, "hr_psnr_db": 20.5}
+    old = {"settings": {"source": "faces"}, "aggregate": measured}  # before the modes
+    projector = {"settings": {"source": "faces", "mode": "projector"}, "aggregate": measured}
+    lines = evaluation.summary_table([old, projector, on_disk]).splitlines()
+    assert lines[0].startswith("| inputs | method | operator | x |")
+    assert lines[2].startswith("| faces | pulse | bicubic | 4 | n/a | n/a | 25% |")
+    assert lines[3].startswith("| faces | projector | bicubic | 4 |") and "| 20.5 |" in lines[3]
+    assert lines[4].count("| n/a ") == 11 and lines[4].endswith("| n/a |")  # every measure
+    assert "| ilo | gaussian sigma 2 | 4 | 2 | 2 | n/a |" in lines[4]
+
+
+@pytest.mark.slow
+def test_side_by_side_grid_and_summary(side_reports, tmp_path):
+    reports = list(side_reports.values())
+    lines = evaluation.summary_table(reports).splitlines()
+    assert [line.split(" | ")[1] for line in lines[2:]] == list(METHODS)
+    # Every measure up to the bicubic baseline is there (LPIPS is n/a: 16 px is below its
+    # minimum; lpips.min_size).
+    assert all("n/a" not in line.split(" | ")[:12] for line in lines[2:])
+    assert evaluation.write_summary(reports, tmp_path)[0] == "summary.md"
+    grid = evaluation.side_by_side_grid(reports, 2)
+    one = evaluation.image_grid(side_reports["pulse"], 1)
+    assert grid.shape == (2 * 3 * one.shape[0], one.shape[1], 3)  # per face, a row per method
+    assert evaluation.markdown_report(side_reports["ilo"]).startswith("# ILO evaluation")
+
+
 # -- the launcher -------------------------------------------------------------------------
 
 
@@ -187,7 +260,8 @@ def test_launcher_end_to_end(dcgan64, tmp_path):
     summary = _launch(
         "--summarize", tmp_path / "*" / "report.json", "--output_dir", tmp_path / "summary"
     )
-    assert summary.returncode == 0 and "| synthetic 2 (data_seed 1) | colorize |" in summary.stdout
+    assert summary.returncode == 0
+    assert "| synthetic 2 (data_seed 1) | pulse | colorize |" in summary.stdout
     assert "| colorize |" in (tmp_path / "summary" / "summary.md").read_text()
     assert (tmp_path / "summary" / "success_curves.png").stat().st_size > 0
     bad = _launch("--synthetic", 2, "--lr_size", 5, "--output_dir", tmp_path / "bad")
@@ -195,3 +269,27 @@ def test_launcher_end_to_end(dcgan64, tmp_path):
     both = _launch("--synthetic", 2, "--input_dir", tmp_path, "--output_dir", tmp_path / "bad")
     assert both.returncode == 2 and "not both" in both.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_launcher_side_by_side(tmp_path):
+    out = tmp_path / "side"
+    args = ("--generator", TINY_SG2, "--synthetic", 2, "--samples", 2, "--steps", STEPS)
+    args += ("--lr_size", 4, "--operator", "gaussian", "--output_dir", out)
+    done = _launch(*args, "--method", "pulse,projector,ilo")
+    assert done.returncode == 0, done.stderr
+    assert "n/a: ilo: mode ilo runs the bicubic operator only, not gaussian" in done.stderr
+    for method in ("pulse", "projector"):
+        report = evaluation.read_report(out / method / "report.json")
+        assert evaluation.method_of(report) == method and (out / method / "grid.png").is_file()
+        assert report["aggregate"]["samples_per_face"] == 2
+    assert "not_run" in evaluation.read_report(out / "ilo" / "report.json")
+    summary = (out / "summary.md").read_text()
+    assert "| method |" in summary and "| projector | gaussian" in summary
+    assert "| ilo | gaussian" in summary and (out / "grid.png").is_file()
+    both = _launch(*args, "--method", "pulse", "--mode", "ilo")
+    assert both.returncode == 2 and "not both" in both.stderr
+    unknown = _launch(*args, "--method", "pulse,pulse2")
+    assert unknown.returncode == 2 and "give distinct methods" in unknown.stderr
+    only_ilo = _launch(*args, "--method", "ilo,ilo")
+    assert only_ilo.returncode == 2

@@ -1,4 +1,5 @@
-"""What PULSE achieves on faces whose high-resolution truth is known.
+"""What PULSE (or another search mode: ILO, the projector) achieves on faces whose
+high-resolution truth is known.
 
 `evaluate` takes HR faces (a folder of them, or `synthetic_faces`: faces the generator
 draws from seeded latents, which it can therefore make exactly), degrades each with the
@@ -147,7 +148,8 @@ def load_faces(
 
 
 def evaluate(config: EvalConfig, generator: Generator, *, log=None, lpips_weights=None) -> dict:
-    """Degrades the faces, runs PULSE and measures (module docstring).
+    """Degrades the faces, runs the search (PULSE, or `config.search.options.mode`) and
+    measures (module docstring).
 
     Args:
       config: the evaluation.
@@ -193,13 +195,7 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None, lpips_weight
         "groups_of_one": out.pop("apart"),
     }
     return {
-        "settings": dict(
-            search.settings(generator),
-            source=config.input_dir
-            or f"synthetic {config.synthetic} (data_seed {config.data_seed})",
-            samples=k,
-            lr_size=config.lr_size,
-        ),
+        "settings": _settings(config, generator),
         "machine": {
             "processor": cpu_model(),
             "backend": jax.default_backend(),
@@ -220,6 +216,35 @@ def evaluate(config: EvalConfig, generator: Generator, *, log=None, lpips_weight
             "eps": eps,
         },
     }
+
+
+def not_run_report(config: EvalConfig, generator: Generator, reason: str) -> dict:
+    """The report of a search that cannot run these settings (e.g. ILO on an operator other
+    than bicubic, `evaluate` with a mode the generator lacks): its settings, the operator
+    and the sizes, and `reason`; every measure is missing (n/a in `summary_table`)."""
+    operator = config.search.options.degradation(config.lr_size, generator.resolution)
+    return {
+        "settings": _settings(config, generator),
+        "not_run": reason,
+        "aggregate": {
+            "operator": operator.describe(),
+            "factor": operator.factor,
+            "lr_size": config.lr_size,
+            "faces": config.synthetic or None,
+            "samples_per_face": config.samples,
+        },
+    }
+
+
+def _settings(config: EvalConfig, generator: Generator) -> dict:
+    """A report's settings: the search's (its manifest settings), the inputs and sizes."""
+    source = config.input_dir or f"synthetic {config.synthetic} (data_seed {config.data_seed})"
+    return dict(
+        config.search.settings(generator),
+        source=source,
+        samples=config.samples,
+        lr_size=config.lr_size,
+    )
 
 
 def _faces(config: EvalConfig, generator: Generator):
@@ -376,10 +401,12 @@ def write_report(report: dict, output_dir: str | os.PathLike, *, plot_faces: int
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = report["_arrays"]
     public = {k: v for k, v in report.items() if k != "_arrays"}
     text = json.dumps(public, indent=1, ensure_ascii=False) + "\n"
     atomic_write(out / REPORT_JSON, lambda f: f.write(text.encode("utf-8")))
+    if "not_run" in public:  # a method that cannot run these settings (`not_run_report`)
+        return [REPORT_JSON]
+    arrays = report["_arrays"]
     markdown = markdown_report(public)
     atomic_write(out / REPORT_MD, lambda f: f.write(markdown.encode("utf-8")))
     written = [REPORT_JSON, REPORT_MD]
@@ -402,22 +429,29 @@ def write_report(report: dict, output_dir: str | os.PathLike, *, plot_faces: int
 
 def image_grid(report: dict, count: int) -> np.ndarray:
     """One row per face: the observation, the HR truth, then every sample (with ✓/✗)."""
-    arrays = report["_arrays"]
-    rows = []
-    for b in range(count):
-        face = report["faces"][b]
-        samples = [r for r in report["samples"] if r["face"] == face["face"]]
-        labels = [f"{face['face']} observed", "truth"] + [
-            f"{'✓' if r['success'] else '✗'} {r['hr_psnr_db']:.1f} dB"
-            + (f", LPIPS {r['hr_lpips']:.3f}" if "hr_lpips" in r else "")
-            for r in samples
-        ]
-        rows.append(
-            comparison_sheet(
-                arrays["observations"][b], arrays["truth"][b], arrays["hr"][b], labels=labels
-            )
-        )
+    return np.concatenate([_face_sheet(report, b) for b in range(count)], axis=0)
+
+
+def side_by_side_grid(reports: Sequence[dict], count: int) -> np.ndarray:
+    """Per face, one row per report that ran (`evaluate`'s, on the same faces): the method,
+    the observation, the truth, then its samples."""
+    ran = [r for r in reports if "_arrays" in r]
+    rows = [_face_sheet(r, b, f"{method_of(r)}: ") for b in range(count) for r in ran]
     return np.concatenate(rows, axis=0)
+
+
+def _face_sheet(report: dict, b: int, prefix: str = "") -> np.ndarray:
+    arrays = report["_arrays"]
+    face = report["faces"][b]
+    samples = [r for r in report["samples"] if r["face"] == face["face"]]
+    labels = [f"{prefix}{face['face']} observed", "truth"] + [
+        f"{'✓' if r['success'] else '✗'} {r['hr_psnr_db']:.1f} dB"
+        + (f", LPIPS {r['hr_lpips']:.3f}" if "hr_lpips" in r else "")
+        for r in samples
+    ]
+    return comparison_sheet(
+        arrays["observations"][b], arrays["truth"][b], arrays["hr"][b], labels=labels
+    )
 
 
 AGGREGATE_COLUMNS = (
@@ -440,18 +474,25 @@ AGGREGATE_COLUMNS = (
 
 
 def _cell(key: str, value) -> str:
-    if key == "success_rate":
-        return f"{100 * value:.0f}%"
-    return "n/a" if value is None else str(value)  # None: not measured (LPIPS, old reports)
+    if value is None:  # not measured (LPIPS, old reports) or not run (`not_run_report`)
+        return "n/a"
+    return f"{100 * value:.0f}%" if key == "success_rate" else str(value)
+
+
+def method_of(report: dict) -> str:
+    """The search a report measured: its settings' mode (PULSE's reports, old ones
+    included, record none)."""
+    return report["settings"].get("mode") or "pulse"
 
 
 def summary_table(reports: Sequence[dict], *, source: bool = True) -> str:
-    """The aggregate rows of several reports as one markdown table."""
-    head = (["inputs"] if source else []) + [title for _, title in AGGREGATE_COLUMNS]
+    """The aggregate rows of several reports as one markdown table (a method that did not
+    run: n/a in every measured column)."""
+    head = (["inputs"] if source else []) + ["method"] + [t for _, t in AGGREGATE_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for report in reports:
         agg = report["aggregate"]
-        cells = [report["settings"]["source"]] if source else []
+        cells = ([report["settings"]["source"]] if source else []) + [method_of(report)]
         cells += [_cell(key, agg.get(key)) for key, _ in AGGREGATE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -472,17 +513,23 @@ def write_summary(reports: Sequence[dict], output_dir: str | os.PathLike) -> lis
     curves = {}
     for report in reports:
         agg = report["aggregate"]
-        label = f"{report['settings']['source']}: {agg['operator']} x{agg['factor']}"
-        curves[label] = np.asarray(report["success_curve"])
+        method = method_of(report)
+        label = f"{report['settings']['source']}: {method} {agg['operator']} x{agg['factor']}"
+        if "success_curve" in report:
+            curves[label] = np.asarray(report["success_curve"])
     plots.write_success_curve(out / SUMMARY_PLOT, curves)
     return [SUMMARY_MD, SUMMARY_PLOT]
+
+
+_TITLES = {"pulse": "PULSE", "ilo": "ILO", "projector": "Projector"}
 
 
 def markdown_report(report: dict) -> str:
     """The report as markdown: the aggregate row, then one row per face."""
     agg = report["aggregate"]
     lines = [
-        f"# PULSE evaluation: {agg['operator']}, x{agg['factor']} ({agg['lr_size']} px inputs)",
+        f"# {_TITLES[method_of(report)]} evaluation: {agg['operator']}, x{agg['factor']} "
+        f"({agg['lr_size']} px inputs)",
         "",
         f"Inputs: {report['settings']['source']}; generator {report['settings']['generator']}; "
         f"{agg['samples_per_face']} samples per face, {report['settings']['steps']} steps, "
