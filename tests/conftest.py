@@ -19,6 +19,19 @@ GOLDEN = Path(__file__).parent / "golden"
 os.environ["PULSE_JAX_COMPILATION_CACHE"] = ""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _compiled_programs_per_module():
+    """Each test file starts from JAX's caches empty and leaves them so: the suite's one
+    process otherwise holds every program all earlier files compiled (hundreds of them)."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN
